@@ -1,0 +1,543 @@
+//! Application messages and their CBOR encoding.
+//!
+//! Every message travels as an *envelope*, a two-element CBOR array `[type, body]`. Bodies are
+//! CBOR maps with small integer keys (minicbor's derive with explicit indices), so fields can be
+//! added later and unknown ones are skipped. A receiver that does not know a `type` skips the
+//! body and reports it ([`Decoded::Unknown`]); it never ends the session for it. The CDDL
+//! schema is in `docs/protocol.md`.
+//!
+//! Message types 16–31 are reserved for file transfer and 32–47 for groups.
+
+use minicbor::decode::Error as CborError;
+use minicbor::{Decode, Decoder, Encode, Encoder};
+
+/// Longest chat body, in bytes of UTF-8.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Longest nickname offered in a contact request, in bytes.
+pub const MAX_NICKNAME_BYTES: usize = 64;
+/// Longest greeting in a contact request, in bytes.
+pub const MAX_GREETING_BYTES: usize = 1024;
+/// Longest free-text close reason, in bytes.
+pub const MAX_CLOSE_TEXT_BYTES: usize = 256;
+/// Most message ids in one acknowledgement.
+pub const MAX_ACK_IDS: usize = 512;
+
+/// A message's stable identifier, chosen by its sender at random. Receivers deduplicate on
+/// (sender, id), which makes every message idempotent: a replay or a retry is harmless.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A random id.
+    pub fn random<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R) -> MessageId {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        MessageId(id)
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…")
+    }
+}
+
+impl<C> Encode<C> for MessageId {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.bytes(&self.0)?;
+        Ok(())
+    }
+}
+
+impl<'b, C> Decode<'b, C> for MessageId {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, CborError> {
+        let bytes = d.bytes()?;
+        let id: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| CborError::message("a message id is 16 bytes"))?;
+        Ok(MessageId(id))
+    }
+}
+
+/// Whether the sender of a contact request says it is a person or a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(index_only)]
+pub enum PeerKind {
+    /// A person.
+    #[n(0)]
+    Human,
+    /// A program (a bot, a gateway, a service).
+    #[n(1)]
+    Bot,
+}
+
+/// "Please add me": the only thing a stranger may send.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ContactRequest {
+    /// Idempotency key: retries of the same request carry the same id.
+    #[n(0)]
+    pub id: MessageId,
+    /// The name the requester offers for itself.
+    #[n(1)]
+    pub nickname: String,
+    /// A short note to the person asked.
+    #[n(2)]
+    pub greeting: String,
+    /// Human or bot, as the requester declares.
+    #[n(3)]
+    pub kind: PeerKind,
+}
+
+/// The answer to a contact request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(index_only)]
+pub enum Decision {
+    /// Accepted: both sides may now exchange messages.
+    #[n(0)]
+    Accept,
+    /// Declined.
+    #[n(1)]
+    Reject,
+}
+
+/// Sent by the person asked, once they decide.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ContactResponse {
+    /// Idempotency key of this response.
+    #[n(0)]
+    pub id: MessageId,
+    /// Accept or reject.
+    #[n(1)]
+    pub decision: Decision,
+}
+
+/// A chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Chat {
+    /// The sender's id for it (idempotency and delivery acknowledgement).
+    #[n(0)]
+    pub id: MessageId,
+    /// When the sender wrote it, milliseconds since the Unix epoch, by the sender's clock.
+    #[n(1)]
+    pub sent_at: u64,
+    /// The text.
+    #[n(2)]
+    pub body: String,
+    /// The message this one answers, if any.
+    #[n(3)]
+    pub reply_to: Option<MessageId>,
+}
+
+/// "These messages are stored durably on my side."
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Ack {
+    /// The acknowledged messages (chat, contact request or contact response ids).
+    #[n(0)]
+    pub ids: Vec<MessageId>,
+}
+
+/// Keepalive probe; answered with a [`Pong`] carrying the same nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Ping {
+    /// Echoed in the pong.
+    #[n(0)]
+    pub nonce: u64,
+}
+
+/// Keepalive answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Pong {
+    /// The ping's nonce.
+    #[n(0)]
+    pub nonce: u64,
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Orderly end, nothing wrong.
+    Normal,
+    /// Not accepted: the peer is not a contact (or is blocked).
+    Refused,
+    /// Another session with the same peer won (both sides dialled at once).
+    Duplicate,
+    /// The other side broke the protocol.
+    ProtocolError,
+    /// The sender is shutting down.
+    ShuttingDown,
+    /// Too many requests; try later.
+    RateLimited,
+    /// A stranger's contact request was stored; the session ends here.
+    RequestReceived,
+    /// Nothing heard within the idle timeout.
+    Timeout,
+    /// A code this version does not know.
+    Other(u32),
+}
+
+impl CloseReason {
+    /// The wire code.
+    pub fn code(self) -> u32 {
+        match self {
+            CloseReason::Normal => 0,
+            CloseReason::Refused => 1,
+            CloseReason::Duplicate => 2,
+            CloseReason::ProtocolError => 3,
+            CloseReason::ShuttingDown => 4,
+            CloseReason::RateLimited => 5,
+            CloseReason::RequestReceived => 6,
+            CloseReason::Timeout => 7,
+            CloseReason::Other(code) => code,
+        }
+    }
+
+    /// The reason for a wire code (unknown codes are kept as [`CloseReason::Other`]).
+    pub fn from_code(code: u32) -> CloseReason {
+        match code {
+            0 => CloseReason::Normal,
+            1 => CloseReason::Refused,
+            2 => CloseReason::Duplicate,
+            3 => CloseReason::ProtocolError,
+            4 => CloseReason::ShuttingDown,
+            5 => CloseReason::RateLimited,
+            6 => CloseReason::RequestReceived,
+            7 => CloseReason::Timeout,
+            other => CloseReason::Other(other),
+        }
+    }
+}
+
+/// The last message of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Close {
+    /// [`CloseReason::code`].
+    #[n(0)]
+    pub code: u32,
+    /// Optional human-readable detail (never secret).
+    #[n(1)]
+    pub text: Option<String>,
+}
+
+/// Switch to the next transport keys (Noise `Rekey`) after this frame. Session-internal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Rekey {}
+
+/// A message of a type this version knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// Type 1.
+    ContactRequest(ContactRequest),
+    /// Type 2.
+    ContactResponse(ContactResponse),
+    /// Type 3.
+    Chat(Chat),
+    /// Type 4.
+    Ack(Ack),
+    /// Type 5 (handled by the session).
+    Ping(Ping),
+    /// Type 6 (handled by the session).
+    Pong(Pong),
+    /// Type 7.
+    Close(Close),
+    /// Type 8 (handled by the session).
+    Rekey(Rekey),
+}
+
+/// Wire numbers of the message types.
+pub mod types {
+    /// Contact request.
+    pub const CONTACT_REQUEST: u32 = 1;
+    /// Contact response.
+    pub const CONTACT_RESPONSE: u32 = 2;
+    /// Chat.
+    pub const CHAT: u32 = 3;
+    /// Delivery acknowledgement.
+    pub const ACK: u32 = 4;
+    /// Keepalive ping.
+    pub const PING: u32 = 5;
+    /// Keepalive pong.
+    pub const PONG: u32 = 6;
+    /// Close.
+    pub const CLOSE: u32 = 7;
+    /// Rekey.
+    pub const REKEY: u32 = 8;
+}
+
+/// Why a message of a known type was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not valid CBOR of the expected shape.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A field is longer than its limit.
+    #[error("{field} is {found} bytes; the limit is {limit}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its size.
+        found: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// The result of decoding one envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A message of a known type.
+    Known(Message),
+    /// A type this version does not know; its body was skipped.
+    Unknown {
+        /// The type number.
+        message_type: u32,
+    },
+}
+
+impl Message {
+    /// The wire type number.
+    pub fn message_type(&self) -> u32 {
+        match self {
+            Message::ContactRequest(_) => types::CONTACT_REQUEST,
+            Message::ContactResponse(_) => types::CONTACT_RESPONSE,
+            Message::Chat(_) => types::CHAT,
+            Message::Ack(_) => types::ACK,
+            Message::Ping(_) => types::PING,
+            Message::Pong(_) => types::PONG,
+            Message::Close(_) => types::CLOSE,
+            Message::Rekey(_) => types::REKEY,
+        }
+    }
+
+    /// Check the size limits (done before sending and after receiving).
+    pub fn check_limits(&self) -> Result<(), MessageError> {
+        fn limit(field: &'static str, found: usize, limit: usize) -> Result<(), MessageError> {
+            if found > limit {
+                Err(MessageError::TooLong {
+                    field,
+                    found,
+                    limit,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        match self {
+            Message::ContactRequest(r) => {
+                limit("nickname", r.nickname.len(), MAX_NICKNAME_BYTES)?;
+                limit("greeting", r.greeting.len(), MAX_GREETING_BYTES)
+            }
+            Message::Chat(c) => limit("body", c.body.len(), MAX_BODY_BYTES),
+            Message::Ack(a) => limit("ack ids", a.ids.len(), MAX_ACK_IDS),
+            Message::Close(c) => limit(
+                "close text",
+                c.text.as_ref().map_or(0, String::len),
+                MAX_CLOSE_TEXT_BYTES,
+            ),
+            Message::ContactResponse(_) | Message::Ping(_) | Message::Pong(_) | Message::Rekey(_) => {
+                Ok(())
+            }
+        }
+    }
+
+    /// Append the envelope `[type, body]` to `e`.
+    pub(crate) fn encode_into<W: minicbor::encode::Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.array(2)?.u32(self.message_type())?;
+        match self {
+            Message::ContactRequest(m) => e.encode(m)?,
+            Message::ContactResponse(m) => e.encode(m)?,
+            Message::Chat(m) => e.encode(m)?,
+            Message::Ack(m) => e.encode(m)?,
+            Message::Ping(m) => e.encode(m)?,
+            Message::Pong(m) => e.encode(m)?,
+            Message::Close(m) => e.encode(m)?,
+            Message::Rekey(m) => e.encode(m)?,
+        };
+        Ok(())
+    }
+
+    /// The envelope as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(Vec::new());
+        // Writing to a Vec cannot fail.
+        let _ = self.encode_into(&mut e);
+        e.into_writer()
+    }
+
+    /// Decode exactly one envelope occupying all of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, MessageError> {
+        let mut d = Decoder::new(bytes);
+        let decoded = Message::decode_from(&mut d)?;
+        if d.position() != bytes.len() {
+            return Err(MessageError::Malformed(
+                "trailing bytes after the message".into(),
+            ));
+        }
+        Ok(decoded)
+    }
+
+    /// Decode one envelope from `d`.
+    pub(crate) fn decode_from(d: &mut Decoder<'_>) -> Result<Decoded, MessageError> {
+        let malformed = |e: CborError| MessageError::Malformed(e.to_string());
+        if d.array().map_err(malformed)? != Some(2) {
+            return Err(MessageError::Malformed(
+                "an envelope is a 2-element array".into(),
+            ));
+        }
+        let message_type = d.u32().map_err(malformed)?;
+        let message = match message_type {
+            types::CONTACT_REQUEST => Message::ContactRequest(d.decode().map_err(malformed)?),
+            types::CONTACT_RESPONSE => Message::ContactResponse(d.decode().map_err(malformed)?),
+            types::CHAT => Message::Chat(d.decode().map_err(malformed)?),
+            types::ACK => Message::Ack(d.decode().map_err(malformed)?),
+            types::PING => Message::Ping(d.decode().map_err(malformed)?),
+            types::PONG => Message::Pong(d.decode().map_err(malformed)?),
+            types::CLOSE => Message::Close(d.decode().map_err(malformed)?),
+            types::REKEY => Message::Rekey(d.decode().map_err(malformed)?),
+            _ => {
+                d.skip().map_err(malformed)?;
+                return Ok(Decoded::Unknown { message_type });
+            }
+        };
+        message.check_limits()?;
+        Ok(Decoded::Known(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> MessageId {
+        MessageId([n; 16])
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::ContactRequest(ContactRequest {
+                id: id(1),
+                nickname: "Alice".into(),
+                greeting: "hi, it's Alice from the workshop".into(),
+                kind: PeerKind::Human,
+            }),
+            Message::ContactResponse(ContactResponse {
+                id: id(2),
+                decision: Decision::Accept,
+            }),
+            Message::Chat(Chat {
+                id: id(3),
+                sent_at: 1_700_000_000_000,
+                body: "hello ✓".into(),
+                reply_to: Some(id(4)),
+            }),
+            Message::Ack(Ack {
+                ids: vec![id(5), id(6)],
+            }),
+            Message::Ping(Ping { nonce: 7 }),
+            Message::Pong(Pong { nonce: 7 }),
+            Message::Close(Close {
+                code: CloseReason::Refused.code(),
+                text: None,
+            }),
+            Message::Rekey(Rekey {}),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            assert_eq!(Message::decode(&m.encode()), Ok(Decoded::Known(m.clone())));
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_skipped_not_fatal() {
+        // [99, {0: "future", 1: [1, 2, {3: h'00'}]}]
+        let mut e = Encoder::new(Vec::new());
+        e.array(2).unwrap().u32(99).unwrap();
+        e.map(2).unwrap().u8(0).unwrap().str("future").unwrap();
+        e.u8(1).unwrap().array(3).unwrap().u8(1).unwrap().u8(2).unwrap();
+        e.map(1).unwrap().u8(3).unwrap().bytes(&[0]).unwrap();
+        assert_eq!(
+            Message::decode(&e.into_writer()),
+            Ok(Decoded::Unknown { message_type: 99 })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        // A chat with an extra field 9 that a future version might add.
+        let mut e = Encoder::new(Vec::new());
+        e.array(2).unwrap().u32(types::CHAT).unwrap();
+        e.map(4).unwrap();
+        e.u8(0).unwrap().bytes(&[1; 16]).unwrap();
+        e.u8(1).unwrap().u64(5).unwrap();
+        e.u8(2).unwrap().str("hi").unwrap();
+        e.u8(9).unwrap().str("a field from the future").unwrap();
+        let decoded = Message::decode(&e.into_writer()).expect("decodes");
+        assert_eq!(
+            decoded,
+            Decoded::Known(Message::Chat(Chat {
+                id: id(1),
+                sent_at: 5,
+                body: "hi".into(),
+                reply_to: None
+            }))
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced_on_decode() {
+        let long = Message::Chat(Chat {
+            id: id(1),
+            sent_at: 0,
+            body: "x".repeat(MAX_BODY_BYTES + 1),
+            reply_to: None,
+        });
+        assert!(matches!(
+            Message::decode(&long.encode()),
+            Err(MessageError::TooLong { field: "body", .. })
+        ));
+    }
+
+    #[test]
+    fn close_codes_round_trip_including_unknown_ones() {
+        for code in 0..20 {
+            assert_eq!(CloseReason::from_code(code).code(), code);
+        }
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        for bytes in [
+            &[][..],
+            &[0x80],
+            &[0x82, 0x03],
+            &[0x82, 0x03, 0xa0],
+            &[0x82, 0x03, 0xa1, 0x00, 0x41, 0x00],
+            &[0x9f; 64],
+        ] {
+            assert!(Message::decode(bytes).is_err(), "{bytes:?} was accepted");
+        }
+    }
+}
