@@ -129,7 +129,11 @@ mod tests {
         for piece in wire.chunks(4096) {
             reader.push(piece);
             while reader.next_frame().is_some() {}
-            assert!(reader.buf.len() <= 4096 + 102, "buffer grew to {}", reader.buf.len());
+            assert!(
+                reader.buf.len() <= 4096 + 102,
+                "buffer grew to {}",
+                reader.buf.len()
+            );
         }
     }
 }

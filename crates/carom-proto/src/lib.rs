@@ -37,9 +37,9 @@ pub use identity::{
     AddressError, IdentityKey, ONION_ADDRESS_LEN, OnionAddress, Redacted, URI_SCHEME,
 };
 pub use message::{
-    Ack, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision, Decoded,
-    MAX_ACK_IDS, MAX_BODY_BYTES, MAX_CLOSE_TEXT_BYTES, MAX_GREETING_BYTES, MAX_NICKNAME_BYTES,
-    Message, MessageError, MessageId, PeerKind, Ping, Pong, Rekey, types,
+    Ack, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision, Decoded, MAX_ACK_IDS,
+    MAX_BODY_BYTES, MAX_CLOSE_TEXT_BYTES, MAX_GREETING_BYTES, MAX_NICKNAME_BYTES, Message,
+    MessageError, MessageId, PeerKind, Ping, Pong, Rekey, types,
 };
 pub use noise::{MAX_TRANSPORT_PLAINTEXT, NOISE_IK, NOISE_XX, PROLOGUE_LABEL, Pattern};
 pub use session::{

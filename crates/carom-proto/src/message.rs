@@ -351,9 +351,10 @@ impl Message {
                 c.text.as_ref().map_or(0, String::len),
                 MAX_CLOSE_TEXT_BYTES,
             ),
-            Message::ContactResponse(_) | Message::Ping(_) | Message::Pong(_) | Message::Rekey(_) => {
-                Ok(())
-            }
+            Message::ContactResponse(_)
+            | Message::Ping(_)
+            | Message::Pong(_)
+            | Message::Rekey(_) => Ok(()),
         }
     }
 
@@ -476,7 +477,14 @@ mod tests {
         let mut e = Encoder::new(Vec::new());
         e.array(2).unwrap().u32(99).unwrap();
         e.map(2).unwrap().u8(0).unwrap().str("future").unwrap();
-        e.u8(1).unwrap().array(3).unwrap().u8(1).unwrap().u8(2).unwrap();
+        e.u8(1)
+            .unwrap()
+            .array(3)
+            .unwrap()
+            .u8(1)
+            .unwrap()
+            .u8(2)
+            .unwrap();
         e.map(1).unwrap().u8(3).unwrap().bytes(&[0]).unwrap();
         assert_eq!(
             Message::decode(&e.into_writer()),

@@ -29,7 +29,7 @@ use crate::frame::{FrameReader, HandshakeKind, MAGIC, MAX_FRAME_BODY, write_fram
 use crate::identity::{IdentityKey, OnionAddress};
 use crate::message::{Close, CloseReason, Decoded, Message, MessageError, Ping, Pong, Rekey};
 use crate::noise::{
-    EphemeralResolver, HandshakePayload, MAX_TRANSPORT_PLAINTEXT, PayloadError, Pattern, TAG_LEN,
+    EphemeralResolver, HandshakePayload, MAX_TRANSPORT_PLAINTEXT, Pattern, PayloadError, TAG_LEN,
     prologue,
 };
 
@@ -291,11 +291,17 @@ enum State {
     /// Responder, waiting for a HELLO.
     AwaitHello,
     /// Responder (XX), message 2 sent.
-    AwaitFinish { handshake: Box<HandshakeState> },
+    AwaitFinish {
+        handshake: Box<HandshakeState>,
+    },
     /// Responder, peer authenticated, waiting for the caller's decision.
-    AwaitDecision { pending: Pending },
+    AwaitDecision {
+        pending: Pending,
+    },
     /// Both directions keyed.
-    Established { transport: Box<TransportState> },
+    Established {
+        transport: Box<TransportState>,
+    },
     Closed,
 }
 
@@ -307,6 +313,10 @@ enum Pending {
     Transport(Box<TransportState>),
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per session; boxing the address would only add an allocation"
+)]
 enum Role {
     Initiator {
         peer: OnionAddress,
@@ -388,7 +398,14 @@ impl Session {
         now: Instant,
         rng: &mut R,
     ) -> Session {
-        Session::new(config, Role::Responder, State::AwaitHello, unix_now, now, rng)
+        Session::new(
+            config,
+            Role::Responder,
+            State::AwaitHello,
+            unix_now,
+            now,
+            rng,
+        )
     }
 
     fn new<R: RngCore + CryptoRng>(
@@ -432,9 +449,10 @@ impl Session {
     /// Where the session is.
     pub fn phase(&self) -> Phase {
         match self.state {
-            State::Start | State::AwaitResponse { .. } | State::AwaitHello | State::AwaitFinish { .. } => {
-                Phase::Handshaking
-            }
+            State::Start
+            | State::AwaitResponse { .. }
+            | State::AwaitHello
+            | State::AwaitFinish { .. } => Phase::Handshaking,
             State::AwaitDecision { .. } => Phase::AwaitingDecision,
             State::Established { .. } => Phase::Established,
             State::Closed => Phase::Closed,
@@ -829,16 +847,19 @@ impl Session {
         if self.attempts >= MAX_ATTEMPTS {
             return Err(ProtocolError::TooManyAttempts);
         }
-        let versions = &self.config.versions;
-        let mut body = vec![HandshakeKind::Retry as u8, reason, versions.len() as u8];
-        body.extend_from_slice(versions);
+        let mut body = vec![HandshakeKind::Retry as u8, reason];
+        body.extend_from_slice(&version_list(&self.config.versions));
         write_frame(&mut self.output, &body);
         self.state = State::AwaitHello;
         Ok(())
     }
 
     /// Responder (XX): message 3 arrived.
-    fn on_finish(&mut self, mut handshake: HandshakeState, rest: &[u8]) -> Result<(), ProtocolError> {
+    fn on_finish(
+        &mut self,
+        mut handshake: HandshakeState,
+        rest: &[u8],
+    ) -> Result<(), ProtocolError> {
         let mut payload_bytes = vec![0u8; MAX_FRAME_BODY];
         let len = handshake
             .read_message(rest, &mut payload_bytes)
@@ -863,9 +884,9 @@ impl Session {
         pattern: Pattern,
     ) -> Result<(), ProtocolError> {
         let remote = remote_static(handshake)?;
-        let cert = payload.certificate.ok_or_else(|| {
-            ProtocolError::Malformed("the initiator sent no certificate".into())
-        })?;
+        let cert = payload
+            .certificate
+            .ok_or_else(|| ProtocolError::Malformed("the initiator sent no certificate".into()))?;
         check_certificate(&cert, &remote, self.unix_now)?;
         let facts = PeerFacts {
             address: cert.identity(),
@@ -927,9 +948,9 @@ impl Session {
             })?;
         let (payload, unknown) = HandshakePayload::decode(&payload_bytes[..len])?;
         let remote = remote_static(&handshake)?;
-        let cert = payload.certificate.ok_or_else(|| {
-            ProtocolError::Malformed("the responder sent no certificate".into())
-        })?;
+        let cert = payload
+            .certificate
+            .ok_or_else(|| ProtocolError::Malformed("the responder sent no certificate".into()))?;
         check_certificate(&cert, &remote, self.unix_now)?;
         if cert.identity() != peer {
             return Err(ProtocolError::WrongPeer {
@@ -1020,7 +1041,8 @@ impl Session {
             }
         }
         for &message_type in unknown {
-            self.events.push_back(Event::UnknownMessage { message_type });
+            self.events
+                .push_back(Event::UnknownMessage { message_type });
         }
     }
 
@@ -1060,7 +1082,8 @@ impl Session {
         match Message::decode(&plain[..len]) {
             Ok(Decoded::Known(message)) => self.deliver_transport(message, now),
             Ok(Decoded::Unknown { message_type }) => {
-                self.events.push_back(Event::UnknownMessage { message_type });
+                self.events
+                    .push_back(Event::UnknownMessage { message_type });
             }
             Err(e) => self.events.push_back(Event::MalformedMessage {
                 reason: e.to_string(),
@@ -1190,7 +1213,9 @@ fn write_noise(
         .write_message(payload, &mut message)
         .map_err(|e| ProtocolError::Handshake(e.to_string()))?;
     if body.len() + n > MAX_FRAME_BODY {
-        return Err(ProtocolError::Handshake("handshake message too large".into()));
+        return Err(ProtocolError::Handshake(
+            "handshake message too large".into(),
+        ));
     }
     body.extend_from_slice(&message[..n]);
     Ok(())
@@ -1218,11 +1243,18 @@ fn check_certificate(
 /// `MAGIC ‖ n ‖ versions[n] ‖ chosen ‖ pattern`.
 fn hello_header(versions: &[u8], chosen: u8, pattern: Pattern) -> Vec<u8> {
     let mut h = MAGIC.to_vec();
-    h.push(versions.len() as u8);
-    h.extend_from_slice(versions);
+    h.extend_from_slice(&version_list(versions));
     h.push(chosen);
     h.push(pattern.wire());
     h
+}
+
+/// `n ‖ versions[n]`, keeping at most 255 versions (a u8 count).
+fn version_list(versions: &[u8]) -> Vec<u8> {
+    let kept = &versions[..versions.len().min(usize::from(u8::MAX))];
+    let mut list = vec![u8::try_from(kept.len()).unwrap_or(u8::MAX)];
+    list.extend_from_slice(kept);
+    list
 }
 
 struct Hello<'a> {
@@ -1314,13 +1346,22 @@ mod tests {
         let mut a = Session::initiator(ca, bob, None, 1_900_000_000, now, &mut rng);
         let mut b = Session::responder(cb, 1_900_000_000, now, &mut rng);
         settle(&mut a, &mut b, now);
-        assert_eq!((a.phase(), b.phase()), (Phase::Established, Phase::Established));
+        assert_eq!(
+            (a.phase(), b.phase()),
+            (Phase::Established, Phase::Established)
+        );
 
         // A message of a type from the future, and a known type with a malformed body.
         let mut future = minicbor::Encoder::new(Vec::new());
         future.array(2).unwrap().u32(4000).unwrap().map(0).unwrap();
         let mut broken = minicbor::Encoder::new(Vec::new());
-        broken.array(2).unwrap().u32(types::CHAT).unwrap().map(0).unwrap();
+        broken
+            .array(2)
+            .unwrap()
+            .u32(types::CHAT)
+            .unwrap()
+            .map(0)
+            .unwrap();
         for plain in [future.into_writer(), broken.into_writer()] {
             let State::Established { transport } = &mut a.state else {
                 panic!("a is established");
@@ -1340,7 +1381,10 @@ mod tests {
         )
         .unwrap();
         let (_, eb) = settle(&mut a, &mut b, now);
-        assert!(matches!(eb[0], Event::UnknownMessage { message_type: 4000 }));
+        assert!(matches!(
+            eb[0],
+            Event::UnknownMessage { message_type: 4000 }
+        ));
         assert!(matches!(eb[1], Event::MalformedMessage { .. }));
         assert!(matches!(&eb[2], Event::Message(Message::Chat(c)) if c.body == "still here"));
         assert_eq!(b.phase(), Phase::Established);

@@ -4,7 +4,10 @@
 //! Allocation is measured by a counting allocator that tracks the peak of live heap bytes per
 //! thread, so the parallel test threads do not disturb each other's figures.
 
-#![allow(unsafe_code, reason = "a counting global allocator for the allocation-bound tests")]
+#![allow(
+    unsafe_code,
+    reason = "a counting global allocator for the allocation-bound tests"
+)]
 
 mod common;
 
@@ -71,26 +74,38 @@ fn text(max: usize) -> impl Strategy<Value = String> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (message_id(), text(64), text(1024), any::<bool>()).prop_map(|(id, nickname, greeting, bot)| {
-            Message::ContactRequest(ContactRequest {
+        (message_id(), text(64), text(1024), any::<bool>()).prop_map(
+            |(id, nickname, greeting, bot)| {
+                Message::ContactRequest(ContactRequest {
+                    id,
+                    nickname,
+                    greeting,
+                    kind: if bot { PeerKind::Bot } else { PeerKind::Human },
+                })
+            }
+        ),
+        (message_id(), any::<bool>()).prop_map(|(id, yes)| Message::ContactResponse(
+            ContactResponse {
                 id,
-                nickname,
-                greeting,
-                kind: if bot { PeerKind::Bot } else { PeerKind::Human },
-            })
-        }),
-        (message_id(), any::<bool>()).prop_map(|(id, yes)| Message::ContactResponse(ContactResponse {
-            id,
-            decision: if yes { Decision::Accept } else { Decision::Reject },
-        })),
-        (message_id(), any::<u64>(), text(2000), proptest::option::of(message_id())).prop_map(
-            |(id, sent_at, body, reply_to)| Message::Chat(Chat {
+                decision: if yes {
+                    Decision::Accept
+                } else {
+                    Decision::Reject
+                },
+            }
+        )),
+        (
+            message_id(),
+            any::<u64>(),
+            text(2000),
+            proptest::option::of(message_id())
+        )
+            .prop_map(|(id, sent_at, body, reply_to)| Message::Chat(Chat {
                 id,
                 sent_at,
                 body,
                 reply_to
-            })
-        ),
+            })),
         proptest::collection::vec(message_id(), 0..100).prop_map(|ids| Message::Ack(Ack { ids })),
         any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
         any::<u64>().prop_map(|nonce| Message::Pong(Pong { nonce })),
@@ -191,7 +206,11 @@ fn cbor_headers_claiming_huge_lengths_fail_fast_and_small() {
     ];
     for bytes in cases {
         let peak = peak_growth(|| {
-            assert!(Message::decode(&bytes).is_err(), "{:?} accepted", &bytes[..4]);
+            assert!(
+                Message::decode(&bytes).is_err(),
+                "{:?} accepted",
+                &bytes[..4]
+            );
         });
         assert!(peak < ALLOCATION_BOUND, "allocated {peak} bytes");
     }

@@ -26,7 +26,14 @@ fn ik_delivers_and_acknowledges_the_first_message_in_one_round_trip() {
     assert_eq!(pair.a_saw(is_ack_of(7)), Some(pair.rtt()));
     assert!(matches!(
         pair.a_events.first(),
-        Some((_, Event::Established { pattern: Pattern::IK, retried: false, .. }))
+        Some((
+            _,
+            Event::Established {
+                pattern: Pattern::IK,
+                retried: false,
+                ..
+            }
+        ))
     ));
 }
 
@@ -34,7 +41,9 @@ fn ik_delivers_and_acknowledges_the_first_message_in_one_round_trip() {
 fn xx_first_contact_takes_two_round_trips_and_yields_the_key_for_ik() {
     let (alice, bob) = (Peer::new(1), Peer::new(2));
     let mut pair = Pair::new(&alice, &bob, None, LATENCY);
-    pair.a.send(chat(1, "first contact"), pair.now).expect("queued");
+    pair.a
+        .send(chat(1, "first contact"), pair.now)
+        .expect("queued");
     pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(1)).is_some());
     assert_eq!(pair.b_saw(is_chat(1)), Some(LATENCY * 3));
     assert_eq!(pair.a_saw(is_ack_of(1)), Some(pair.rtt() * 2));
@@ -88,7 +97,9 @@ fn a_stale_cached_key_falls_back_to_xx_on_the_same_stream() {
     let old_bob = Peer::with_device(2, 50, common::CERT_EXPIRY);
     let bob = Peer::with_device(2, 51, common::CERT_EXPIRY);
     let mut pair = Pair::new(&alice, &bob, Some(old_bob.device.public()), LATENCY);
-    pair.a.send(chat(3, "are you there?"), pair.now).expect("queued");
+    pair.a
+        .send(chat(3, "are you there?"), pair.now)
+        .expect("queued");
     pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(3)).is_some());
 
     // IK message 1 (undecryptable) → retry → XX: three round trips in all, one stream.
@@ -107,7 +118,11 @@ fn a_stale_cached_key_falls_back_to_xx_on_the_same_stream() {
         })
         .expect("established");
     assert_eq!((pattern, retried), (Pattern::XX, true));
-    assert_eq!(key, bob.device.public(), "the new key is reported for caching");
+    assert_eq!(
+        key,
+        bob.device.public(),
+        "the new key is reported for caching"
+    );
     // The message was delivered exactly once, though it first rode in the failed attempt.
     let deliveries = pair.b_events.iter().filter(|(_, e)| is_chat(3)(e)).count();
     assert_eq!(deliveries, 1);
@@ -119,10 +134,14 @@ fn reaching_a_different_identity_than_dialled_fails() {
     // XX: the prologue names Carol, Bob answers as Bob: Alice cannot decrypt his message 2.
     let mut pair = Pair::dialling(&alice, &bob, carol.address(), None, LATENCY);
     pair.run_until(LIMIT, |p| p.a.is_closed());
-    assert!(matches!(
-        pair.errors.as_slice(),
-        [(Side::A, ProtocolError::IdentityNotProven { .. })]
-    ), "{:?}", pair.errors);
+    assert!(
+        matches!(
+            pair.errors.as_slice(),
+            [(Side::A, ProtocolError::IdentityNotProven { .. })]
+        ),
+        "{:?}",
+        pair.errors
+    );
     // IK with Bob's real key but Carol's address in the prologue: Bob cannot decrypt message 1,
     // asks for XX, and XX fails the same way. Bob never authenticates anyone.
     let mut pair = Pair::dialling(
@@ -133,11 +152,18 @@ fn reaching_a_different_identity_than_dialled_fails() {
         LATENCY,
     );
     pair.run_until(LIMIT, |p| p.a.is_closed());
-    assert!(matches!(
-        pair.errors.as_slice(),
-        [(Side::A, ProtocolError::IdentityNotProven { .. })]
-    ), "{:?}", pair.errors);
-    assert!(pair.b_saw(|e| matches!(e, Event::PeerAuthenticated { .. })).is_none());
+    assert!(
+        matches!(
+            pair.errors.as_slice(),
+            [(Side::A, ProtocolError::IdentityNotProven { .. })]
+        ),
+        "{:?}",
+        pair.errors
+    );
+    assert!(
+        pair.b_saw(|e| matches!(e, Event::PeerAuthenticated { .. }))
+            .is_none()
+    );
 
     // A responder that uses the dialled identity in the prologue but holds another identity's
     // certificate is caught by the certificate check.
@@ -146,10 +172,14 @@ fn reaching_a_different_identity_than_dialled_fails() {
         .configured(|c| c.identity = carol.identity.clone());
     let mut pair = Pair::dialling(&alice, &impostor, carol.address(), None, LATENCY);
     pair.run_until(LIMIT, |p| p.a.is_closed());
-    assert!(matches!(
-        pair.errors.as_slice(),
-        [(Side::A, ProtocolError::WrongPeer { .. })]
-    ), "{:?}", pair.errors);
+    assert!(
+        matches!(
+            pair.errors.as_slice(),
+            [(Side::A, ProtocolError::WrongPeer { .. })]
+        ),
+        "{:?}",
+        pair.errors
+    );
 }
 
 #[test]
@@ -160,13 +190,18 @@ fn expired_and_mismatched_certificates_are_refused() {
     pair.run_until(LIMIT, |p| p.a.is_closed());
     assert!(matches!(
         pair.errors.as_slice(),
-        [(Side::A, ProtocolError::Certificate(CertError::Expired { .. }))]
+        [(
+            Side::A,
+            ProtocolError::Certificate(CertError::Expired { .. })
+        )]
     ));
 
     // Bob presents a certificate for a different device key than the one he uses.
     let bob = Peer::new(2);
     let other = Peer::with_device(2, 99, common::CERT_EXPIRY);
-    let lying_bob = bob.clone().configured(|c| c.certificate = other.config.certificate);
+    let lying_bob = bob
+        .clone()
+        .configured(|c| c.certificate = other.config.certificate);
     let mut pair = Pair::new(&alice, &lying_bob, None, LATENCY);
     pair.run_until(LIMIT, |p| p.a.is_closed());
     assert!(matches!(
@@ -175,14 +210,21 @@ fn expired_and_mismatched_certificates_are_refused() {
     ));
 
     // And the same check protects the responder from a lying initiator.
-    let lying_alice = alice
-        .clone()
-        .configured(|c| c.certificate = Peer::with_device(1, 77, common::CERT_EXPIRY).config.certificate);
+    let lying_alice = alice.clone().configured(|c| {
+        c.certificate = Peer::with_device(1, 77, common::CERT_EXPIRY)
+            .config
+            .certificate;
+    });
     let mut pair = Pair::new(&lying_alice, &bob, None, LATENCY);
     pair.run_until(LIMIT, |p| p.b.is_closed());
-    assert!(pair.errors.iter().any(|(side, e)| *side == Side::B
-        && *e == ProtocolError::Certificate(CertError::KeyMismatch)));
-    assert!(pair.b_saw(|e| matches!(e, Event::PeerAuthenticated { .. })).is_none());
+    assert!(
+        pair.errors.iter().any(|(side, e)| *side == Side::B
+            && *e == ProtocolError::Certificate(CertError::KeyMismatch))
+    );
+    assert!(
+        pair.b_saw(|e| matches!(e, Event::PeerAuthenticated { .. }))
+            .is_none()
+    );
 }
 
 #[test]
@@ -206,19 +248,30 @@ fn a_refusal_is_authenticated_and_follows_the_acknowledgement() {
     ));
     let now = pair.now;
     pair.b
-        .send(Message::Ack(carom_proto::Ack { ids: vec![MessageId([5; 16])] }), now)
+        .send(
+            Message::Ack(carom_proto::Ack {
+                ids: vec![MessageId([5; 16])],
+            }),
+            now,
+        )
         .expect("ack");
     pair.b.close(CloseReason::RequestReceived, now);
     pair.run_until(LIMIT, |p| p.a.is_closed());
     let kinds: Vec<&Event> = pair.a_events.iter().map(|(_, e)| e).collect();
-    assert!(matches!(
-        kinds.as_slice(),
-        [
-            Event::Established { .. },
-            Event::Message(Message::Ack(_)),
-            Event::Closed { reason: CloseReason::RequestReceived, by_peer: true },
-        ]
-    ), "{kinds:?}");
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                Event::Established { .. },
+                Event::Message(Message::Ack(_)),
+                Event::Closed {
+                    reason: CloseReason::RequestReceived,
+                    by_peer: true
+                },
+            ]
+        ),
+        "{kinds:?}"
+    );
 }
 
 #[test]
@@ -228,10 +281,14 @@ fn versions_are_negotiated_down_on_the_same_stream() {
     let mut pair = Pair::new(&alice, &bob, Some(bob.device.public()), LATENCY);
     pair.a.send(chat(4, "v?"), pair.now).expect("queued");
     pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(4)).is_some());
-    assert!(pair
-        .a_events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Established { retried: true, pattern: Pattern::IK, .. })));
+    assert!(pair.a_events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Established {
+            retried: true,
+            pattern: Pattern::IK,
+            ..
+        }
+    )));
     assert_eq!(pair.a_saw(is_ack_of(4)), Some(pair.rtt() * 2));
 
     let future_only = Peer::new(1).configured(|c| c.versions = vec![2]);
@@ -250,10 +307,11 @@ fn a_downgraded_hello_is_answered_with_a_retry() {
     let bob = Peer::new(2).configured(|c| c.versions = vec![1, 2]);
     let mut pair = Pair::new(&alice, &bob, None, LATENCY);
     pair.run_until(LIMIT, |p| p.a.phase() == Phase::Established);
-    assert!(pair
-        .a_events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Established { retried: false, .. })));
+    assert!(
+        pair.a_events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Established { retried: false, .. }))
+    );
 }
 
 #[test]
@@ -286,7 +344,9 @@ fn keepalives_measure_rtt_and_a_dead_peer_is_detected() {
     let mut pair = Pair::new(&alice, &bob, Some(bob.device.public()), LATENCY);
     pair.run_until(LIMIT, |p| p.b.phase() == Phase::Established);
     // Idle for a while: pings keep it alive and measure the round trip.
-    pair.run_until(Duration::from_secs(400), |p| p.elapsed() > Duration::from_secs(300));
+    pair.run_until(Duration::from_secs(400), |p| {
+        p.elapsed() > Duration::from_secs(300)
+    });
     assert!(!pair.a.is_closed() && !pair.b.is_closed());
     assert_eq!(pair.a.rtt(), Some(pair.rtt()));
 
@@ -295,7 +355,15 @@ fn keepalives_measure_rtt_and_a_dead_peer_is_detected() {
     let silent_since = pair.elapsed();
     pair.run_until(Duration::from_secs(1000), |p| p.a.is_closed());
     let closed_at = pair
-        .a_saw(|e| matches!(e, Event::Closed { reason: CloseReason::Timeout, by_peer: false }))
+        .a_saw(|e| {
+            matches!(
+                e,
+                Event::Closed {
+                    reason: CloseReason::Timeout,
+                    by_peer: false
+                }
+            )
+        })
         .expect("timeout reported");
     assert!(closed_at - silent_since <= Duration::from_secs(181));
 }
@@ -316,7 +384,11 @@ fn rekeying_keeps_the_channel_working() {
         let until = pair.elapsed() + Duration::from_secs(15);
         pair.run_until(LIMIT * 10, |p| p.elapsed() >= until);
     }
-    assert!(!pair.a.is_closed() && !pair.b.is_closed(), "errors: {:?}", pair.errors);
+    assert!(
+        !pair.a.is_closed() && !pair.b.is_closed(),
+        "errors: {:?}",
+        pair.errors
+    );
 }
 
 #[test]
@@ -326,7 +398,13 @@ fn an_unanswered_handshake_times_out() {
     pair.drop_from = Some(Side::B);
     pair.run_until(Duration::from_secs(200), |p| p.a.is_closed());
     assert_eq!(
-        pair.a_saw(|e| matches!(e, Event::Closed { reason: CloseReason::Timeout, .. })),
+        pair.a_saw(|e| matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::Timeout,
+                ..
+            }
+        )),
         Some(Duration::from_secs(90))
     );
 }
@@ -341,11 +419,17 @@ fn a_tampered_frame_closes_the_session() {
     let mut bytes = pair.a.poll_transmit().expect("a frame");
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    assert_eq!(pair.b.handle_input(&bytes, now), Err(ProtocolError::Decrypt));
+    assert_eq!(
+        pair.b.handle_input(&bytes, now),
+        Err(ProtocolError::Decrypt)
+    );
     assert!(pair.b.is_closed());
     assert!(matches!(
         pair.b.poll_event(),
-        Some(Event::Closed { reason: CloseReason::ProtocolError, by_peer: false })
+        Some(Event::Closed {
+            reason: CloseReason::ProtocolError,
+            by_peer: false
+        })
     ));
 }
 
@@ -356,7 +440,10 @@ fn oversized_messages_are_refused_before_queueing() {
     let huge = chat(1, &"x".repeat(carom_proto::MAX_BODY_BYTES + 1));
     assert!(matches!(
         pair.a.send(huge, pair.now),
-        Err(SendError::Limit(carom_proto::MessageError::TooLong { field: "body", .. }))
+        Err(SendError::Limit(carom_proto::MessageError::TooLong {
+            field: "body",
+            ..
+        }))
     ));
     let max = chat(2, &"y".repeat(carom_proto::MAX_BODY_BYTES));
     pair.a.send(max, pair.now).expect("the largest body fits");
@@ -383,7 +470,10 @@ fn garbage_is_not_carom() {
         &mut common::rng(3),
     );
     let http = b"\x00\x10GET / HTTP/1.1\r\n\r\n";
-    assert_eq!(session.handle_input(http, now), Err(ProtocolError::NotCarom));
+    assert_eq!(
+        session.handle_input(http, now),
+        Err(ProtocolError::NotCarom)
+    );
     assert!(session.is_closed());
 }
 
@@ -392,7 +482,9 @@ fn the_same_randomness_gives_the_same_bytes() {
     let run = || {
         let (alice, bob) = (Peer::new(1), Peer::new(2));
         let mut pair = Pair::new(&alice, &bob, None, LATENCY);
-        pair.a.send(chat(1, "deterministic"), pair.now).expect("queued");
+        pair.a
+            .send(chat(1, "deterministic"), pair.now)
+            .expect("queued");
         pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(1)).is_some());
         pair.bytes_sent
     };

@@ -115,7 +115,9 @@ fn handshake(cached: Option<[u8; 32]>, bob_party: &Party) -> Value {
         now,
         &mut ChaCha20Rng::from_seed(b.rng_seed),
     );
-    initiator.send(chat(1, "first message"), now).expect("queued");
+    initiator
+        .send(chat(1, "first message"), now)
+        .expect("queued");
     let mut frames = Vec::new();
     let mut record = |from: &str, bytes: Vec<u8>| {
         frames.push(json!({ "from": from, "bytes": h(&bytes) }));
@@ -126,7 +128,9 @@ fn handshake(cached: Option<[u8; 32]>, bob_party: &Party) -> Value {
     for _ in 0..10 {
         if let Some(bytes) = initiator.poll_transmit() {
             let bytes = record("initiator", bytes);
-            responder.handle_input(&bytes, now).expect("responder accepts");
+            responder
+                .handle_input(&bytes, now)
+                .expect("responder accepts");
         }
         while let Some(event) = responder.poll_event() {
             if let carom_proto::Event::Message(Message::Chat(c)) = event {
@@ -139,11 +143,15 @@ fn handshake(cached: Option<[u8; 32]>, bob_party: &Party) -> Value {
         }
         if let Some(bytes) = responder.poll_transmit() {
             let bytes = record("responder", bytes);
-            initiator.handle_input(&bytes, now).expect("initiator accepts");
+            initiator
+                .handle_input(&bytes, now)
+                .expect("initiator accepts");
         }
         while initiator.poll_event().is_some() {}
         if initiator.phase() == carom_proto::Phase::Established && !sent_second {
-            initiator.send(chat(2, "second message"), now).expect("queued");
+            initiator
+                .send(chat(2, "second message"), now)
+                .expect("queued");
             sent_second = true;
         }
     }
@@ -174,26 +182,46 @@ fn generate() -> Value {
         })
         .collect();
     let messages: Vec<Value> = [
-        ("contact_request", Message::ContactRequest(ContactRequest {
-            id: MessageId([3; 16]),
-            nickname: "Alice".into(),
-            greeting: "Hi Bob, Alice from the workshop".into(),
-            kind: PeerKind::Human,
-        })),
-        ("contact_response", Message::ContactResponse(ContactResponse {
-            id: MessageId([4; 16]),
-            decision: Decision::Accept,
-        })),
-        ("chat", Message::Chat(Chat {
-            id: MessageId([5; 16]),
-            sent_at: 1_800_000_000_000,
-            body: "hello ✓".into(),
-            reply_to: Some(MessageId([6; 16])),
-        })),
-        ("ack", Message::Ack(Ack { ids: vec![MessageId([5; 16]), MessageId([7; 16])] })),
+        (
+            "contact_request",
+            Message::ContactRequest(ContactRequest {
+                id: MessageId([3; 16]),
+                nickname: "Alice".into(),
+                greeting: "Hi Bob, Alice from the workshop".into(),
+                kind: PeerKind::Human,
+            }),
+        ),
+        (
+            "contact_response",
+            Message::ContactResponse(ContactResponse {
+                id: MessageId([4; 16]),
+                decision: Decision::Accept,
+            }),
+        ),
+        (
+            "chat",
+            Message::Chat(Chat {
+                id: MessageId([5; 16]),
+                sent_at: 1_800_000_000_000,
+                body: "hello ✓".into(),
+                reply_to: Some(MessageId([6; 16])),
+            }),
+        ),
+        (
+            "ack",
+            Message::Ack(Ack {
+                ids: vec![MessageId([5; 16]), MessageId([7; 16])],
+            }),
+        ),
         ("ping", Message::Ping(Ping { nonce: 42 })),
         ("pong", Message::Pong(Pong { nonce: 42 })),
-        ("close", Message::Close(Close { code: CloseReason::Refused.code(), text: None })),
+        (
+            "close",
+            Message::Close(Close {
+                code: CloseReason::Refused.code(),
+                text: None,
+            }),
+        ),
     ]
     .into_iter()
     .map(|(name, m)| json!({ "name": name, "cbor": h(&m.encode()), "debug": format!("{m:?}") }))
@@ -246,18 +274,25 @@ fn an_independent_construction_matches_the_vectors() {
         let responder = &run["responder"];
         let hello = unhex(&run["frames"][0]["bytes"]);
         // Frame: u16 length ‖ 0x01 ‖ "CAROM" ‖ 1 ‖ [1] ‖ 1 ‖ pattern ‖ noise message 1.
-        assert_eq!(usize::from(u16::from_be_bytes([hello[0], hello[1]])), hello.len() - 2);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([hello[0], hello[1]])),
+            hello.len() - 2
+        );
         let header = &hello[3..3 + 9];
         let pattern_byte = if pattern == "IK" { 1 } else { 2 };
-        assert_eq!(header, [b"CAROM".as_slice(), &[1, 1, 1, pattern_byte]].concat());
+        assert_eq!(
+            header,
+            [b"CAROM".as_slice(), &[1, 1, 1, pattern_byte]].concat()
+        );
         let prologue = [
             b"carom-prologue".as_slice(),
             header,
             &unhex(&responder["identity_public"]),
         ]
         .concat();
-        let params: snow::params::NoiseParams =
-            format!("Noise_{pattern}_25519_ChaChaPoly_BLAKE2s").parse().expect("params");
+        let params: snow::params::NoiseParams = format!("Noise_{pattern}_25519_ChaChaPoly_BLAKE2s")
+            .parse()
+            .expect("params");
         let ephemeral = unhex(&initiator["ephemeral_secrets"][0]);
         let secret = unhex(&initiator["device_secret"]);
         let remote = unhex(&responder["device_public"]);
@@ -275,7 +310,10 @@ fn an_independent_construction_matches_the_vectors() {
         let payload = if pattern == "IK" {
             let mut e = minicbor::Encoder::new(Vec::new());
             e.map(2).unwrap();
-            e.u8(0).unwrap().bytes(&unhex(&initiator["certificate"])).unwrap();
+            e.u8(0)
+                .unwrap()
+                .bytes(&unhex(&initiator["certificate"]))
+                .unwrap();
             e.u8(2).unwrap().array(1).unwrap();
             let mut p = e.into_writer();
             p.extend_from_slice(&unhex(&run["initiator_queues_before_handshake"]));
@@ -292,11 +330,16 @@ fn an_independent_construction_matches_the_vectors() {
             let response = unhex(&run["frames"][1]["bytes"]);
             assert_eq!(response[2], 2, "a RESPONSE frame");
             let mut out = vec![0u8; 65535];
-            let n = hs.read_message(&response[3..], &mut out).expect("message 2 decrypts");
+            let n = hs
+                .read_message(&response[3..], &mut out)
+                .expect("message 2 decrypts");
             let mut d = minicbor::Decoder::new(&out[..n]);
             assert_eq!(d.map().unwrap(), Some(1));
             assert_eq!(d.u8().unwrap(), 0);
-            assert_eq!(d.bytes().unwrap(), unhex(&responder["certificate"]).as_slice());
+            assert_eq!(
+                d.bytes().unwrap(),
+                unhex(&responder["certificate"]).as_slice()
+            );
         }
     }
 }
