@@ -1,0 +1,227 @@
+//! Contacts and the conversation list.
+
+use rusqlite::{OptionalExtension, Row};
+
+use crate::err::{Error, Result, SqlResultExt};
+use crate::messages::{self, message_columns};
+use crate::model::{Contact, ConversationSummary, NewContact};
+use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
+
+/// The columns [`from_row`] reads, each prefixed with `$prefix`.
+macro_rules! contact_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "id, ",
+            $prefix,
+            "identity, ",
+            $prefix,
+            "state, ",
+            $prefix,
+            "nickname, ",
+            $prefix,
+            "offered_nickname, ",
+            $prefix,
+            "greeting, ",
+            $prefix,
+            "declared_kind, ",
+            $prefix,
+            "peer_static, ",
+            $prefix,
+            "peer_static_expires, ",
+            $prefix,
+            "created_at, ",
+            $prefix,
+            "updated_at, ",
+            $prefix,
+            "last_seen"
+        )
+    };
+}
+
+pub(crate) const SELECT_BY_ID: &str = concat!(
+    "SELECT ",
+    contact_columns!(""),
+    " FROM contacts WHERE id = ?1"
+);
+
+pub(crate) const SELECT_BY_IDENTITY: &str = concat!(
+    "SELECT ",
+    contact_columns!(""),
+    " FROM contacts WHERE identity = ?1"
+);
+
+const SELECT_ALL: &str = concat!(
+    "SELECT ",
+    contact_columns!(""),
+    " FROM contacts ORDER BY id"
+);
+
+/// Each contact's newest message and message count are kept in the contact's row by triggers,
+/// so this reads one message row per contact by its id and never searches or scans messages.
+pub(crate) const SELECT_CONVERSATIONS: &str = concat!(
+    "SELECT ",
+    contact_columns!("c."),
+    ", c.message_count, ",
+    message_columns!("m."),
+    " FROM contacts c LEFT JOIN messages m ON m.id = c.last_message_id \
+     ORDER BY max(coalesce(m.stored_at, 0), c.created_at) DESC, c.id DESC"
+);
+
+/// How many columns [`from_row`] reads.
+const CONTACT_COLUMN_COUNT: usize = 12;
+
+fn from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Contact> {
+    Ok(Contact {
+        id: row.get(first)?,
+        identity: row.get(first + 1)?,
+        state: row.get(first + 2)?,
+        nickname: row.get(first + 3)?,
+        offered_nickname: row.get(first + 4)?,
+        greeting: row.get(first + 5)?,
+        declared_kind: row.get(first + 6)?,
+        peer_static: row.get(first + 7)?,
+        peer_static_expires: get_opt_u64(row, first + 8)?,
+        created_at: get_u64(row, first + 9)?,
+        updated_at: get_u64(row, first + 10)?,
+        last_seen: get_opt_u64(row, first + 11)?,
+    })
+}
+
+pub(crate) fn get(db: Db<'_>, id: i64) -> Result<Option<Contact>> {
+    db.conn
+        .prepare_cached(SELECT_BY_ID)
+        .and_then(|mut stmt| stmt.query_row([id], |row| from_row(row, 0)).optional())
+        .at(db.path)
+}
+
+pub(crate) fn by_identity(db: Db<'_>, identity: &[u8; 32]) -> Result<Option<Contact>> {
+    db.conn
+        .prepare_cached(SELECT_BY_IDENTITY)
+        .and_then(|mut stmt| {
+            stmt.query_row([identity], |row| from_row(row, 0))
+                .optional()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn all(db: Db<'_>) -> Result<Vec<Contact>> {
+    db.conn
+        .prepare_cached(SELECT_ALL)
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| from_row(row, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn conversations(db: Db<'_>) -> Result<Vec<ConversationSummary>> {
+    db.conn
+        .prepare_cached(SELECT_CONVERSATIONS)
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| {
+                let contact = from_row(row, 0)?;
+                let message_count = get_u64(row, CONTACT_COLUMN_COUNT)?;
+                let has_message = row.get_ref(CONTACT_COLUMN_COUNT + 1)?.as_i64_or_null()?;
+                let last_message = match has_message {
+                    Some(_) => Some(messages::from_row(row, CONTACT_COLUMN_COUNT + 1)?),
+                    None => None,
+                };
+                Ok(ConversationSummary {
+                    contact,
+                    last_message,
+                    message_count,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+impl WriteTx<'_> {
+    /// Adds a contact and returns its id. Fails with [`Error::AlreadyExists`] if a contact with
+    /// this identity exists.
+    pub fn insert_contact(&self, new: &NewContact) -> Result<i64> {
+        let db = self.db();
+        let now = to_sql_int(new.now, "now")?;
+        db.conn
+            .prepare_cached(
+                "INSERT INTO contacts (identity, state, nickname, offered_nickname, greeting,
+                     declared_kind, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            )
+            .and_then(|mut stmt| {
+                stmt.insert(rusqlite::params![
+                    new.identity,
+                    new.state,
+                    new.nickname,
+                    new.offered_nickname,
+                    new.greeting,
+                    new.declared_kind,
+                    now,
+                ])
+            })
+            .at(db.path)
+            .map_err(|e| {
+                if e.is_unique_conflict() {
+                    Error::AlreadyExists {
+                        what: "contact with this identity",
+                    }
+                } else {
+                    e
+                }
+            })
+    }
+
+    /// Writes every field of `contact` except `id`, `identity` and `created_at`, which never
+    /// change. Fails with [`Error::NotFound`] if there is no contact with that id.
+    pub fn update_contact(&self, contact: &Contact) -> Result<()> {
+        let db = self.db();
+        let expires = contact
+            .peer_static_expires
+            .map(|t| to_sql_int(t, "peer_static_expires"))
+            .transpose()?;
+        let updated_at = to_sql_int(contact.updated_at, "updated_at")?;
+        let last_seen = contact
+            .last_seen
+            .map(|t| to_sql_int(t, "last_seen"))
+            .transpose()?;
+        let changed = db
+            .conn
+            .prepare_cached(
+                "UPDATE contacts SET state = ?2, nickname = ?3, offered_nickname = ?4,
+                     greeting = ?5, declared_kind = ?6, peer_static = ?7,
+                     peer_static_expires = ?8, updated_at = ?9, last_seen = ?10
+                 WHERE id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params![
+                    contact.id,
+                    contact.state,
+                    contact.nickname,
+                    contact.offered_nickname,
+                    contact.greeting,
+                    contact.declared_kind,
+                    contact.peer_static,
+                    expires,
+                    updated_at,
+                    last_seen,
+                ])
+            })
+            .at(db.path)?;
+        if changed == 0 {
+            return Err(Error::NotFound { what: "contact" });
+        }
+        Ok(())
+    }
+
+    /// Deletes a contact with its messages and outbox items; returns whether it existed.
+    pub fn delete_contact(&self, id: i64) -> Result<bool> {
+        let db = self.db();
+        let removed = db
+            .conn
+            .execute("DELETE FROM contacts WHERE id = ?1", [id])
+            .at(db.path)?;
+        Ok(removed > 0)
+    }
+}

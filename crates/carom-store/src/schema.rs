@@ -1,0 +1,227 @@
+//! The schema and its versioned migrations.
+//!
+//! `PRAGMA user_version` records the schema version. Migration `n` takes a database from
+//! version `n - 1` to `n`; each runs in its own `BEGIN IMMEDIATE` transaction together with the
+//! version bump, so a crash or error leaves the database at the previous version, intact.
+//! Migrations are append-only: once released, a migration's SQL never changes.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::err::{Error, Result, SqlResultExt};
+
+/// Marks a database as Carom's (`PRAGMA application_id`, "Crom").
+pub(crate) const APPLICATION_ID: i32 = 0x4372_6f6d;
+
+/// One step of the schema's history.
+pub(crate) struct Migration {
+    /// The version this migration produces.
+    pub(crate) version: u32,
+    /// What it does, for logs.
+    pub(crate) summary: &'static str,
+    /// The statements.
+    pub(crate) sql: &'static str,
+}
+
+/// Every migration, in order; `MIGRATIONS[i].version == i + 1`.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    summary: "identity, contacts, messages, outbox, event log, settings",
+    sql: V1,
+}];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const V1: &str = r#"
+PRAGMA application_id = 1131573101;
+
+-- This profile's secrets: at most one row.
+CREATE TABLE identity (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    seed          BLOB NOT NULL CHECK (length(seed) = 32),
+    device_secret BLOB NOT NULL CHECK (length(device_secret) = 32),
+    device_cert   BLOB NOT NULL,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+-- AUTOINCREMENT everywhere an id leaves the store (API events, cursors, in-flight sends):
+-- an id is never reused for a different record, even after the newest one is deleted.
+CREATE TABLE contacts (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity            BLOB NOT NULL UNIQUE CHECK (length(identity) = 32),
+    state               TEXT NOT NULL
+                        CHECK (state IN ('requesting', 'pending', 'accepted', 'rejected', 'blocked')),
+    nickname            TEXT NOT NULL,
+    offered_nickname    TEXT,
+    greeting            TEXT,
+    declared_kind       TEXT NOT NULL CHECK (declared_kind IN ('human', 'bot')),
+    peer_static         BLOB CHECK (peer_static IS NULL OR length(peer_static) = 32),
+    peer_static_expires INTEGER,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    last_seen           INTEGER,
+    -- Maintained by the triggers below, so listing conversations neither counts rows nor
+    -- searches for each conversation's newest message.
+    message_count       INTEGER NOT NULL DEFAULT 0 CHECK (message_count >= 0),
+    last_message_id     INTEGER
+) STRICT;
+
+CREATE TABLE messages (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id   INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    direction    TEXT NOT NULL CHECK (direction IN ('incoming', 'outgoing')),
+    msg_id       BLOB NOT NULL CHECK (length(msg_id) = 16),
+    sent_at      INTEGER NOT NULL,
+    stored_at    INTEGER NOT NULL,
+    body         TEXT NOT NULL,
+    reply_to     BLOB CHECK (reply_to IS NULL OR length(reply_to) = 16),
+    status       TEXT NOT NULL
+                 CHECK (status IN ('queued', 'sent', 'delivered', 'failed', 'received')),
+    failure      TEXT,
+    client_token TEXT,
+    status_at    INTEGER NOT NULL,
+    CHECK ((direction = 'incoming') = (status = 'received')),
+    CHECK (client_token IS NULL OR direction = 'outgoing')
+) STRICT;
+
+-- Exactly once: one row per (sender, direction, message id).
+CREATE UNIQUE INDEX messages_exactly_once ON messages (contact_id, direction, msg_id);
+-- Idempotent sends: one row per (contact, API client token).
+CREATE UNIQUE INDEX messages_client_token ON messages (contact_id, client_token)
+    WHERE client_token IS NOT NULL;
+-- History pages and each conversation's newest message.
+CREATE INDEX messages_history ON messages (contact_id, id);
+
+-- Message ids only grow, so a new message is always its conversation's newest.
+CREATE TRIGGER messages_summary_insert AFTER INSERT ON messages BEGIN
+    UPDATE contacts SET message_count = message_count + 1, last_message_id = NEW.id
+        WHERE id = NEW.contact_id;
+END;
+CREATE TRIGGER messages_summary_delete AFTER DELETE ON messages BEGIN
+    UPDATE contacts SET
+        message_count = message_count - 1,
+        last_message_id = CASE WHEN last_message_id = OLD.id
+            THEN (SELECT max(id) FROM messages WHERE contact_id = OLD.contact_id)
+            ELSE last_message_id END
+        WHERE id = OLD.contact_id;
+END;
+
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id      INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    kind            TEXT NOT NULL CHECK (kind IN ('chat', 'contact_request', 'contact_response')),
+    message_id      INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+    payload         BLOB NOT NULL,
+    attempts        INTEGER NOT NULL CHECK (attempts >= 0),
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX outbox_due ON outbox (next_attempt_at, id);
+-- A contact's outbox in send order; also deleting a contact's items.
+CREATE INDEX outbox_by_contact ON outbox (contact_id, id);
+-- Deleting a message (or marking it delivered) finds its outbox items without a scan.
+CREATE INDEX outbox_by_message ON outbox (message_id);
+
+-- The API's durable event log. AUTOINCREMENT keeps sequence numbers unique for ever.
+CREATE TABLE events (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    at   INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (length(kind) > 0),
+    data TEXT NOT NULL CHECK (json_valid(data))
+) STRICT;
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+"#;
+
+/// The schema version recorded in the database.
+pub(crate) fn version(conn: &Connection, path: &Path) -> Result<u32> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .at(path)?;
+    u32::try_from(found).map_err(|_| Error::DatabaseCorrupt {
+        path: path.to_owned(),
+        reason: format!("impossible schema version {found}"),
+    })
+}
+
+/// Brings the database up to [`SCHEMA_VERSION`].
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    migrate_with(conn, path, MIGRATIONS, SCHEMA_VERSION)
+}
+
+/// Applies `migrations` up to `target`; separate from [`migrate`] so tests can stop early or
+/// inject a failing step.
+pub(crate) fn migrate_with(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: &[Migration],
+    target: u32,
+) -> Result<()> {
+    // Another program's database (keyed with our key by accident) is not "newer": say what
+    // it is before looking at its version.
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .at(path)?;
+    if application_id != 0 && application_id != APPLICATION_ID {
+        return Err(Error::DatabaseCorrupt {
+            path: path.to_owned(),
+            reason: "it is not a Carom database".to_owned(),
+        });
+    }
+    let supported = migrations.last().map_or(0, |m| m.version);
+    let found = version(conn, path)?;
+    if found > supported {
+        return Err(Error::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported,
+        });
+    }
+    for migration in migrations
+        .iter()
+        .filter(|m| m.version > found && m.version <= target)
+    {
+        tracing::info!(
+            path = %path.display(),
+            version = migration.version,
+            summary = migration.summary,
+            "migrating the database schema"
+        );
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        // Re-read inside the write lock: another connection may have migrated meanwhile.
+        if version(&tx, path)? >= migration.version {
+            continue;
+        }
+        tx.execute_batch(migration.sql).at(path)?;
+        tx.pragma_update(None, "user_version", migration.version)
+            .at(path)?;
+        tx.commit().at(path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_versions_are_consecutive_and_end_at_the_schema_version() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+        }
+        assert_eq!(MIGRATIONS.last().unwrap().version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn v1_sets_the_application_id_constant() {
+        assert!(V1.contains(&format!("application_id = {APPLICATION_ID};")));
+    }
+}

@@ -1,0 +1,587 @@
+//! Opening the database, keying it, and the read and write entry points.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use zeroize::Zeroizing;
+
+use crate::err::{Error, Result, SqlResultExt};
+use crate::fsutil::{self, Placement};
+use crate::keyfile::DbKey;
+use crate::model::{
+    Contact, ConversationSummary, Direction, Event, IdentityRecord, Message, OutboxItem, UnixMillis,
+};
+use crate::{contacts, events, identity, messages, outbox, schema};
+
+/// How long a write waits for another connection's lock before reporting [`Error::Busy`].
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The size, in bytes, to which the WAL is truncated after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
+/// The name errors use for the RAM-only database.
+const MEMORY_NAME: &str = "(in-memory database)";
+
+/// Carom's encrypted database: one SQLCipher file (plus its `-wal` and `-shm`), or RAM only.
+///
+/// Reads are methods of [`StoreRead`], implemented by `Store` and by [`WriteTx`]. Writes happen
+/// only inside [`Store::write`], one transaction per call, and are durable when it returns.
+///
+/// A `Store` is one connection: `Send` but not `Sync`. The daemon owns it from one task (or
+/// behind a mutex).
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    location: Location,
+}
+
+#[derive(Debug)]
+enum Location {
+    File(PathBuf),
+    Memory,
+}
+
+impl Location {
+    /// The path errors name.
+    fn for_errors(&self) -> &Path {
+        match self {
+            Location::File(path) => path,
+            Location::Memory => Path::new(MEMORY_NAME),
+        }
+    }
+}
+
+impl Store {
+    /// Creates a new encrypted database at `path`, keyed with `key`, at the current schema
+    /// version. Fails with [`Error::DatabaseExists`] if something is already there.
+    ///
+    /// Creation is atomic: the database is built under a temporary name in the same directory
+    /// and linked into place only when complete, so a crash leaves either no database or a
+    /// complete, empty one (and possibly a stray `.NAME.creating-*` file, which may be
+    /// deleted).
+    pub fn create(path: &Path, key: &DbKey) -> Result<Store> {
+        if path.symlink_metadata().is_ok() {
+            return Err(Error::DatabaseExists {
+                path: path.to_owned(),
+            });
+        }
+        let dir = fsutil::parent_dir(path);
+        if let Err(e) = fs::metadata(dir) {
+            return Err(Error::io("create a database in", dir, e));
+        }
+        let temp = fsutil::temp_sibling(path, "creating")?;
+        let built = build_database(&temp, key)
+            .and_then(|()| fsutil::place(&temp, path, Placement::NoClobber));
+        if let Err(error) = built {
+            remove_database_files(&temp);
+            return Err(if fsutil::is_already_exists(&error) {
+                Error::DatabaseExists {
+                    path: path.to_owned(),
+                }
+            } else {
+                error
+            });
+        }
+        tracing::info!(path = %path.display(), "created an encrypted database");
+        Store::open(path, key)
+    }
+
+    /// Opens the existing database at `path` with `key`, migrating it to the current schema
+    /// if it is older.
+    ///
+    /// Errors: [`Error::DatabaseMissing`], [`Error::WrongKey`] (the key does not decrypt it),
+    /// [`Error::DatabaseCorrupt`] (naming the file; an empty file counts as damaged, never as
+    /// a new database), [`Error::NewerSchema`].
+    pub fn open(path: &Path, key: &DbKey) -> Result<Store> {
+        let metadata = fs::metadata(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::DatabaseMissing {
+                path: path.to_owned(),
+            },
+            _ => Error::io("read", path, e),
+        })?;
+        if !metadata.is_file() {
+            return Err(Error::DatabaseCorrupt {
+                path: path.to_owned(),
+                reason: "it is not a regular file".to_owned(),
+            });
+        }
+        if metadata.len() == 0 {
+            // SQLite would treat an empty file as a new database: a silent reset.
+            return Err(Error::DatabaseCorrupt {
+                path: path.to_owned(),
+                reason: "the file is empty".to_owned(),
+            });
+        }
+        let mut conn = open_keyed(path, key)?;
+        configure_durable(&conn, path)?;
+        schema::migrate(&mut conn, path)?;
+        tracing::debug!(path = %path.display(), "opened the database");
+        Ok(Store {
+            conn,
+            location: Location::File(path.to_owned()),
+        })
+    }
+
+    /// Opens a RAM-only store for amnesic use: nothing is ever written to disk, and everything
+    /// is gone when the `Store` is dropped. It is not encrypted (there is nothing at rest).
+    pub fn open_in_memory() -> Result<Store> {
+        let path = Path::new(MEMORY_NAME);
+        let mut conn = Connection::open_in_memory().at(path)?;
+        configure_common(&conn, path)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Store {
+            conn,
+            location: Location::Memory,
+        })
+    }
+
+    /// The database file, or `None` for a RAM-only store.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.location {
+            Location::File(path) => Some(path),
+            Location::Memory => None,
+        }
+    }
+
+    /// The schema version of the open database (always [`crate::SCHEMA_VERSION`] once open).
+    pub fn schema_version(&self) -> Result<u32> {
+        schema::version(&self.conn, self.location.for_errors())
+    }
+
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) and commits it.
+    ///
+    /// Returns only after `COMMIT` has returned, which with WAL and `synchronous=FULL` means the
+    /// changes are on disk: only then may the caller report "queued" or acknowledge a peer. If
+    /// `f` fails (or panics), or the commit fails, everything `f` did is rolled back.
+    pub fn write<T>(&mut self, f: impl FnOnce(&WriteTx<'_>) -> Result<T>) -> Result<T> {
+        self.write_with(f)
+    }
+
+    /// [`Store::write`] for closures with their own error type, so a caller can abort the
+    /// transaction with its own reason.
+    pub fn write_with<T, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let Store { conn, location } = self;
+        let path = location.for_errors();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let write_tx = WriteTx { tx, path };
+        match f(&write_tx) {
+            Ok(value) => {
+                write_tx.tx.commit().at(path)?;
+                Ok(value)
+            }
+            Err(error) => {
+                if let Err(rollback) = write_tx.tx.rollback() {
+                    // SQLite rolls back by itself after some errors (a full disk, for one);
+                    // then there is nothing left to roll back.
+                    tracing::debug!(error = %rollback, "rollback after a failed write");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks the whole database: SQLCipher's authentication of every page, then SQLite's
+    /// structural integrity check. Reads everything, so it takes time proportional to the
+    /// database's size.
+    pub fn check_integrity(&self) -> Result<()> {
+        let path = self.location.for_errors();
+        let corrupt = |reason: String| Error::DatabaseCorrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        if matches!(self.location, Location::File(_)) {
+            // One row per page that fails its HMAC; none when all is well.
+            let failures = pragma_lines(&self.conn, "PRAGMA cipher_integrity_check").at(path)?;
+            if let Some(first) = failures.first() {
+                return Err(corrupt(format!(
+                    "{} page check failure(s), first: {first}",
+                    failures.len()
+                )));
+            }
+        }
+        let problems = pragma_lines(&self.conn, "PRAGMA integrity_check").at(path)?;
+        if problems != ["ok"] {
+            return Err(corrupt(format!(
+                "integrity check found {} problem(s), first: {}",
+                problems.len(),
+                problems.first().map_or("", String::as_str)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Closes the database, reporting errors that dropping the `Store` would only log.
+    pub fn close(self) -> Result<()> {
+        let path = self.location.for_errors().to_owned();
+        self.conn
+            .close()
+            .map_err(|(_, e)| Error::from_sqlite(&path, e))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// A write transaction, handed to the closure of [`Store::write`].
+///
+/// It can read too (it implements [`StoreRead`]), and sees its own uncommitted writes, so an
+/// engine can read, decide and write atomically.
+#[derive(Debug)]
+pub struct WriteTx<'s> {
+    tx: rusqlite::Transaction<'s>,
+    path: &'s Path,
+}
+
+impl WriteTx<'_> {
+    pub(crate) fn db(&self) -> Db<'_> {
+        Db {
+            conn: &self.tx,
+            path: self.path,
+        }
+    }
+}
+
+/// A connection and the path its errors name.
+#[derive(Debug, Clone, Copy)]
+pub struct Db<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) path: &'a Path,
+}
+
+mod sealed {
+    /// Gives [`super::StoreRead`] its connection. Public in a private module so the trait can
+    /// be used outside the crate but implemented only inside it.
+    #[allow(unreachable_pub)]
+    pub trait Connected {
+        /// The connection to read from.
+        fn db(&self) -> super::Db<'_>;
+    }
+}
+
+impl sealed::Connected for Store {
+    fn db(&self) -> Db<'_> {
+        Db {
+            conn: &self.conn,
+            path: self.location.for_errors(),
+        }
+    }
+}
+
+impl sealed::Connected for WriteTx<'_> {
+    fn db(&self) -> Db<'_> {
+        WriteTx::db(self)
+    }
+}
+
+/// Every read the daemon needs, on a [`Store`] (each call its own consistent snapshot) or on a
+/// [`WriteTx`] (inside the transaction, seeing its writes).
+pub trait StoreRead: sealed::Connected {
+    /// This profile's identity, if one was saved.
+    fn identity(&self) -> Result<Option<IdentityRecord>> {
+        identity::get(self.db())
+    }
+
+    /// The contact with local id `id`.
+    fn contact(&self, id: i64) -> Result<Option<Contact>> {
+        contacts::get(self.db(), id)
+    }
+
+    /// The contact with this identity.
+    fn contact_by_identity(&self, identity: &[u8; 32]) -> Result<Option<Contact>> {
+        contacts::by_identity(self.db(), identity)
+    }
+
+    /// Every contact, by id.
+    fn contacts(&self) -> Result<Vec<Contact>> {
+        contacts::all(self.db())
+    }
+
+    /// One summary per contact, most recent activity first: the newest message's `stored_at`,
+    /// or the contact's `created_at` if that is later (a new contact with no messages yet).
+    fn conversations(&self) -> Result<Vec<ConversationSummary>> {
+        contacts::conversations(self.db())
+    }
+
+    /// The message with local id `row`.
+    fn message(&self, row: i64) -> Result<Option<Message>> {
+        messages::get(self.db(), row)
+    }
+
+    /// The message with this protocol id in this conversation and direction.
+    fn message_by_id(
+        &self,
+        contact_id: i64,
+        direction: Direction,
+        msg_id: &[u8; 16],
+    ) -> Result<Option<Message>> {
+        messages::by_id(self.db(), contact_id, direction, msg_id)
+    }
+
+    /// A page of a conversation, newest first: at most `limit` messages with
+    /// `row < before_row` (all rows when `before_row` is `None`). Pass the last row of a page
+    /// as `before_row` to get the next one.
+    fn history(
+        &self,
+        contact_id: i64,
+        before_row: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        messages::history(self.db(), contact_id, before_row, limit)
+    }
+
+    /// The outbox item with id `id`.
+    fn outbox_item(&self, id: i64) -> Result<Option<OutboxItem>> {
+        outbox::get(self.db(), id)
+    }
+
+    /// A contact's outbox, in send order (id order).
+    fn outbox_for_contact(&self, contact_id: i64) -> Result<Vec<OutboxItem>> {
+        outbox::for_contact(self.db(), contact_id)
+    }
+
+    /// At most `limit` of a contact's items with an id above `after_id`, in send order: how a
+    /// session walks a long outbox without re-reading what it already sent.
+    fn outbox_for_contact_after(
+        &self,
+        contact_id: i64,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>> {
+        outbox::for_contact_after(self.db(), contact_id, after_id, limit)
+    }
+
+    /// At most `limit` items due at `now` (`next_attempt_at <= now`), earliest due first.
+    fn outbox_due(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxItem>> {
+        outbox::due(self.db(), now, limit)
+    }
+
+    /// When the next outbox item falls due, if there is one.
+    fn next_outbox_due(&self) -> Result<Option<UnixMillis>> {
+        outbox::next_due(self.db())
+    }
+
+    /// At most `limit` events with `seq > after_seq`, in ascending order.
+    fn events_since(&self, after_seq: u64, limit: u32) -> Result<Vec<Event>> {
+        events::since(self.db(), after_seq, limit)
+    }
+
+    /// The highest sequence number ever assigned (0 if none), even if pruned since.
+    fn last_event_seq(&self) -> Result<u64> {
+        events::last_seq(self.db())
+    }
+
+    /// The oldest event still kept.
+    fn oldest_event_seq(&self) -> Result<Option<u64>> {
+        events::oldest_seq(self.db())
+    }
+
+    /// A setting's value.
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        identity::setting(self.db(), key)
+    }
+}
+
+impl StoreRead for Store {}
+impl StoreRead for WriteTx<'_> {}
+
+/// Opens `path` (which must exist), keys it and proves the key fits.
+fn open_keyed(path: &Path, key: &DbKey) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).at(path)?;
+    apply_key(&conn, path, key)?;
+    // The first read of page 1 is where SQLCipher checks the key (by the page's HMAC).
+    let verified: rusqlite::Result<i64> =
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0));
+    match verified {
+        Ok(_) => Ok(conn),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            Err(Error::WrongKey {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => Err(Error::from_sqlite(path, e)),
+    }
+}
+
+/// Keys the connection with the raw key, bypassing SQLCipher's own passphrase KDF: the key is
+/// already random and full-strength.
+pub(crate) fn apply_key(conn: &Connection, path: &Path, key: &DbKey) -> Result<()> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    const PREFIX: &str = "PRAGMA key = \"x'";
+    const SUFFIX: &str = "'\";";
+    // Built in place at its final capacity so no reallocation leaves a copy behind; zeroised
+    // on drop.
+    let mut sql = Zeroizing::new(String::with_capacity(
+        PREFIX.len() + 2 * key.as_bytes().len() + SUFFIX.len(),
+    ));
+    sql.push_str(PREFIX);
+    for byte in key.as_bytes() {
+        sql.push(char::from(HEX[usize::from(byte >> 4)]));
+        sql.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    sql.push_str(SUFFIX);
+    debug_assert_eq!(
+        sql.len(),
+        sql.capacity(),
+        "the buffer must not have reallocated"
+    );
+    // SQLCipher writes its own diagnostics (failed page checks) straight to stderr, past the
+    // daemon's logging; the errors reach the caller anyway. The setting is process-wide.
+    conn.execute_batch("PRAGMA cipher_log_level = NONE")
+        .at(path)?;
+    conn.execute_batch(&sql).map_err(|e| {
+        // Drop SQLite's message: it could quote the statement, which holds the key.
+        let code = e.sqlite_error().copied();
+        match code {
+            Some(code) => Error::Sqlite {
+                path: path.to_owned(),
+                code: code.extended_code,
+                source: rusqlite::Error::SqliteFailure(code, None),
+            },
+            None => Error::Sqlite {
+                path: path.to_owned(),
+                code: -1,
+                source: rusqlite::Error::InvalidQuery,
+            },
+        }
+    })?;
+    // Pin the on-disk format to SQLCipher 4's, so a later SQLCipher with new defaults still
+    // reads our files.
+    conn.execute_batch("PRAGMA cipher_compatibility = 4")
+        .at(path)
+}
+
+/// Settings for every connection, on disk or in RAM.
+fn configure_common(conn: &Connection, path: &Path) -> Result<()> {
+    // Temporary tables and sort spills stay in RAM rather than in temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY").at(path)?;
+    conn.pragma_update(None, "foreign_keys", true).at(path)?;
+    // Deleted content is overwritten, so it cannot be recovered even by someone who later
+    // learns the key.
+    conn.pragma_update(None, "secure_delete", true).at(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+    let foreign_keys: bool = conn
+        .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+        .at(path)?;
+    if !foreign_keys {
+        return Err(Error::Invalid {
+            what: "SQLite build",
+            reason: "it does not enforce foreign keys".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The durability settings of an on-disk database, checked after setting them.
+pub(crate) fn configure_durable(conn: &Connection, path: &Path) -> Result<()> {
+    configure_common(conn, path)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .at(path)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Io {
+            action: "enable write-ahead logging for",
+            path: path.to_owned(),
+            source: io::Error::other(format!("SQLite stayed in {mode} mode")),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL").at(path)?;
+    // After a checkpoint, a WAL grown by a burst of writes is cut back to this size rather
+    // than left large on disk.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+        .at(path)?;
+    let synchronous: i64 = conn
+        .pragma_query_value(None, "synchronous", |row| row.get(0))
+        .at(path)?;
+    // 2 is FULL: the WAL is fsynced at every commit.
+    if synchronous != 2 {
+        return Err(Error::Invalid {
+            what: "SQLite build",
+            reason: format!("synchronous stayed at {synchronous} instead of FULL"),
+        });
+    }
+    Ok(())
+}
+
+/// Builds a complete database at `temp` (a path that must not exist).
+fn build_database(temp: &Path, key: &DbKey) -> Result<()> {
+    // Created by us with owner-only permissions; SQLite gives its -wal and -shm files the
+    // database file's permissions.
+    drop(fsutil::create_private(temp).map_err(|e| Error::io("create", temp, e))?);
+    let mut conn = {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(temp, flags).at(temp)?;
+        apply_key(&conn, temp, key)?;
+        conn
+    };
+    configure_durable(&conn, temp)?;
+    schema::migrate(&mut conn, temp)?;
+    // Move everything into the main file so the WAL can be left behind with the temporary name.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .at(temp)?;
+    conn.close().map_err(|(_, e)| Error::from_sqlite(temp, e))?;
+    let file = fs::File::open(temp).map_err(|e| Error::io("open", temp, e))?;
+    file.sync_all().map_err(|e| Error::io("flush", temp, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = sidecar(temp, suffix);
+        if let Err(e) = fs::remove_file(&side)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(Error::io("remove", &side, e));
+        }
+    }
+    Ok(())
+}
+
+/// The path of a database's `-wal` or `-shm` file.
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Best-effort removal of a half-built database.
+fn remove_database_files(db: &Path) {
+    for path in [db.to_owned(), sidecar(db, "-wal"), sidecar(db, "-shm")] {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// The text rows a pragma returns.
+fn pragma_lines(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+    rows.collect()
+}
+
+/// A caller's unsigned number (a time, a sequence number) as SQLite's signed integer.
+pub(crate) fn to_sql_int(value: u64, what: &'static str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Invalid {
+        what,
+        reason: format!("{value} is too large to store"),
+    })
+}
+
+/// Reads an unsigned column stored as SQLite's signed integer.
+pub(crate) fn get_u64(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(index, value))
+}
+
+/// Reads a nullable unsigned column stored as SQLite's signed integer.
+pub(crate) fn get_opt_u64(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    let value: Option<i64> = row.get(index)?;
+    value
+        .map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(index, v)))
+        .transpose()
+}
