@@ -1,0 +1,66 @@
+//! The interface the engine uses.
+
+use std::future::Future;
+
+use carom_proto::OnionAddress;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::{TransportError, TransportStatus};
+
+/// The virtual port of Carom's onion service: peers dial `<address>.onion:9879`.
+///
+/// Fixed by the protocol, like an HTTP port. It differs from Ricochet's 9878 so that a Ricochet
+/// client pointed at a Carom address is turned away at the stream, before any handshake. The
+/// service answers streams to any other port (and `BEGIN_DIR`/`RESOLVE`) with `END` (reason
+/// `DONE`, as other onion services do), which the dialler sees as
+/// [`TransportErrorKind::Refused`](crate::TransportErrorKind::Refused).
+pub const CAROM_VIRTUAL_PORT: u16 = 9879;
+
+/// How a Carom daemon is reached at its onion address and reaches its contacts.
+///
+/// One value is one identity: it owns the onion service for that identity's key and dials
+/// out on its behalf. Backends: [`crate::ArtiTransport`] (embedded Tor, the product) and
+/// [`crate::LoopbackTransport`] (127.0.0.1, tests only). A system-C-tor backend (control-port
+/// `ADD_ONION` with our key, SOCKS for dials) would be a third implementation of this trait.
+///
+/// # Streams must be flushed
+///
+/// Written bytes are only guaranteed to leave once `flush()` completes: arti packs writes
+/// into 498-byte relay cells and holds a partial cell until flushed. Callers flush after each
+/// complete frame (for TCP the flush is free). Closing a stream (`shutdown()` or dropping it)
+/// is seen by the other side as end-of-stream or an error; Tor has no half-close, so shut a
+/// stream down only when done with both directions.
+pub trait Transport: Send + Sync + 'static {
+    /// A byte stream to or from a peer.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Open a stream to `peer`'s Carom service ([`CAROM_VIRTUAL_PORT`]).
+    ///
+    /// Bounded in time by the backend's dial timeout. A second dial to a recently reached
+    /// peer reuses the open circuit when the backend can.
+    fn dial(
+        &self,
+        peer: &OnionAddress,
+    ) -> impl Future<Output = Result<Self::Stream, TransportError>> + Send;
+
+    /// The next stream opened to our service, or `None` once the transport is shut down.
+    ///
+    /// Incoming streams say nothing about who opened them: onion services are anonymous to
+    /// their clients. The peer proves its identity inside the stream (the Noise handshake).
+    /// Several tasks may wait here at once; each stream goes to one of them.
+    fn accept(&self) -> impl Future<Output = Option<Self::Stream>> + Send;
+
+    /// A watch on bootstrap progress, service state and the last error.
+    fn status(&self) -> watch::Receiver<TransportStatus>;
+
+    /// Our own onion address (the identity this transport serves).
+    fn address(&self) -> OnionAddress;
+
+    /// Stop the service and refuse further dials. Pending [`accept`](Self::accept)s return
+    /// `None`; later dials fail with
+    /// [`TransportErrorKind::Shutdown`](crate::TransportErrorKind::Shutdown).
+    /// Idempotent; returns once resources (for arti: its state-directory lock) are released
+    /// or a few seconds have passed.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
