@@ -1,0 +1,660 @@
+//! # carom-api: the contract between `caromd` and its frontends
+//!
+//! Frontends (the `carom` CLI, TUIs, bots, GUIs) talk to the daemon with JSON-RPC 2.0, one JSON
+//! object per line, over a Unix socket in a private runtime directory. This crate holds every
+//! type that crosses that socket — method names, parameters, results, event kinds, error kinds
+//! — so the server and the typed client (`carom-client`) cannot drift apart. `docs/api.md`
+//! documents each with examples.
+//!
+//! Conventions (see `docs/api.md`):
+//! - On connect the server first sends a [`Banner`] notification (`carom.banner`).
+//! - Requests carry an `id`; every response echoes it. Pipelining is allowed.
+//! - Errors carry a stable machine-readable [`ErrorKind`] in `error.data.kind`, and a message
+//!   for people without internals.
+//! - Clients must ignore unknown fields and tolerate unknown event kinds and enum values.
+//! - A line that is not JSON closes the connection; lines longer than [`MAX_LINE_BYTES`] are
+//!   refused.
+//!
+//! What it is not: transport code. It only describes values.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// This API's version. Bumped on incompatible changes; additions keep it.
+pub const API_VERSION: u32 = 1;
+/// The oldest API version this daemon still serves.
+pub const MIN_API_VERSION: u32 = 1;
+/// Longest request or response line, in bytes (newline excluded).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Longest message body accepted by `message.send`, in bytes of UTF-8.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+
+/// Method names.
+pub mod method {
+    /// The banner notification sent first on every connection.
+    pub const BANNER: &str = "carom.banner";
+    /// An event notification (after `events.subscribe`).
+    pub const EVENT: &str = "carom.event";
+    /// [`crate::DaemonInfo`].
+    pub const DAEMON_INFO: &str = "daemon.info";
+    /// Stop the daemon gracefully.
+    pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
+    /// Traffic counters: [`crate::Stats`].
+    pub const DAEMON_STATS: &str = "daemon.stats";
+    /// Create the profile: [`crate::ProfileCreate`].
+    pub const PROFILE_CREATE: &str = "profile.create";
+    /// Unlock the profile: [`crate::ProfileUnlock`].
+    pub const PROFILE_UNLOCK: &str = "profile.unlock";
+    /// Change the passphrase: [`crate::ProfileChangePassphrase`].
+    pub const PROFILE_CHANGE_PASSPHRASE: &str = "profile.change_passphrase";
+    /// [`crate::Identity`].
+    pub const IDENTITY_GET: &str = "identity.get";
+    /// [`crate::TorStatus`].
+    pub const TOR_STATUS: &str = "tor.status";
+    /// Send a contact request: [`crate::ContactAdd`] → [`crate::Contact`].
+    pub const CONTACT_ADD: &str = "contact.add";
+    /// All contacts: → `Vec<`[`crate::Contact`]`>`.
+    pub const CONTACT_LIST: &str = "contact.list";
+    /// One contact: [`crate::AddressParams`] → [`crate::Contact`].
+    pub const CONTACT_GET: &str = "contact.get";
+    /// Accept, reject or block a request; block or unblock anyone: [`crate::ContactRespond`].
+    pub const CONTACT_RESPOND: &str = "contact.respond";
+    /// Forget a contact and its history: [`crate::AddressParams`].
+    pub const CONTACT_REMOVE: &str = "contact.remove";
+    /// Rename a contact locally: [`crate::ContactRename`].
+    pub const CONTACT_RENAME: &str = "contact.rename";
+    /// Queue a message: [`crate::MessageSend`] → [`crate::Message`] (status `queued`).
+    pub const MESSAGE_SEND: &str = "message.send";
+    /// Page a conversation: [`crate::MessageList`] → [`crate::MessagePage`].
+    pub const MESSAGE_LIST: &str = "message.list";
+    /// One message: [`crate::MessageIdParams`] → [`crate::Message`].
+    pub const MESSAGE_GET: &str = "message.get";
+    /// Delete one message locally: [`crate::MessageIdParams`].
+    pub const MESSAGE_DELETE: &str = "message.delete";
+    /// Start receiving events: [`crate::EventsSubscribe`] → [`crate::Subscribed`].
+    pub const EVENTS_SUBSCRIBE: &str = "events.subscribe";
+    /// Stop receiving events.
+    pub const EVENTS_UNSUBSCRIBE: &str = "events.unsubscribe";
+    /// The frontends attached now: → `Vec<`[`crate::FrontendSession`]`>`.
+    pub const SESSION_LIST: &str = "session.list";
+    /// Name this frontend (shown in `session.list`): [`crate::SessionHello`].
+    pub const SESSION_HELLO: &str = "session.hello";
+}
+
+/// The first line on every connection (method [`method::BANNER`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Banner {
+    /// [`API_VERSION`] of the daemon.
+    pub api_version: u32,
+    /// [`MIN_API_VERSION`] of the daemon.
+    pub min_api_version: u32,
+    /// The daemon's version.
+    pub daemon_version: String,
+    /// Optional capabilities, e.g. `"events"`, `"qr"`.
+    pub features: Vec<String>,
+    /// This connection's frontend-session id (as in `session.list`).
+    pub session: u64,
+}
+
+/// Where the profile stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileState {
+    /// No profile yet: call `profile.create`.
+    None,
+    /// A profile exists and is locked: call `profile.unlock`.
+    Locked,
+    /// Unlocked and running.
+    Unlocked,
+}
+
+/// Result of `daemon.info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// The daemon's version.
+    pub daemon_version: String,
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// [`MIN_API_VERSION`].
+    pub min_api_version: u32,
+    /// The profile's state.
+    pub profile: ProfileState,
+    /// Whether the profile's key is protected by a passphrase (`None` without a profile).
+    pub passphrase_protected: Option<bool>,
+    /// Whether this is a RAM-only profile that leaves nothing on disk.
+    pub ephemeral: bool,
+    /// The data directory (absent for RAM-only profiles).
+    pub data_dir: Option<String>,
+}
+
+/// Result of `daemon.stats`: counters since the profile was unlocked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Bytes written to peers' streams (frames, handshakes, acknowledgements, keepalives).
+    pub bytes_sent: u64,
+    /// Bytes read from peers' streams.
+    pub bytes_received: u64,
+    /// Connections opened, dialled or accepted.
+    pub connections: u64,
+    /// Sessions that completed their handshake.
+    pub sessions: u64,
+}
+
+/// Parameters of `profile.create`. Give a passphrase, or set `no_passphrase` explicitly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileCreate {
+    /// Protects the profile's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
+    /// Store the key unprotected (anyone with the files can read them). Must be explicit.
+    #[serde(default)]
+    pub no_passphrase: bool,
+}
+
+/// Parameters of `profile.unlock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileUnlock {
+    /// The profile's passphrase (empty for an unprotected profile).
+    pub passphrase: String,
+}
+
+/// Parameters of `profile.change_passphrase`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileChangePassphrase {
+    /// The current passphrase (empty if unprotected).
+    pub old: String,
+    /// The new passphrase; absent together with `no_passphrase` to remove protection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+    /// Remove protection explicitly.
+    #[serde(default)]
+    pub no_passphrase: bool,
+}
+
+/// Result of `identity.get`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `xxx.onion`: give this to people so they can add you.
+    pub address: String,
+    /// The `carom:` URI form (what a QR code carries).
+    pub uri: String,
+}
+
+/// Result of `tor.status`, and the data of `tor.status` events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorStatus {
+    /// Bootstrap progress, 0–100.
+    pub bootstrap_percent: u8,
+    /// What Tor is doing, for people.
+    pub bootstrap_phase: String,
+    /// Whether Tor can carry traffic.
+    pub ready: bool,
+    /// Our onion service: `not_started`, `launching`, `published`, `reachable`, `degraded`,
+    /// `broken` (tolerate others).
+    pub service: String,
+    /// The last problem, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// How a contact stands with us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactState {
+    /// We asked them; no answer yet.
+    Requesting,
+    /// They asked us; we have not answered.
+    Pending,
+    /// Both agreed: messages flow.
+    Accepted,
+    /// Declined (by us, or by them).
+    Rejected,
+    /// We block them: their connections are refused.
+    Blocked,
+}
+
+/// Whether someone says they are a person or a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerKind {
+    /// A person.
+    #[default]
+    Human,
+    /// A program.
+    Bot,
+}
+
+/// A contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// Their onion address (verified by the protocol when they connected).
+    pub address: String,
+    /// Our name for them.
+    pub nickname: String,
+    /// The name they offered in their request, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_nickname: Option<String>,
+    /// Their greeting (when they asked) or ours (when we asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<String>,
+    /// The relationship.
+    pub state: ContactState,
+    /// What they declared themselves to be.
+    pub declared_kind: PeerKind,
+    /// Whether a session with them is up now.
+    pub online: bool,
+    /// When we first heard of them (ms since the Unix epoch).
+    pub created_at: u64,
+    /// When a session with them was last up (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+/// Parameters of `contact.add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactAdd {
+    /// Their onion address (forgiving: `carom:` URIs and `.onion` accepted).
+    pub address: String,
+    /// Our name for them, and the name we offer ourselves is `offer_nickname`.
+    #[serde(default)]
+    pub nickname: String,
+    /// The name we offer for ourselves in the request.
+    #[serde(default)]
+    pub offer_nickname: String,
+    /// A short note shown to them with the request.
+    #[serde(default)]
+    pub greeting: String,
+    /// What we declare ourselves to be.
+    #[serde(default)]
+    pub kind: PeerKind,
+}
+
+/// Parameters naming a contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressParams {
+    /// The onion address.
+    pub address: String,
+}
+
+/// What to do with a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Accept their request (or re-accept a rejected contact).
+    Accept,
+    /// Decline their request; they are told.
+    Reject,
+    /// Refuse all their connections from now on; open sessions close at once.
+    Block,
+    /// Lift a block (the contact becomes `rejected`; they may ask again).
+    Unblock,
+}
+
+/// Parameters of `contact.respond`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRespond {
+    /// The contact.
+    pub address: String,
+    /// What to do.
+    pub response: Response,
+    /// When accepting: our name for them (default: the one they offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+}
+
+/// Parameters of `contact.rename`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRename {
+    /// The contact.
+    pub address: String,
+    /// The new local name.
+    pub nickname: String,
+}
+
+/// Direction of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From them.
+    In,
+    /// From us.
+    Out,
+}
+
+/// Delivery state of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Stored durably here, waiting to reach them.
+    Queued,
+    /// Written to a session with them.
+    Sent,
+    /// They acknowledged it after storing it durably.
+    Delivered,
+    /// It will not be delivered (see `failure`).
+    Failed,
+    /// (Incoming) stored here.
+    Received,
+}
+
+/// A message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Local id: stable, increasing; the cursor for paging.
+    pub id: i64,
+    /// The protocol message id (hex), shared by both sides.
+    pub msg_id: String,
+    /// The other party's address.
+    pub contact: String,
+    /// In or out.
+    pub direction: Direction,
+    /// The text.
+    pub body: String,
+    /// The sender's timestamp (ms since the Unix epoch, sender's clock).
+    pub sent_at: u64,
+    /// When it was stored here (ms since the Unix epoch).
+    pub stored_at: u64,
+    /// Delivery state.
+    pub status: MessageStatus,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The `msg_id` this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// Parameters of `message.send`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageSend {
+    /// The contact's address.
+    pub to: String,
+    /// The text (at most [`MAX_BODY_BYTES`] bytes).
+    pub body: String,
+    /// The `msg_id` this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// Idempotency key chosen by the frontend: sending again with the same token returns the
+    /// message already queued instead of a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+/// Parameters of `message.list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageList {
+    /// The contact's address.
+    pub with: String,
+    /// Only messages with `id` below this (for the next page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    /// Page size (default 50, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Result of `message.list`: newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePage {
+    /// The page, newest first.
+    pub messages: Vec<Message>,
+    /// Pass as `before` for the next (older) page; absent at the beginning of history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+/// Parameters naming a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageIdParams {
+    /// The local message id.
+    pub id: i64,
+}
+
+/// Parameters of `events.subscribe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsSubscribe {
+    /// Replay every event after this sequence number first (0: from the oldest retained;
+    /// absent: only new events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_seq: Option<u64>,
+    /// Only these kinds (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+}
+
+/// Result of `events.subscribe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The newest sequence number at the time of subscribing.
+    pub latest_seq: u64,
+    /// The oldest retained sequence number, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_seq: Option<u64>,
+}
+
+/// An event (params of the [`method::EVENT`] notification).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Strictly increasing; never reused.
+    pub seq: u64,
+    /// When it happened (ms since the Unix epoch).
+    pub at: u64,
+    /// See [`event`]; tolerate unknown kinds.
+    pub kind: String,
+    /// Kind-specific fields.
+    pub data: Value,
+}
+
+/// Event kinds.
+pub mod event {
+    /// Tor bootstrap or onion-service state changed: data is a [`crate::TorStatus`].
+    pub const TOR_STATUS: &str = "tor.status";
+    /// Someone asked to become a contact: `{address, nickname, greeting, kind}`.
+    pub const CONTACT_REQUEST_RECEIVED: &str = "contact.request_received";
+    /// A contact's state changed: `{address, state, by}` (`by`: `us` or `them`).
+    pub const CONTACT_STATE: &str = "contact.state";
+    /// Our request reached their daemon: `{address}`.
+    pub const CONTACT_REQUEST_DELIVERED: &str = "contact.request_delivered";
+    /// A session came up or went down: `{address, online}`.
+    pub const CONTACT_PRESENCE: &str = "contact.presence";
+    /// A message arrived: `{id, contact, msg_id}` (fetch it with `message.get`).
+    pub const MESSAGE_RECEIVED: &str = "message.received";
+    /// A message's delivery state changed: `{id, contact, msg_id, status, failure?}`.
+    pub const MESSAGE_STATUS: &str = "message.status";
+    /// A frontend attached: `{session, pid?, process?}`.
+    pub const FRONTEND_ATTACHED: &str = "frontend.attached";
+    /// A frontend detached: `{session}`.
+    pub const FRONTEND_DETACHED: &str = "frontend.detached";
+    /// Events were pruned before the subscriber caught up: `{from_seq, to_seq}` (inclusive)
+    /// were lost to this subscriber. Not stored; sent in place of the missing events.
+    pub const GAP: &str = "events.gap";
+}
+
+/// An attached frontend (result element of `session.list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendSession {
+    /// Its id (as in the banner).
+    pub id: u64,
+    /// The name it gave with `session.hello`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Its process id, from the socket's peer credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its process name (from `/proc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// When it connected (ms since the Unix epoch).
+    pub connected_at: u64,
+    /// Whether it is subscribed to events.
+    pub subscribed: bool,
+}
+
+/// Parameters of `session.hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHello {
+    /// A short name for the frontend, e.g. `carom-cli/0.1`.
+    pub client: String,
+}
+
+/// Stable, machine-readable error kinds (in `error.data.kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The line was not JSON (the connection is then closed).
+    ParseError,
+    /// Not a valid JSON-RPC 2.0 request.
+    InvalidRequest,
+    /// No such method.
+    MethodNotFound,
+    /// The parameters do not fit the method.
+    InvalidParams,
+    /// The line exceeded [`MAX_LINE_BYTES`] (the connection is then closed).
+    LineTooLong,
+    /// No profile exists yet: `profile.create`.
+    NoProfile,
+    /// A profile exists already.
+    ProfileExists,
+    /// The profile is locked: `profile.unlock`.
+    Locked,
+    /// The profile is unlocked already.
+    AlreadyUnlocked,
+    /// The passphrase is wrong.
+    WrongPassphrase,
+    /// A passphrase is required (or `no_passphrase` must be explicit).
+    PassphraseRequired,
+    /// No such contact or message.
+    NotFound,
+    /// It exists already.
+    AlreadyExists,
+    /// Not a valid onion address (see the message for which rule).
+    InvalidAddress,
+    /// The message or a field is too long.
+    TooLarge,
+    /// Not possible in the contact's current state (e.g. messaging a pending contact).
+    InvalidState,
+    /// Refused: too many requests.
+    RateLimited,
+    /// The disk is full: nothing was stored.
+    DiskFull,
+    /// The profile's files are corrupt or unreadable (see the message for which file).
+    Corrupt,
+    /// Reading or writing the profile failed.
+    Storage,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// A bug or an unexpected failure; details are in the daemon's log.
+    Internal,
+    /// A kind newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The JSON-RPC error code: the standard codes for protocol errors, -32000… for ours.
+    pub fn code(self) -> i64 {
+        match self {
+            ErrorKind::ParseError => -32700,
+            ErrorKind::InvalidRequest | ErrorKind::LineTooLong => -32600,
+            ErrorKind::MethodNotFound => -32601,
+            ErrorKind::InvalidParams => -32602,
+            ErrorKind::Internal => -32603,
+            _ => -32000,
+        }
+    }
+}
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    /// JSON-RPC code.
+    pub code: i64,
+    /// For people; never internals.
+    pub message: String,
+    /// `{ "kind": … }`.
+    pub data: ErrorData,
+}
+
+/// The `data` member of our errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorData {
+    /// The stable kind.
+    pub kind: ErrorKind,
+}
+
+impl ErrorObject {
+    /// An error of `kind` with a message for people.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorObject {
+        ErrorObject {
+            code: kind.code(),
+            message: message.into(),
+            data: ErrorData { kind },
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrorObject {}
+
+/// An incoming request line, as the server parses it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RawRequest {
+    /// Must be `"2.0"`.
+    pub jsonrpc: Option<String>,
+    /// Absent for notifications (which we do not accept from clients).
+    #[serde(default)]
+    pub id: Option<Value>,
+    /// The method.
+    pub method: Option<String>,
+    /// The parameters.
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// Build a response line's value.
+pub fn response(id: &Value, result: Value) -> Value {
+    serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+/// Build an error response line's value (`id` is `null` when it could not be read).
+pub fn error_response(id: Option<&Value>, error: &ErrorObject) -> Value {
+    serde_json::json!({ "jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error })
+}
+
+/// Build a notification line's value.
+pub fn notification(method: &str, params: Value) -> Value {
+    serde_json::json!({ "jsonrpc": "2.0", "method": method, "params": params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_have_stable_names_and_codes() {
+        let e = ErrorObject::new(ErrorKind::WrongPassphrase, "wrong passphrase");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["data"]["kind"], "wrong_passphrase");
+        assert_eq!(v["code"], -32000);
+        assert_eq!(ErrorKind::MethodNotFound.code(), -32601);
+        // A kind from a newer daemon is tolerated.
+        let future: ErrorKind = serde_json::from_value("quantum_flux".into()).unwrap();
+        assert_eq!(future, ErrorKind::Unknown);
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let c: Contact = serde_json::from_value(serde_json::json!({
+            "address": "x.onion", "nickname": "x", "state": "accepted",
+            "declared_kind": "human", "online": true, "created_at": 1, "hologram": true
+        }))
+        .unwrap();
+        assert_eq!(c.state, ContactState::Accepted);
+    }
+}
