@@ -1,0 +1,612 @@
+//! The connection driver: one task per stream, owning a sans-IO [`Session`].
+//!
+//! It moves bytes between the stream and the session, runs the session's timers, and handles
+//! what arrives: chats and acknowledgements directly through the store (commit first, then
+//! acknowledge), contact requests and responses through the core (which owns the rules and
+//! the rate limits). It delivers the contact's outbox in order, once per connection, and tells
+//! the core when the session is established and when it ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use carom_proto::{Ack, CloseReason, Event, Message, MessageId, OnionAddress, Phase, Session};
+use carom_store::{
+    ContactState, Direction, MessageStatus, NewIncoming, OutboxKind, StoreRead, WriteTx,
+};
+use rand_core::OsRng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, trace, warn};
+
+use crate::core::{Admission, ConnId, CoreMsg};
+use crate::err::{EngineError, Result};
+use crate::view::{self, unix_ms, unix_secs};
+use crate::{Counters, Shared};
+
+/// What the core can ask of a connection.
+#[derive(Debug)]
+pub(crate) enum ConnCmd {
+    /// New items are in the contact's outbox: send them.
+    Deliver,
+    /// End the session with this reason.
+    Close(CloseReason),
+}
+
+/// What a dialled connection needs from the core to start.
+pub(crate) struct Ticket {
+    pub(crate) conn: ConnId,
+    pub(crate) contact_id: i64,
+    pub(crate) cached_static: Option<[u8; 32]>,
+    pub(crate) commands: mpsc::UnboundedReceiver<ConnCmd>,
+}
+
+/// Bytes read from the stream at a time (a little more than one frame).
+const READ_CHUNK: usize = 66 * 1024;
+
+struct Conn<S> {
+    shared: Arc<Shared>,
+    stream: S,
+    session: Session,
+    conn: ConnId,
+    commands: mpsc::UnboundedReceiver<ConnCmd>,
+    commands_tx: Option<mpsc::UnboundedSender<ConnCmd>>,
+    initiator: bool,
+    peer: Option<OnionAddress>,
+    contact_id: Option<i64>,
+    /// Every outbox item up to this id has been written on this connection (items are sent
+    /// in id order, so one number says it).
+    sent_up_to: i64,
+    /// Chats written since the last flush whose status should become `sent`.
+    just_sent: Vec<i64>,
+    registered: bool,
+    /// Only a contact request may come through; the session ends after the handshake.
+    request_only: bool,
+    /// We refused the peer: nothing it sent is looked at.
+    refused: bool,
+    /// How the session ended, once it has: (reason, by the peer).
+    closed: Option<(CloseReason, bool)>,
+}
+
+/// Run a connection we dialled.
+pub(crate) async fn run_initiator<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: OnionAddress,
+    ticket: Ticket,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Session::initiator(
+        Arc::clone(&shared.session_config),
+        peer,
+        ticket.cached_static,
+        unix_secs(),
+        Instant::now(),
+        &mut OsRng,
+    );
+    let mut conn = Conn {
+        shared,
+        stream,
+        session,
+        conn: ticket.conn,
+        commands: ticket.commands,
+        commands_tx: None,
+        initiator: true,
+        peer: Some(peer),
+        contact_id: Some(ticket.contact_id),
+        sent_up_to: 0,
+        just_sent: Vec::new(),
+        registered: true,
+        request_only: false,
+        refused: false,
+        closed: None,
+    };
+    // Queue the outbox before the first write, so it rides in the handshake.
+    if let Err(e) = conn.deliver_outbox().await {
+        debug!(error = %e, "could not read the outbox for a new connection");
+    }
+    conn.run().await;
+}
+
+/// Run a connection that arrived on our onion service.
+pub(crate) async fn run_responder<S>(shared: Arc<Shared>, stream: S, conn: ConnId)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Session::responder(
+        Arc::clone(&shared.session_config),
+        unix_secs(),
+        Instant::now(),
+        &mut OsRng,
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conn = Conn {
+        shared,
+        stream,
+        session,
+        conn,
+        commands: rx,
+        commands_tx: Some(tx),
+        initiator: false,
+        peer: None,
+        contact_id: None,
+        sent_up_to: 0,
+        just_sent: Vec::new(),
+        registered: false,
+        request_only: false,
+        refused: false,
+        closed: None,
+    };
+    conn.run().await;
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn run(mut self) {
+        Counters::add(&self.shared.counters.connections, 1);
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if let Err(e) = self.handle_events().await {
+                warn!(error = %e, "closing a session after a local failure");
+                let reason = if matches!(e, EngineError::ShuttingDown) {
+                    CloseReason::ShuttingDown
+                } else {
+                    CloseReason::Normal
+                };
+                self.session.close(reason, Instant::now());
+            }
+            if self.flush().await.is_err() {
+                break;
+            }
+            if self.session.is_closed() {
+                break;
+            }
+            let deadline = self.session.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        Counters::add(&self.shared.counters.bytes_received, n);
+                        if let Err(e) = self.session.handle_input(&buf[..n], Instant::now()) {
+                            debug!(peer = ?self.peer.map(|p| p.redacted()), kind = e.kind(), "protocol error");
+                        }
+                    }
+                },
+                command = self.commands.recv() => match coalesce(command, &mut self.commands) {
+                    Some(ConnCmd::Deliver) => {
+                        if self.session.phase() == Phase::Established
+                            && let Err(e) = self.deliver_outbox().await
+                        {
+                            debug!(error = %e, "could not deliver the outbox");
+                        }
+                    }
+                    Some(ConnCmd::Close(reason)) => self.session.close(reason, Instant::now()),
+                    None => self.session.close(CloseReason::ShuttingDown, Instant::now()),
+                },
+                () = sleep => self.session.handle_timeout(Instant::now()),
+            }
+        }
+        // Drain what the session still owes (a Close, acks) before dropping the stream.
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        if self.registered {
+            let _ = self.shared.core.send(CoreMsg::Closed {
+                conn: self.conn,
+                reason: self.closed,
+            });
+        }
+    }
+
+    /// Write whatever the session has to say, then mark written chats as sent.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(bytes) = self.session.poll_transmit() {
+            self.stream.write_all(&bytes).await?;
+            self.stream.flush().await?;
+            trace!(bytes = bytes.len(), "wrote");
+            Counters::add(&self.shared.counters.bytes_sent, bytes.len());
+        }
+        if !self.just_sent.is_empty() && self.session.phase() == Phase::Established {
+            let rows = std::mem::take(&mut self.just_sent);
+            if let Some(peer) = self.peer
+                && let Err(e) = mark_sent(&self.shared, peer, rows).await
+            {
+                debug!(error = %e, "could not record messages as sent");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_events(&mut self) -> Result<()> {
+        let mut batch = Vec::new();
+        while let Some(event) = self.session.poll_event() {
+            batch.push(event);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut incoming = Vec::new();
+        let mut deciding = false;
+        for event in batch {
+            match event {
+                Event::PeerAuthenticated {
+                    peer,
+                    peer_static,
+                    certificate_expires,
+                    ..
+                } => {
+                    deciding = true;
+                    self.authenticated(peer, peer_static, certificate_expires)
+                        .await?;
+                }
+                Event::Established {
+                    peer,
+                    peer_static,
+                    certificate_expires,
+                    ..
+                } => {
+                    Counters::add(&self.shared.counters.sessions, 1);
+                    self.established(peer, peer_static, certificate_expires)
+                        .await?;
+                }
+                Event::Message(m) => incoming.push(m),
+                Event::UnknownMessage { message_type } => {
+                    debug!(message_type, "ignored a message of an unknown type");
+                }
+                Event::MalformedMessage { reason } => {
+                    debug!(%reason, "dropped a malformed message");
+                }
+                Event::Closed { reason, by_peer } => {
+                    debug!(?reason, by_peer, peer = ?self.peer.map(|p| p.redacted()), "session closed");
+                    self.closed = Some((reason, by_peer));
+                }
+                _ => {}
+            }
+        }
+        // Messages that arrived together with the peer's Close still count (an acknowledgement
+        // followed by "request received", for one); only a peer we refused is ignored.
+        if !incoming.is_empty() && !self.refused {
+            self.handle_messages(incoming).await?;
+        }
+        if deciding && self.session.phase() == Phase::AwaitingDecision {
+            if self.request_only {
+                // A non-contact had its chance (a contact request in the handshake).
+                self.session.close(CloseReason::Refused, Instant::now());
+            } else {
+                // Everything that rode in the handshake is handled and acknowledged: go on.
+                self.session.accept(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// (Responder) Ask the core who this is and what they may do.
+    async fn authenticated(
+        &mut self,
+        peer: OnionAddress,
+        peer_static: [u8; 32],
+        expires: u64,
+    ) -> Result<()> {
+        self.peer = Some(peer);
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .core
+            .send(CoreMsg::Authenticated {
+                conn: self.conn,
+                peer,
+                peer_static,
+                expires,
+                commands: self.commands_tx.take(),
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        self.registered = true;
+        match answer.await.map_err(|_| EngineError::ShuttingDown)? {
+            Admission::Contact { contact_id, .. } => {
+                self.contact_id = Some(contact_id);
+            }
+            Admission::RequestOnly { contact_id } => {
+                self.contact_id = contact_id;
+                self.request_only = true;
+            }
+            Admission::Refuse(reason) => {
+                self.refused = true;
+                self.session.close(reason, Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// The session is up both ways.
+    async fn established(
+        &mut self,
+        peer: OnionAddress,
+        peer_static: [u8; 32],
+        expires: u64,
+    ) -> Result<()> {
+        self.peer = Some(peer);
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .core
+            .send(CoreMsg::Established {
+                conn: self.conn,
+                peer,
+                initiator: self.initiator,
+                peer_static,
+                expires,
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let state = answer.await.map_err(|_| EngineError::ShuttingDown)?;
+        if matches!(
+            state,
+            Some(ContactState::Accepted | ContactState::Requesting)
+        ) {
+            self.deliver_outbox().await?;
+        }
+        Ok(())
+    }
+
+    /// Handle a batch of application messages, in order.
+    async fn handle_messages(&mut self, messages: Vec<Message>) -> Result<()> {
+        let Some(peer) = self.peer else {
+            return Ok(());
+        };
+        let mut chats = Vec::new();
+        for message in messages {
+            match message {
+                Message::Chat(chat) => chats.push(chat),
+                Message::Ack(ack) => {
+                    self.store_chats(peer, std::mem::take(&mut chats)).await?;
+                    self.acknowledged(peer, ack.ids).await?;
+                }
+                Message::ContactRequest(_) | Message::ContactResponse(_) => {
+                    self.store_chats(peer, std::mem::take(&mut chats)).await?;
+                    let (reply, answer) = oneshot::channel();
+                    self.shared
+                        .core
+                        .send(CoreMsg::ContactMessage {
+                            peer,
+                            message,
+                            reply,
+                        })
+                        .map_err(|_| EngineError::ShuttingDown)?;
+                    let outcome = answer.await.map_err(|_| EngineError::ShuttingDown)?;
+                    let now = Instant::now();
+                    for m in outcome.send {
+                        // An ack (or our answer) must not be lost to a limit: if it is refused
+                        // the peer simply retries.
+                        let _ = self.session.send(m, now);
+                    }
+                    if let Some(id) = outcome.contact_id {
+                        self.contact_id = Some(id);
+                    }
+                    if outcome.now_accepted {
+                        self.request_only = false;
+                    }
+                    if let Some(reason) = outcome.close {
+                        self.session.close(reason, now);
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.store_chats(peer, chats).await
+    }
+
+    /// Commit chats from an accepted contact, then acknowledge them (duplicates too).
+    async fn store_chats(
+        &mut self,
+        peer: OnionAddress,
+        chats: Vec<carom_proto::Chat>,
+    ) -> Result<()> {
+        if chats.is_empty() {
+            return Ok(());
+        }
+        let Some(contact_id) = self.contact_id else {
+            debug!(peer = %peer.redacted(), count = chats.len(), "ignored chats from a non-contact");
+            return Ok(());
+        };
+        let now = unix_ms();
+        let stored = self
+            .shared
+            .store
+            .write(move |tx| {
+                // Checked inside the transaction, never cached: an acceptance made on another
+                // session counts at once, and a block or removal committed just before wins.
+                match tx.contact(contact_id)? {
+                    Some(c) if c.state == ContactState::Accepted => {}
+                    _ => return Ok(Vec::new()),
+                }
+                let mut ids = Vec::with_capacity(chats.len());
+                for chat in &chats {
+                    let received = tx.store_incoming(&NewIncoming {
+                        contact_id,
+                        msg_id: chat.id.0,
+                        sent_at: chat.sent_at,
+                        body: chat.body.clone(),
+                        reply_to: chat.reply_to.map(|r| r.0),
+                        now,
+                    })?;
+                    if received.is_new() {
+                        let m = received.message();
+                        append(
+                            tx,
+                            carom_api::event::MESSAGE_RECEIVED,
+                            &serde_json::json!({
+                                "id": m.row,
+                                "contact": peer.to_string(),
+                                "msg_id": hex::encode(m.msg_id),
+                            }),
+                            now,
+                        )?;
+                    }
+                    ids.push(chat.id);
+                }
+                Ok(ids)
+            })
+            .await?;
+        trace!(count = stored.len(), "stored chats; acknowledging");
+        let now = Instant::now();
+        for ids in stored.chunks(carom_proto::MAX_ACK_IDS) {
+            let _ = self
+                .session
+                .send(Message::Ack(Ack { ids: ids.to_vec() }), now);
+        }
+        Ok(())
+    }
+
+    /// The peer acknowledged messages: mark them delivered and clear the outbox.
+    async fn acknowledged(&mut self, peer: OnionAddress, ids: Vec<MessageId>) -> Result<()> {
+        let Some(contact_id) = self.contact_id else {
+            return Ok(());
+        };
+        let now = unix_ms();
+        trace!(count = ids.len(), "acknowledgement received");
+        self.shared
+            .store
+            .write(move |tx| {
+                let raw: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
+                for m in tx.mark_delivered(contact_id, &raw, now)? {
+                    append(
+                        tx,
+                        carom_api::event::MESSAGE_STATUS,
+                        &view::status_event(&m, &peer),
+                        now,
+                    )?;
+                }
+                // Contact requests and responses live only in the outbox: match their ids.
+                for item in tx.outbox_for_contact(contact_id)? {
+                    if item.kind == OutboxKind::Chat {
+                        continue;
+                    }
+                    let id = match Message::decode(&item.payload) {
+                        Ok(carom_proto::Decoded::Known(Message::ContactRequest(r))) => r.id,
+                        Ok(carom_proto::Decoded::Known(Message::ContactResponse(r))) => r.id,
+                        _ => continue,
+                    };
+                    if ids.contains(&id) {
+                        tx.remove_outbox(item.id)?;
+                        if item.kind == OutboxKind::ContactRequest {
+                            append(
+                                tx,
+                                carom_api::event::CONTACT_REQUEST_DELIVERED,
+                                &serde_json::json!({ "address": peer.to_string() }),
+                                now,
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Send every outbox item not yet written on this connection, in order.
+    async fn deliver_outbox(&mut self) -> Result<()> {
+        const PAGE: u32 = 256;
+        let Some(contact_id) = self.contact_id else {
+            return Ok(());
+        };
+        loop {
+            let after = self.sent_up_to;
+            let items = self
+                .shared
+                .store
+                .read(move |store| Ok(store.outbox_for_contact_after(contact_id, after, PAGE)?))
+                .await?;
+            let full = items.len() == PAGE as usize;
+            trace!(items = items.len(), after, "outbox page");
+            let now = Instant::now();
+            for item in items {
+                let message = match Message::decode(&item.payload) {
+                    Ok(carom_proto::Decoded::Known(m)) => m,
+                    _ => {
+                        warn!(
+                            item = item.id,
+                            "an outbox item does not decode; skipping it"
+                        );
+                        self.sent_up_to = item.id;
+                        continue;
+                    }
+                };
+                if self.session.send(message, now).is_err() {
+                    // Backpressure or closed: what is left goes out next time.
+                    return Ok(());
+                }
+                self.sent_up_to = item.id;
+                if let Some(row) = item.message_row {
+                    self.just_sent.push(row);
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+            // A long outbox: write what we have before reading more.
+            if self.flush().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Several "deliver" nudges in a row ask for the same thing once; a close wins.
+fn coalesce(
+    first: Option<ConnCmd>,
+    rest: &mut mpsc::UnboundedReceiver<ConnCmd>,
+) -> Option<ConnCmd> {
+    let mut command = first?;
+    while let Ok(next) = rest.try_recv() {
+        if matches!(command, ConnCmd::Deliver) {
+            command = next;
+        } else {
+            break;
+        }
+    }
+    Some(command)
+}
+
+/// Record chats as written to a session (only those still queued: an ack may have won).
+async fn mark_sent(shared: &Shared, peer: OnionAddress, rows: Vec<i64>) -> Result<()> {
+    let now = unix_ms();
+    shared
+        .store
+        .write(move |tx| {
+            for &row in &rows {
+                if let Some(m) = tx.message(row)?
+                    && m.status == MessageStatus::Queued
+                    && m.direction == Direction::Outgoing
+                {
+                    tx.set_message_status(row, MessageStatus::Sent, None, now)?;
+                    let mut m = m;
+                    m.status = MessageStatus::Sent;
+                    append(
+                        tx,
+                        carom_api::event::MESSAGE_STATUS,
+                        &view::status_event(&m, &peer),
+                        now,
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Append an event inside a transaction.
+pub(crate) fn append(
+    tx: &WriteTx<'_>,
+    kind: &str,
+    data: &serde_json::Value,
+    now: u64,
+) -> Result<u64> {
+    Ok(tx.append_event(kind, &data.to_string(), now)?)
+}

@@ -1,0 +1,854 @@
+//! # carom-engine: Carom's messenger logic
+//!
+//! The engine joins the protocol core (`carom-proto`), the store (`carom-store`) and a
+//! transport (`carom-tor`) into a messenger:
+//!
+//! - **Contacts** with clear states: `requesting` (we asked), `pending` (they asked), `accepted`,
+//!   `rejected`, `blocked`. Only accepted contacts get sessions that carry chats; a stranger's
+//!   connection may deliver one bounded contact request (rate-limited per source and overall)
+//!   and is then closed; blocked addresses are refused right after the handshake.
+//! - **Delivery**: `send_message` commits the message and its outbox entry, then returns it as
+//!   `queued`. The engine delivers the outbox in order whenever a session is up, dialling on
+//!   demand and retrying with exponential backoff and jitter. The peer acknowledges only after
+//!   its own commit; then the message is `delivered`. Receivers deduplicate on (sender, id).
+//! - **Presence**: a contact is online while a session is up; keepalives detect dead sessions;
+//!   accepted contacts are re-dialled with backoff. Simultaneous dials resolve to one session.
+//! - **Events**: every change a frontend may care about is appended to the store's durable,
+//!   sequenced event log in the same transaction as the change itself.
+//!
+//! Architecture: one thread owns the store (group commit); one task, the *core*, owns contact
+//! rules and the session registry; one task per connection drives a sans-IO session.
+//!
+//! What it is not: the API server (that is `caromd`) or a transport.
+
+mod config;
+mod conn;
+mod core;
+mod err;
+mod limits;
+mod store_actor;
+mod view;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use carom_api as api;
+use carom_proto::{
+    Chat, ContactRequest, ContactResponse, Decision, DeviceCertificate, DeviceKey, IdentityKey,
+    Message, MessageId, OnionAddress, SessionConfig,
+};
+use carom_store::{
+    ContactState, Direction, IdentityRecord, MessageStatus, NewContact, NewOutgoing, OutboxKind,
+    Queued, Store, StoreRead,
+};
+use carom_tor::{Transport, TransportStatus};
+use rand_core::OsRng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use config::EngineConfig;
+pub use err::{EngineError, Result, store_kind};
+
+use crate::conn::append;
+use crate::core::{Core, CoreMsg};
+use crate::store_actor::StoreHandle;
+use crate::view::{address_of, unix_ms, unix_secs};
+
+/// A profile's keys: the identity (onion service key) and this device's certified Noise key.
+#[derive(Clone)]
+pub struct Profile {
+    /// The identity.
+    pub identity: IdentityKey,
+    /// This device's Noise static key.
+    pub device: DeviceKey,
+    /// The identity's certificate for `device`.
+    pub certificate: DeviceCertificate,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("address", &self.identity.address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Create a new identity and device key in an empty store.
+pub fn create_profile(store: &mut Store, config: &EngineConfig) -> Result<Profile> {
+    if store.identity()?.is_some() {
+        return Err(EngineError::AlreadyExists(
+            "this store already has a profile".into(),
+        ));
+    }
+    let identity = IdentityKey::generate(&mut OsRng);
+    let profile = new_device(identity, config);
+    save_profile(store, &profile)?;
+    Ok(profile)
+}
+
+/// Load the profile, replacing the device key if its certificate expires within a month (peers
+/// with the old key cached recover through the protocol's stale-key fallback).
+pub fn load_profile(store: &mut Store, config: &EngineConfig) -> Result<Profile> {
+    let record = store
+        .identity()?
+        .ok_or_else(|| EngineError::InvalidState("this store has no profile".into()))?;
+    let identity = IdentityKey::from_seed(&record.seed);
+    let device = DeviceKey::from_secret(&record.device_secret);
+    let certificate = DeviceCertificate::decode(&record.device_cert).map_err(|e| {
+        EngineError::Internal(format!("the stored device certificate is unreadable: {e}"))
+    })?;
+    let renew_before = unix_secs() + 30 * 24 * 3600;
+    if certificate.expires_at() <= renew_before || certificate.identity() != identity.address() {
+        tracing::info!("renewing the device key: its certificate expires soon");
+        let profile = new_device(identity, config);
+        save_profile(store, &profile)?;
+        return Ok(profile);
+    }
+    Ok(Profile {
+        identity,
+        device,
+        certificate,
+    })
+}
+
+fn new_device(identity: IdentityKey, config: &EngineConfig) -> Profile {
+    let device = DeviceKey::generate(&mut OsRng);
+    let expires = unix_secs() + config.certificate_lifetime.as_secs();
+    let certificate = DeviceCertificate::issue(&identity, &device.public(), expires);
+    Profile {
+        identity,
+        device,
+        certificate,
+    }
+}
+
+fn save_profile(store: &mut Store, profile: &Profile) -> Result<()> {
+    let record = IdentityRecord {
+        seed: profile.identity.seed(),
+        device_secret: profile.device.secret(),
+        device_cert: profile.certificate.encode().to_vec(),
+        created_at: unix_ms(),
+    };
+    store.write(|tx| tx.save_identity(&record))?;
+    Ok(())
+}
+
+/// State shared by the engine's tasks.
+pub(crate) struct Shared {
+    pub(crate) store: StoreHandle,
+    pub(crate) me: OnionAddress,
+    pub(crate) session_config: Arc<SessionConfig>,
+    pub(crate) core: mpsc::UnboundedSender<CoreMsg>,
+    online: Mutex<HashSet<OnionAddress>>,
+    next_conn: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+/// Traffic counters, updated by the connections.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) sessions: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    pub(crate) fn set_online(&self, peer: OnionAddress, online: bool) {
+        let mut set = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        if online {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+
+    pub(crate) fn is_online(&self, peer: &OnionAddress) -> bool {
+        self.online
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+type ShutdownFn = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A running messenger. Methods mirror the local API.
+pub struct Engine {
+    shared: Arc<Shared>,
+    status: watch::Receiver<TransportStatus>,
+    tasks: Vec<JoinHandle<()>>,
+    stop_transport: ShutdownFn,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("address", &self.shared.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Start the engine on `store` (holding `profile`) and `transport` (running with
+    /// `profile.identity`'s key).
+    pub fn start<T: Transport>(
+        store: Store,
+        profile: &Profile,
+        transport: T,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        let mut session_config = SessionConfig::new(
+            profile.identity.clone(),
+            profile.device.clone(),
+            profile.certificate,
+        );
+        session_config.keepalive_interval = config.keepalive;
+        session_config.idle_timeout = config.idle_timeout;
+        let store = StoreHandle::spawn(store)?;
+        let (core_tx, core_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            store,
+            me: profile.identity.address(),
+            session_config: Arc::new(session_config),
+            core: core_tx,
+            online: Mutex::new(HashSet::new()),
+            next_conn: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        let transport = Arc::new(transport);
+        let status = transport.status();
+        let core = Core::new(Arc::clone(&shared), Arc::clone(&transport), config, core_rx);
+        let mut tasks = vec![tokio::spawn(core.run())];
+        tasks.push(tokio::spawn(accept_loop(
+            Arc::clone(&transport),
+            Arc::clone(&shared),
+        )));
+        tasks.push(tokio::spawn(watch_status(
+            status.clone(),
+            Arc::clone(&shared),
+        )));
+        let stop_transport: ShutdownFn = Box::new(move || {
+            let transport = Arc::clone(&transport);
+            Box::pin(async move { transport.shutdown().await })
+        });
+        Ok(Engine {
+            shared,
+            status,
+            tasks,
+            stop_transport,
+        })
+    }
+
+    /// Our onion address.
+    pub fn address(&self) -> OnionAddress {
+        self.shared.me
+    }
+
+    /// `identity.get`.
+    pub fn identity(&self) -> api::Identity {
+        api::Identity {
+            address: self.shared.me.to_string(),
+            uri: self.shared.me.to_uri(),
+        }
+    }
+
+    /// `tor.status`.
+    pub fn tor_status(&self) -> api::TorStatus {
+        tor_view(&self.status.borrow())
+    }
+
+    /// `daemon.stats`: traffic since the engine started.
+    pub fn stats(&self) -> api::Stats {
+        let c = &self.shared.counters;
+        api::Stats {
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A receiver that changes whenever the transport's status does.
+    pub fn transport_status(&self) -> watch::Receiver<TransportStatus> {
+        self.status.clone()
+    }
+
+    fn notify(&self, contact: OnionAddress) {
+        let _ = self.shared.core.send(CoreMsg::ContactChanged { contact });
+    }
+
+    async fn online(&self) -> HashSet<OnionAddress> {
+        let (reply, answer) = oneshot::channel();
+        if self.shared.core.send(CoreMsg::Online { reply }).is_err() {
+            return HashSet::new();
+        }
+        answer
+            .await
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn parse(&self, text: &str) -> Result<OnionAddress> {
+        Ok(OnionAddress::parse(text)?)
+    }
+
+    /// `contact.add`: ask someone to become a contact (or accept their pending request).
+    pub async fn add_contact(&self, request: api::ContactAdd) -> Result<api::Contact> {
+        let peer = self.parse(&request.address)?;
+        if peer == self.shared.me {
+            return Err(EngineError::InvalidRequest(
+                "that is your own address".into(),
+            ));
+        }
+        check_len(
+            "nickname",
+            &request.offer_nickname,
+            carom_proto::MAX_NICKNAME_BYTES,
+        )?;
+        check_len(
+            "greeting",
+            &request.greeting,
+            carom_proto::MAX_GREETING_BYTES,
+        )?;
+        check_len("nickname", &request.nickname, 256)?;
+        let key = peer.public_key();
+        let contact = self
+            .shared
+            .store
+            .write(move |tx| {
+                let now = unix_ms();
+                let event = |state: &str| serde_json::json!({ "address": peer.to_string(), "state": state, "by": "us" });
+                let wire_request = || {
+                    Message::ContactRequest(ContactRequest {
+                        id: MessageId::random(&mut OsRng),
+                        nickname: request.offer_nickname.clone(),
+                        greeting: request.greeting.clone(),
+                        kind: match request.kind {
+                            api::PeerKind::Human => carom_proto::PeerKind::Human,
+                            api::PeerKind::Bot => carom_proto::PeerKind::Bot,
+                        },
+                    })
+                    .encode()
+                };
+                match tx.contact_by_identity(&key)? {
+                    None => {
+                        let id = tx.insert_contact(&NewContact {
+                            identity: key,
+                            state: ContactState::Requesting,
+                            nickname: request.nickname.clone(),
+                            offered_nickname: None,
+                            greeting: Some(request.greeting.clone()),
+                            declared_kind: carom_store::PeerKind::Human,
+                            now,
+                        })?;
+                        tx.enqueue(id, OutboxKind::ContactRequest, None, &wire_request(), now)?;
+                        append(tx, api::event::CONTACT_STATE, &event("requesting"), now)?;
+                    }
+                    Some(mut c) => match c.state {
+                        ContactState::Requesting => {}
+                        ContactState::Accepted => {
+                            return Err(EngineError::AlreadyExists("already a contact".into()));
+                        }
+                        ContactState::Blocked => {
+                            return Err(EngineError::InvalidState(
+                                "this address is blocked; unblock it first".into(),
+                            ));
+                        }
+                        ContactState::Pending => {
+                            // They asked us already: adding them is accepting.
+                            c.state = ContactState::Accepted;
+                            if !request.nickname.is_empty() {
+                                c.nickname.clone_from(&request.nickname);
+                            }
+                            c.updated_at = now;
+                            tx.update_contact(&c)?;
+                            tx.enqueue(c.id, OutboxKind::ContactResponse, None, &accept_response(), now)?;
+                            append(tx, api::event::CONTACT_STATE, &event("accepted"), now)?;
+                        }
+                        ContactState::Rejected => {
+                            c.state = ContactState::Requesting;
+                            c.greeting = Some(request.greeting.clone());
+                            c.updated_at = now;
+                            tx.update_contact(&c)?;
+                            tx.remove_outbox_kind(c.id, OutboxKind::ContactRequest)?;
+                            tx.enqueue(c.id, OutboxKind::ContactRequest, None, &wire_request(), now)?;
+                            append(tx, api::event::CONTACT_STATE, &event("requesting"), now)?;
+                        }
+                    },
+                }
+                tx.contact_by_identity(&key)?
+                    .ok_or_else(|| EngineError::Internal("contact vanished".into()))
+            })
+            .await?;
+        self.notify(peer);
+        view::contact(&contact, self.shared.is_online(&peer))
+    }
+
+    /// `contact.respond`: accept, reject, block or unblock.
+    pub async fn respond(&self, request: api::ContactRespond) -> Result<api::Contact> {
+        let peer = self.parse(&request.address)?;
+        if peer == self.shared.me {
+            return Err(EngineError::InvalidRequest(
+                "that is your own address".into(),
+            ));
+        }
+        let key = peer.public_key();
+        let response = request.response;
+        let nickname = request.nickname;
+        let contact = self
+            .shared
+            .store
+            .write(move |tx| {
+                let now = unix_ms();
+                let existing = tx.contact_by_identity(&key)?;
+                let new_state = match (response, existing.as_ref().map(|c| c.state)) {
+                    (api::Response::Block, _) => ContactState::Blocked,
+                    (api::Response::Accept, Some(ContactState::Pending)) => ContactState::Accepted,
+                    (api::Response::Reject, Some(ContactState::Pending)) => ContactState::Rejected,
+                    (api::Response::Unblock, Some(ContactState::Blocked)) => ContactState::Rejected,
+                    (_, None) => return Err(EngineError::NoSuchContact),
+                    (r, Some(s)) => {
+                        return Err(EngineError::InvalidState(format!(
+                            "cannot {} a contact that is {}",
+                            match r {
+                                api::Response::Accept => "accept",
+                                api::Response::Reject => "reject",
+                                api::Response::Block => "block",
+                                api::Response::Unblock => "unblock",
+                            },
+                            s.as_str()
+                        )));
+                    }
+                };
+                let id = match existing {
+                    Some(mut c) => {
+                        c.state = new_state;
+                        if new_state == ContactState::Accepted {
+                            c.nickname = nickname
+                                .clone()
+                                .or_else(|| c.offered_nickname.clone())
+                                .unwrap_or_default();
+                        }
+                        c.updated_at = now;
+                        tx.update_contact(&c)?;
+                        c.id
+                    }
+                    None => tx.insert_contact(&NewContact {
+                        identity: key,
+                        state: ContactState::Blocked,
+                        nickname: nickname.clone().unwrap_or_default(),
+                        offered_nickname: None,
+                        greeting: None,
+                        declared_kind: carom_store::PeerKind::Human,
+                        now,
+                    })?,
+                };
+                match new_state {
+                    ContactState::Accepted => {
+                        tx.enqueue(
+                            id,
+                            OutboxKind::ContactResponse,
+                            None,
+                            &accept_response(),
+                            now,
+                        )?;
+                    }
+                    ContactState::Rejected if response == api::Response::Reject => {
+                        let reject = Message::ContactResponse(ContactResponse {
+                            id: MessageId::random(&mut OsRng),
+                            decision: Decision::Reject,
+                        })
+                        .encode();
+                        tx.enqueue(id, OutboxKind::ContactResponse, None, &reject, now)?;
+                    }
+                    ContactState::Blocked => fail_outbox(tx, id, &peer, "blocked", now)?,
+                    _ => {}
+                }
+                append(
+                    tx,
+                    api::event::CONTACT_STATE,
+                    &serde_json::json!({
+                        "address": peer.to_string(),
+                        "state": view::contact_state(new_state),
+                        "by": "us",
+                    }),
+                    now,
+                )?;
+                tx.contact(id)?
+                    .ok_or_else(|| EngineError::Internal("contact vanished".into()))
+            })
+            .await?;
+        self.notify(peer);
+        view::contact(&contact, self.shared.is_online(&peer))
+    }
+
+    /// `contact.rename`.
+    pub async fn rename(&self, request: api::ContactRename) -> Result<api::Contact> {
+        let peer = self.parse(&request.address)?;
+        check_len("nickname", &request.nickname, 256)?;
+        let key = peer.public_key();
+        let contact = self
+            .shared
+            .store
+            .write(move |tx| {
+                let mut c = tx
+                    .contact_by_identity(&key)?
+                    .ok_or(EngineError::NoSuchContact)?;
+                c.nickname.clone_from(&request.nickname);
+                c.updated_at = unix_ms();
+                tx.update_contact(&c)?;
+                Ok(c)
+            })
+            .await?;
+        view::contact(&contact, self.shared.is_online(&peer))
+    }
+
+    /// `contact.remove`: forget a contact, its history and its queue; close its sessions.
+    pub async fn remove_contact(&self, address: &str) -> Result<()> {
+        let peer = self.parse(address)?;
+        let key = peer.public_key();
+        self.shared
+            .store
+            .write(move |tx| {
+                let c = tx.contact_by_identity(&key)?.ok_or(EngineError::NoSuchContact)?;
+                tx.delete_contact(c.id)?;
+                append(
+                    tx,
+                    api::event::CONTACT_STATE,
+                    &serde_json::json!({ "address": peer.to_string(), "state": "removed", "by": "us" }),
+                    unix_ms(),
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.shared.set_online(peer, false);
+        self.notify(peer);
+        Ok(())
+    }
+
+    /// `contact.list`.
+    pub async fn contacts(&self) -> Result<Vec<api::Contact>> {
+        let online = self.online().await;
+        let contacts = self.shared.store.read(|s| Ok(s.contacts()?)).await?;
+        contacts
+            .iter()
+            .map(|c| {
+                let a = address_of(&c.identity)?;
+                view::contact(c, online.contains(&a))
+            })
+            .collect()
+    }
+
+    /// `contact.get`.
+    pub async fn contact(&self, address: &str) -> Result<api::Contact> {
+        let peer = self.parse(address)?;
+        let key = peer.public_key();
+        let c = self
+            .shared
+            .store
+            .read(move |s| {
+                s.contact_by_identity(&key)?
+                    .ok_or(EngineError::NoSuchContact)
+            })
+            .await?;
+        view::contact(&c, self.shared.is_online(&peer))
+    }
+
+    /// `message.send`: commit the message and its outbox entry; it is `queued` on return.
+    pub async fn send_message(&self, request: api::MessageSend) -> Result<api::Message> {
+        let peer = self.parse(&request.to)?;
+        if request.body.len() > api::MAX_BODY_BYTES {
+            return Err(EngineError::TooLarge(format!(
+                "the message is {} bytes; the limit is {} bytes",
+                request.body.len(),
+                api::MAX_BODY_BYTES
+            )));
+        }
+        if let Some(token) = &request.client_token {
+            check_len("client_token", token, 256)?;
+        }
+        let reply_to = request
+            .reply_to
+            .as_deref()
+            .map(view::parse_msg_id)
+            .transpose()?;
+        let key = peer.public_key();
+        let msg_id = MessageId::random(&mut OsRng);
+        let message = self
+            .shared
+            .store
+            .write(move |tx| {
+                let c = tx
+                    .contact_by_identity(&key)?
+                    .ok_or(EngineError::NoSuchContact)?;
+                if c.state != ContactState::Accepted {
+                    return Err(EngineError::InvalidState(format!(
+                        "messages go only to accepted contacts; this one is {}",
+                        c.state.as_str()
+                    )));
+                }
+                let now = unix_ms();
+                let payload = Message::Chat(Chat {
+                    id: msg_id,
+                    sent_at: now,
+                    body: request.body.clone(),
+                    reply_to: reply_to.map(MessageId),
+                })
+                .encode();
+                let queued = tx.queue_outgoing(&NewOutgoing {
+                    contact_id: c.id,
+                    msg_id: msg_id.0,
+                    sent_at: now,
+                    body: request.body.clone(),
+                    reply_to,
+                    client_token: request.client_token.clone(),
+                    payload,
+                    now,
+                })?;
+                if let Queued::New(m) = &queued {
+                    append(
+                        tx,
+                        api::event::MESSAGE_STATUS,
+                        &view::status_event(m, &peer),
+                        now,
+                    )?;
+                }
+                Ok(queued.into_message())
+            })
+            .await?;
+        self.notify(peer);
+        Ok(view::message(&message, &peer))
+    }
+
+    /// `message.list`: a page of a conversation, newest first.
+    pub async fn history(&self, request: api::MessageList) -> Result<api::MessagePage> {
+        let peer = self.parse(&request.with)?;
+        let key = peer.public_key();
+        let limit = request.limit.unwrap_or(50).clamp(1, 500);
+        let before = request.before;
+        let messages = self
+            .shared
+            .store
+            .read(move |s| {
+                let c = s
+                    .contact_by_identity(&key)?
+                    .ok_or(EngineError::NoSuchContact)?;
+                Ok(s.history(c.id, before, limit)?)
+            })
+            .await?;
+        let next_before = if messages.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
+            messages.last().map(|m| m.row)
+        } else {
+            None
+        };
+        Ok(api::MessagePage {
+            messages: messages.iter().map(|m| view::message(m, &peer)).collect(),
+            next_before,
+        })
+    }
+
+    /// `message.get`.
+    pub async fn message(&self, id: i64) -> Result<api::Message> {
+        let (m, identity) = self
+            .shared
+            .store
+            .read(move |s| {
+                let m = s.message(id)?.ok_or(EngineError::NoSuchMessage)?;
+                let c = s.contact(m.contact_id)?.ok_or(EngineError::NoSuchMessage)?;
+                Ok((m, c.identity))
+            })
+            .await?;
+        Ok(view::message(&m, &address_of(&identity)?))
+    }
+
+    /// `message.delete`: delete one message here (not at the peer).
+    pub async fn delete_message(&self, id: i64) -> Result<()> {
+        self.shared
+            .store
+            .write(move |tx| {
+                if let Some(m) = tx.message(id)?
+                    && m.direction == Direction::Outgoing
+                    && matches!(m.status, MessageStatus::Queued | MessageStatus::Sent)
+                {
+                    // Stop delivering it too.
+                    for item in tx.outbox_for_contact(m.contact_id)? {
+                        if item.message_row == Some(id) {
+                            tx.remove_outbox(item.id)?;
+                        }
+                    }
+                }
+                if tx.delete_message(id)? {
+                    Ok(())
+                } else {
+                    Err(EngineError::NoSuchMessage)
+                }
+            })
+            .await
+    }
+
+    /// Events with `seq > after`, oldest first.
+    pub async fn events_since(&self, after: u64, limit: u32) -> Result<Vec<api::Event>> {
+        let events = self
+            .shared
+            .store
+            .read(move |s| Ok(s.events_since(after, limit)?))
+            .await?;
+        Ok(events
+            .into_iter()
+            .map(|e| api::Event {
+                seq: e.seq,
+                at: e.at,
+                kind: e.kind,
+                data: serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
+            })
+            .collect())
+    }
+
+    /// The newest assigned sequence number and the oldest retained one.
+    pub async fn event_bounds(&self) -> Result<(u64, Option<u64>)> {
+        self.shared
+            .store
+            .read(|s| Ok((s.last_event_seq()?, s.oldest_event_seq()?)))
+            .await
+    }
+
+    /// Changes whenever new events are committed (the value is the newest sequence number).
+    pub fn event_notifier(&self) -> watch::Receiver<u64> {
+        self.shared.store.event_seq()
+    }
+
+    /// Append an event from outside the engine (e.g. a frontend attached).
+    pub async fn append_event(&self, kind: &'static str, data: serde_json::Value) -> Result<u64> {
+        self.shared
+            .store
+            .write(move |tx| append(tx, kind, &data, unix_ms()))
+            .await
+    }
+
+    /// Close every session, stop the transport, and close the store (checkpointing it).
+    pub async fn shutdown(self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        if self.shared.core.send(CoreMsg::Shutdown { reply }).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+        }
+        (self.stop_transport)().await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.shared.store.close().await
+    }
+}
+
+fn accept_response() -> Vec<u8> {
+    Message::ContactResponse(ContactResponse {
+        id: MessageId::random(&mut OsRng),
+        decision: Decision::Accept,
+    })
+    .encode()
+}
+
+/// Drop a contact's outbox; its queued chats fail with `reason`.
+fn fail_outbox(
+    tx: &carom_store::WriteTx<'_>,
+    contact_id: i64,
+    peer: &OnionAddress,
+    reason: &str,
+    now: u64,
+) -> Result<()> {
+    for item in tx.outbox_for_contact(contact_id)? {
+        tx.remove_outbox(item.id)?;
+        if let Some(row) = item.message_row {
+            tx.set_message_status(row, MessageStatus::Failed, Some(reason), now)?;
+            if let Some(m) = tx.message(row)? {
+                append(
+                    tx,
+                    api::event::MESSAGE_STATUS,
+                    &view::status_event(&m, peer),
+                    now,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, value: &str, limit: usize) -> Result<()> {
+    if value.len() > limit {
+        return Err(EngineError::TooLarge(format!(
+            "{field} is {} bytes; the limit is {limit}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn accept_loop<T: Transport>(transport: Arc<T>, shared: Arc<Shared>) {
+    while let Some(stream) = transport.accept().await {
+        let conn = shared.next_conn_id();
+        tokio::spawn(conn::run_responder(Arc::clone(&shared), stream, conn));
+    }
+}
+
+fn tor_view(status: &TransportStatus) -> api::TorStatus {
+    api::TorStatus {
+        bootstrap_percent: status.bootstrap.percent,
+        bootstrap_phase: status.bootstrap.phase.clone(),
+        ready: status.bootstrap.ready,
+        service: service_name(&status.service).to_owned(),
+        last_error: status.last_error.clone(),
+    }
+}
+
+/// The API's name for an onion-service state.
+fn service_name(state: &carom_tor::ServiceState) -> &'static str {
+    use carom_tor::ServiceState as S;
+    match state {
+        S::NotStarted => "not_started",
+        S::Launching => "launching",
+        S::Published => "published",
+        S::Reachable => "reachable",
+        S::Degraded { .. } => "degraded",
+        S::Broken(_) => "broken",
+        S::Stopped => "stopped",
+        _ => "unknown",
+    }
+}
+
+/// Record Tor's progress in the event log: every tenth of bootstrap, readiness, service state.
+async fn watch_status(mut status: watch::Receiver<TransportStatus>, shared: Arc<Shared>) {
+    let mut last: Option<(u8, bool, String)> = None;
+    loop {
+        let view = tor_view(&status.borrow_and_update());
+        let key = (
+            view.bootstrap_percent / 10,
+            view.ready,
+            view.service.clone(),
+        );
+        if last.as_ref() != Some(&key) {
+            last = Some(key);
+            let data = serde_json::to_value(&view).unwrap_or_default();
+            let _ = shared
+                .store
+                .write(move |tx| append(tx, api::event::TOR_STATUS, &data, unix_ms()))
+                .await;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Conversions from stored records to the API's views, and helpers shared by the engine.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use carom_api as api;
+use carom_proto::OnionAddress;
+use carom_store as store;
+
+use crate::err::{EngineError, Result};
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_secs() -> u64 {
+    unix_ms() / 1000
+}
+
+/// The onion address of a stored identity.
+pub(crate) fn address_of(identity: &[u8; 32]) -> Result<OnionAddress> {
+    OnionAddress::from_public_key(identity)
+        .map_err(|_| EngineError::Internal("a stored contact has an invalid key".into()))
+}
+
+pub(crate) fn contact_state(s: store::ContactState) -> api::ContactState {
+    match s {
+        store::ContactState::Requesting => api::ContactState::Requesting,
+        store::ContactState::Pending => api::ContactState::Pending,
+        store::ContactState::Accepted => api::ContactState::Accepted,
+        store::ContactState::Rejected => api::ContactState::Rejected,
+        store::ContactState::Blocked => api::ContactState::Blocked,
+    }
+}
+
+pub(crate) fn peer_kind(k: store::PeerKind) -> api::PeerKind {
+    match k {
+        store::PeerKind::Human => api::PeerKind::Human,
+        store::PeerKind::Bot => api::PeerKind::Bot,
+    }
+}
+
+pub(crate) fn store_peer_kind(k: carom_proto::PeerKind) -> store::PeerKind {
+    match k {
+        carom_proto::PeerKind::Human => store::PeerKind::Human,
+        carom_proto::PeerKind::Bot => store::PeerKind::Bot,
+    }
+}
+
+pub(crate) fn contact(c: &store::Contact, online: bool) -> Result<api::Contact> {
+    Ok(api::Contact {
+        address: address_of(&c.identity)?.to_string(),
+        nickname: c.nickname.clone(),
+        offered_nickname: c.offered_nickname.clone(),
+        greeting: c.greeting.clone(),
+        state: contact_state(c.state),
+        declared_kind: peer_kind(c.declared_kind),
+        online,
+        created_at: c.created_at,
+        last_seen: c.last_seen,
+    })
+}
+
+pub(crate) fn status(s: store::MessageStatus) -> api::MessageStatus {
+    match s {
+        store::MessageStatus::Queued => api::MessageStatus::Queued,
+        store::MessageStatus::Sent => api::MessageStatus::Sent,
+        store::MessageStatus::Delivered => api::MessageStatus::Delivered,
+        store::MessageStatus::Failed => api::MessageStatus::Failed,
+        store::MessageStatus::Received => api::MessageStatus::Received,
+    }
+}
+
+pub(crate) fn message(m: &store::Message, contact: &OnionAddress) -> api::Message {
+    api::Message {
+        id: m.row,
+        msg_id: hex::encode(m.msg_id),
+        contact: contact.to_string(),
+        direction: match m.direction {
+            store::Direction::Incoming => api::Direction::In,
+            store::Direction::Outgoing => api::Direction::Out,
+        },
+        body: m.body.clone(),
+        sent_at: m.sent_at,
+        stored_at: m.stored_at,
+        status: status(m.status),
+        failure: m.failure.clone(),
+        reply_to: m.reply_to.map(hex::encode),
+    }
+}
+
+/// Event data for a message's status.
+pub(crate) fn status_event(m: &store::Message, contact: &OnionAddress) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "id": m.row,
+        "contact": contact.to_string(),
+        "msg_id": hex::encode(m.msg_id),
+        "status": status(m.status),
+    });
+    if let Some(failure) = &m.failure {
+        data["failure"] = serde_json::Value::String(failure.clone());
+    }
+    data
+}
+
+/// Parse a 16-byte message id written in hex.
+pub(crate) fn parse_msg_id(text: &str) -> Result<[u8; 16]> {
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| EngineError::InvalidRequest("reply_to is not a hex message id".into()))?;
+    bytes
+        .try_into()
+        .map_err(|_| EngineError::InvalidRequest("reply_to must be 16 bytes of hex".into()))
+}

@@ -1,0 +1,522 @@
+//! Engines talking over the loopback transport, each with a real encrypted store on disk.
+//!
+//! These are the fast tests of the messenger logic; the same flows run over a private Tor
+//! network with real daemons in `daemon/tests/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use carom_api as api;
+use carom_engine::{Engine, EngineConfig, EngineError, create_profile, load_profile};
+use carom_store::{DbKey, Store};
+use carom_tor::{LoopbackNetwork, LoopbackTransport};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_secs(1),
+        presence_initial: Duration::from_millis(200),
+        presence_max: Duration::from_secs(1),
+        stranger_burst: 4,
+        ..EngineConfig::default()
+    }
+}
+
+struct Node {
+    engine: Option<Engine>,
+    db: PathBuf,
+    key: [u8; 32],
+    config: EngineConfig,
+}
+
+impl Node {
+    async fn create(net: &LoopbackNetwork, dir: &Path, name: &str, config: EngineConfig) -> Node {
+        let db = dir.join(format!("{name}.db"));
+        let key = *DbKey::generate().expect("key").as_bytes();
+        let mut store = Store::create(&db, &DbKey::from_bytes(key)).expect("store");
+        let profile = create_profile(&mut store, &config).expect("profile");
+        let transport = LoopbackTransport::new(net, &profile.identity)
+            .await
+            .expect("transport");
+        let engine = Engine::start(store, &profile, transport, config.clone()).expect("engine");
+        Node {
+            engine: Some(engine),
+            db,
+            key,
+            config,
+        }
+    }
+
+    fn e(&self) -> &Engine {
+        self.engine.as_ref().expect("running")
+    }
+
+    fn address(&self) -> String {
+        self.e().address().to_string()
+    }
+
+    async fn stop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    async fn restart(&mut self, net: &LoopbackNetwork) {
+        self.stop().await;
+        let mut store = Store::open(&self.db, &DbKey::from_bytes(self.key)).expect("reopen");
+        let profile = load_profile(&mut store, &self.config).expect("profile");
+        let transport = LoopbackTransport::new(net, &profile.identity)
+            .await
+            .expect("transport");
+        self.engine =
+            Some(Engine::start(store, &profile, transport, self.config.clone()).expect("engine"));
+    }
+
+    /// Wait for the first event (after `after`) of `kind` whose data satisfies `pred`.
+    async fn wait_event(
+        &self,
+        kind: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> api::Event {
+        let engine = self.e();
+        let mut notify = engine.event_notifier();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let events = engine.events_since(0, 100_000).await.expect("events");
+            if let Some(e) = events.into_iter().find(|e| e.kind == kind && pred(&e.data)) {
+                return e;
+            }
+            if tokio::time::timeout_at(deadline, notify.changed())
+                .await
+                .is_err()
+            {
+                let kinds: Vec<String> = engine
+                    .events_since(0, 1000)
+                    .await
+                    .expect("events")
+                    .into_iter()
+                    .map(|e| format!("{} {}", e.kind, e.data))
+                    .collect();
+                panic!("no {kind} event within {WAIT:?}; events: {kinds:#?}");
+            }
+        }
+    }
+
+    async fn count_events(&self, kind: &str) -> usize {
+        self.e()
+            .events_since(0, 100_000)
+            .await
+            .expect("events")
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
+    }
+
+    async fn wait_delivered(&self, id: i64) {
+        self.wait_event(api::event::MESSAGE_STATUS, |d| {
+            d["id"] == id && d["status"] == "delivered"
+        })
+        .await;
+    }
+}
+
+async fn pair(alice: &Node, bob: &Node) {
+    alice
+        .e()
+        .add_contact(api::ContactAdd {
+            address: bob.address(),
+            nickname: "Bob".into(),
+            offer_nickname: "Alice".into(),
+            greeting: "hi Bob, it's Alice".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("request sent");
+    let a = alice.address();
+    bob.wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
+        d["address"] == a.as_str()
+    })
+    .await;
+    bob.e()
+        .respond(api::ContactRespond {
+            address: alice.address(),
+            response: api::Response::Accept,
+            nickname: None,
+        })
+        .await
+        .expect("accepted");
+    let b = bob.address();
+    alice
+        .wait_event(api::event::CONTACT_STATE, |d| {
+            d["address"] == b.as_str() && d["state"] == "accepted" && d["by"] == "them"
+        })
+        .await;
+}
+
+async fn send(from: &Node, to: &Node, body: &str) -> api::Message {
+    send_to(from, &to.address(), body).await
+}
+
+async fn send_to(from: &Node, to: &str, body: &str) -> api::Message {
+    from.e()
+        .send_message(api::MessageSend {
+            to: to.to_owned(),
+            body: body.into(),
+            reply_to: None,
+            client_token: None,
+        })
+        .await
+        .expect("queued")
+}
+
+async fn bodies(node: &Node, with: &Node) -> Vec<(api::Direction, String)> {
+    let page = node
+        .e()
+        .history(api::MessageList {
+            with: with.address(),
+            before: None,
+            limit: Some(500),
+        })
+        .await
+        .expect("history");
+    page.messages
+        .into_iter()
+        .rev()
+        .map(|m| (m.direction, m.body))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_pair_and_chat_both_ways() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let bob = Node::create(&net, dir.path(), "bob", config()).await;
+    pair(&alice, &bob).await;
+
+    // Bob saw who asked, verified, with what Alice offered.
+    let request = bob
+        .wait_event(api::event::CONTACT_REQUEST_RECEIVED, |_| true)
+        .await;
+    assert_eq!(request.data["address"], alice.address().as_str());
+    assert_eq!(request.data["nickname"], "Alice");
+    assert_eq!(request.data["greeting"], "hi Bob, it's Alice");
+    assert_eq!(request.data["kind"], "human");
+
+    let m1 = send(&alice, &bob, "hello Bob").await;
+    assert_eq!(m1.status, api::MessageStatus::Queued);
+    alice.wait_delivered(m1.id).await;
+    let m2 = send(&bob, &alice, "hello Alice").await;
+    bob.wait_delivered(m2.id).await;
+
+    let alice_view = bodies(&alice, &bob).await;
+    let bob_view = bodies(&bob, &alice).await;
+    assert_eq!(
+        alice_view,
+        vec![
+            (api::Direction::Out, "hello Bob".into()),
+            (api::Direction::In, "hello Alice".into())
+        ]
+    );
+    assert_eq!(
+        bob_view,
+        vec![
+            (api::Direction::In, "hello Bob".into()),
+            (api::Direction::Out, "hello Alice".into())
+        ]
+    );
+    let contact = alice.e().contact(&bob.address()).await.expect("contact");
+    assert_eq!(contact.state, api::ContactState::Accepted);
+    assert!(contact.online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_an_offline_contact_arrive_once_in_order_after_it_restarts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
+    pair(&alice, &bob).await;
+
+    let bob_address = bob.address();
+    bob.stop().await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(send_to(&alice, &bob_address, &format!("message {i}")).await);
+    }
+    // Bob is away: nothing can be delivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in &sent {
+        let now = alice.e().message(m.id).await.expect("message");
+        assert_ne!(now.status, api::MessageStatus::Delivered);
+    }
+
+    bob.restart(&net).await;
+    for m in &sent {
+        alice.wait_delivered(m.id).await;
+    }
+    let received: Vec<String> = bodies(&bob, &alice)
+        .await
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    let expected: Vec<String> = (0..5).map(|i| format!("message {i}")).collect();
+    assert_eq!(received, expected, "each message exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_one_request_through_and_is_refused_once_blocked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let carol = Node::create(&net, dir.path(), "carol", config()).await;
+
+    // Carol cannot message Alice: she is not a contact.
+    let err = carol
+        .e()
+        .send_message(api::MessageSend {
+            to: alice.address(),
+            body: "let me in".into(),
+            reply_to: None,
+            client_token: None,
+        })
+        .await
+        .expect_err("not a contact");
+    assert!(matches!(err, EngineError::NoSuchContact));
+
+    carol
+        .e()
+        .add_contact(api::ContactAdd {
+            address: alice.address(),
+            nickname: "Alice".into(),
+            offer_nickname: "Carol".into(),
+            greeting: "please".into(),
+            kind: api::PeerKind::Bot,
+        })
+        .await
+        .expect("request queued");
+    let c = carol.address();
+    let request = alice
+        .wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
+            d["address"] == c.as_str()
+        })
+        .await;
+    assert_eq!(request.data["kind"], "bot");
+    carol
+        .wait_event(api::event::CONTACT_REQUEST_DELIVERED, |_| true)
+        .await;
+    // Asking again changes nothing at Alice: one request, one event.
+    carol
+        .e()
+        .add_contact(api::ContactAdd {
+            address: alice.address(),
+            nickname: "Alice".into(),
+            offer_nickname: "Carol".into(),
+            greeting: "please".into(),
+            kind: api::PeerKind::Bot,
+        })
+        .await
+        .expect("idempotent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        alice
+            .count_events(api::event::CONTACT_REQUEST_RECEIVED)
+            .await,
+        1
+    );
+
+    alice
+        .e()
+        .respond(api::ContactRespond {
+            address: carol.address(),
+            response: api::Response::Block,
+            nickname: None,
+        })
+        .await
+        .expect("blocked");
+    // Carol tries again (a fresh request after her contact was reset to rejected by a new add).
+    let carol_contact = carol.e().contact(&alice.address()).await.expect("contact");
+    assert_eq!(carol_contact.state, api::ContactState::Requesting);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alice_contact = alice.e().contact(&carol.address()).await.expect("contact");
+    assert_eq!(alice_contact.state, api::ContactState::Blocked);
+    assert!(!alice_contact.online);
+    assert_eq!(
+        alice
+            .count_events(api::event::CONTACT_REQUEST_RECEIVED)
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_closes_an_open_session_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let bob = Node::create(&net, dir.path(), "bob", config()).await;
+    pair(&alice, &bob).await;
+    let m = send(&bob, &alice, "before").await;
+    bob.wait_delivered(m.id).await;
+
+    alice
+        .e()
+        .respond(api::ContactRespond {
+            address: bob.address(),
+            response: api::Response::Block,
+            nickname: None,
+        })
+        .await
+        .expect("blocked");
+    let b = bob.address();
+    alice
+        .wait_event(api::event::CONTACT_PRESENCE, |d| {
+            d["address"] == b.as_str() && d["online"] == false
+        })
+        .await;
+    let late = send(&bob, &alice, "after the block").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late = bob.e().message(late.id).await.expect("message");
+    assert_ne!(late.status, api::MessageStatus::Delivered);
+    let alice_view = bodies(&alice, &bob).await;
+    assert_eq!(alice_view, vec![(api::Direction::In, "before".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_adding_each_other_at_once_ends_accepted_with_one_session() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let bob = Node::create(&net, dir.path(), "bob", config()).await;
+    let add = |to: &Node| api::ContactAdd {
+        address: to.address(),
+        nickname: String::new(),
+        offer_nickname: String::new(),
+        greeting: String::new(),
+        kind: api::PeerKind::Human,
+    };
+    let (a, b) = tokio::join!(
+        alice.e().add_contact(add(&bob)),
+        bob.e().add_contact(add(&alice))
+    );
+    a.expect("alice asks");
+    b.expect("bob asks");
+    let (ba, ab) = (bob.address(), alice.address());
+    alice
+        .wait_event(api::event::CONTACT_STATE, |d| {
+            d["address"] == ba.as_str() && d["state"] == "accepted"
+        })
+        .await;
+    bob.wait_event(api::event::CONTACT_STATE, |d| {
+        d["address"] == ab.as_str() && d["state"] == "accepted"
+    })
+    .await;
+    // Both dial at once to deliver messages: one session survives and carries both.
+    let (m1, m2) = tokio::join!(
+        send(&alice, &bob, "from alice"),
+        send(&bob, &alice, "from bob")
+    );
+    alice.wait_delivered(m1.id).await;
+    bob.wait_delivered(m2.id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(alice.e().contact(&bob.address()).await.expect("c").online);
+    assert!(bob.e().contact(&alice.address()).await.expect("c").online);
+    assert_eq!(bodies(&alice, &bob).await.len(), 2);
+    assert_eq!(bodies(&bob, &alice).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_strangers_is_rate_limited() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let mut strangers = Vec::new();
+    for i in 0..8 {
+        let s = Node::create(&net, dir.path(), &format!("s{i}"), config()).await;
+        s.e()
+            .add_contact(api::ContactAdd {
+                address: alice.address(),
+                nickname: String::new(),
+                offer_nickname: format!("stranger {i}"),
+                greeting: "spam".into(),
+                kind: api::PeerKind::Bot,
+            })
+            .await
+            .expect("queued");
+        strangers.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored = alice
+        .count_events(api::event::CONTACT_REQUEST_RECEIVED)
+        .await;
+    // The test config allows a burst of 4 (plus a token refilled every 6 s at most).
+    assert!((4..=5).contains(&stored), "stored {stored} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_retries_are_idempotent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let bob = Node::create(&net, dir.path(), "bob", config()).await;
+    let bad = alice
+        .e()
+        .add_contact(api::ContactAdd {
+            address: "not-an-address".into(),
+            nickname: String::new(),
+            offer_nickname: String::new(),
+            greeting: String::new(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(bad.kind(), api::ErrorKind::InvalidAddress);
+    let own = alice
+        .e()
+        .add_contact(api::ContactAdd {
+            address: alice.address(),
+            nickname: String::new(),
+            offer_nickname: String::new(),
+            greeting: String::new(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect_err("own address");
+    assert_eq!(own.kind(), api::ErrorKind::InvalidParams);
+
+    pair(&alice, &bob).await;
+    let big = alice
+        .e()
+        .send_message(api::MessageSend {
+            to: bob.address(),
+            body: "x".repeat(api::MAX_BODY_BYTES + 1),
+            reply_to: None,
+            client_token: None,
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(big.kind(), api::ErrorKind::TooLarge);
+
+    let with_token = |body: &str| api::MessageSend {
+        to: bob.address(),
+        body: body.into(),
+        reply_to: None,
+        client_token: Some("retry-me".into()),
+    };
+    let first = alice
+        .e()
+        .send_message(with_token("once"))
+        .await
+        .expect("queued");
+    let again = alice
+        .e()
+        .send_message(with_token("once"))
+        .await
+        .expect("same");
+    assert_eq!(first.id, again.id);
+    alice.wait_delivered(first.id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bodies(&bob, &alice).await.len(), 1);
+}
