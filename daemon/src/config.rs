@@ -1,0 +1,93 @@
+//! The daemon's configuration: a TOML file, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// `caromd.toml`. Every key is optional; unknown keys are an error (a typo must not be
+/// silently ignored).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// Where the profile and arti's state live.
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Where the API socket lives.
+    pub(crate) runtime_dir: Option<PathBuf>,
+    /// A tracing filter, e.g. `"info"` or `"carom_engine=debug,info"`.
+    pub(crate) log: Option<String>,
+    /// Tor settings.
+    #[serde(default)]
+    pub(crate) tor: TorSection,
+    /// Messaging behaviour.
+    #[serde(default)]
+    pub(crate) messaging: MessagingSection,
+}
+
+/// `[messaging]` in `caromd.toml`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessagingSection {
+    /// Dial contacts at start so both sides see each other online (default true). Off: you
+    /// connect only to deliver something, which reveals less about when you are online.
+    pub(crate) presence: Option<bool>,
+    /// Events kept for frontends that reconnect later (default 100000).
+    pub(crate) event_retention: Option<u64>,
+}
+
+/// `[tor]` in `caromd.toml`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TorSection {
+    /// An arti TOML file describing another Tor network (such as `carom-testnet`'s
+    /// `arti.toml`). Absent: the public Tor network.
+    pub(crate) arti_config: Option<PathBuf>,
+    /// Onion-service proof-of-work defence (default on).
+    pub(crate) pow: Option<bool>,
+    /// Turn off arti's permission checks on its directories. Dangerous; for containers and
+    /// tests where ownership cannot be right.
+    #[serde(default)]
+    pub(crate) dangerously_trust_everyone: bool,
+}
+
+/// Read a configuration file. A missing file at the default location is not an error; a
+/// missing file named explicitly is.
+pub(crate) fn load(path: &Path, explicit: bool) -> Result<FileConfig, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = toml::from_str::<FileConfig>("data_dir = \"/x\"\n[tor]\narti_confg = \"y\"\n")
+            .expect_err("typo");
+        assert!(e.to_string().contains("arti_confg"), "{e}");
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c: FileConfig = toml::from_str(
+            "data_dir = \"/d\"\nruntime_dir = \"/r\"\nlog = \"debug\"\n[tor]\narti_config = \"/a.toml\"\npow = false\n",
+        )
+        .expect("parses");
+        assert_eq!(c.tor.arti_config.as_deref(), Some(Path::new("/a.toml")));
+        assert_eq!(c.tor.pow, Some(false));
+    }
+
+    #[test]
+    fn a_missing_default_file_is_fine_but_a_missing_explicit_one_is_not() {
+        let missing = Path::new("/nonexistent/caromd.toml");
+        assert!(load(missing, false).is_ok());
+        assert!(load(missing, true).is_err());
+    }
+}

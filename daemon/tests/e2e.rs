@@ -1,0 +1,773 @@
+//! Real `caromd` processes on a private Tor network (C tor authorities and relays on 127.0.0.1),
+//! driven through their API sockets with the typed client, as a frontend would.
+//!
+//! The tests run one at a time (each starts two or three daemons, each with its own arti);
+//! they share one network per test binary.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "the tests report the timings they measure"
+)]
+#![allow(
+    clippy::await_holding_lock,
+    reason = "the lock serialises whole tests across their separate runtimes; nothing else awaits it"
+)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use carom_api as api;
+use carom_client::Client;
+
+/// Generous bounds: Tor on a loaded 2-core machine, and descriptor publication, take time.
+const STARTUP: Duration = Duration::from_secs(120);
+const DELIVERY: Duration = Duration::from_secs(180);
+
+/// One test at a time: a dozen arti clients at once would only make every test slower.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Daemon {
+    name: String,
+    dir: PathBuf,
+    passphrase: Option<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn new(root: &Path, name: &str, config: &str, passphrase: Option<&str>) -> Daemon {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("daemon dir");
+        std::fs::write(dir.join("caromd.toml"), config).expect("config");
+        if let Some(p) = passphrase {
+            std::fs::write(dir.join("passphrase"), format!("{p}\n")).expect("passphrase file");
+        }
+        let mut d = Daemon {
+            name: name.into(),
+            dir,
+            passphrase: passphrase.map(str::to_owned),
+            child: None,
+        };
+        d.start();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run").join("carom.sock")
+    }
+
+    fn start(&mut self) {
+        let net = carom_testnet::shared();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("caromd.log"))
+            .expect("log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_caromd"));
+        command
+            .arg("--config")
+            .arg(self.dir.join("caromd.toml"))
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--runtime-dir")
+            .arg(self.dir.join("run"))
+            .arg("--arti-config")
+            .arg(net.arti_config_path())
+            .arg("--log")
+            .arg("info,carom_engine=debug,carom_tor=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if self.passphrase.is_some() && self.dir.join("data").join("profile.key").exists() {
+            command
+                .arg("--passphrase-file")
+                .arg(self.dir.join("passphrase"));
+        }
+        self.child = Some(command.spawn().expect("caromd starts"));
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).expect("pid"))
+                .expect("pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let status = wait_timeout(&mut child, Duration::from_secs(30));
+            assert_eq!(
+                status,
+                Some(true),
+                "{} did not exit cleanly on SIGTERM",
+                self.name
+            );
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.socket()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{}: cannot connect: {e}\n{}", self.name, self.log_tail()),
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("caromd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Create the profile (or unlock it) and wait until Tor is bootstrapped and the service
+    /// left the launching state. Returns the address.
+    async fn up(&self) -> String {
+        let client = self.client().await;
+        let info = client.info().await.expect("info");
+        if info.profile == api::ProfileState::None {
+            let params = match &self.passphrase {
+                Some(p) => api::ProfileCreate {
+                    passphrase: Some(p.clone()),
+                    no_passphrase: false,
+                },
+                None => api::ProfileCreate {
+                    passphrase: None,
+                    no_passphrase: true,
+                },
+            };
+            client
+                .create_profile(&params)
+                .await
+                .expect("profile created");
+        }
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let tor = client.tor_status().await.expect("tor status");
+            if tor.ready && !matches!(tor.service.as_str(), "not_started" | "launching") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: Tor not ready after {STARTUP:?}: {tor:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        client.identity().await.expect("identity").address
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            #[allow(clippy::print_stderr, reason = "a failing test's reader needs the log")]
+            {
+                eprintln!("--- {} log tail ---\n{}", self.name, self.log_tail());
+            }
+        }
+        self.kill();
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<bool> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status.success());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The first event (replaying from the start) of `kind` matching `pred`, within `limit`.
+async fn wait_event(
+    d: &Daemon,
+    kind: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> api::Event {
+    let client = d.client().await;
+    client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: Some(0),
+            kinds: Some(vec![kind.to_owned()]),
+        })
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(e)) if pred(&e.data) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{}: connection closed while waiting for {kind}", d.name),
+            Err(_) => panic!("{}: no {kind} within {limit:?}\n{}", d.name, d.log_tail()),
+        }
+    }
+}
+
+async fn pair(alice: &Daemon, a: &str, bob: &Daemon, b: &str) {
+    let client = alice.client().await;
+    client
+        .add_contact(&api::ContactAdd {
+            address: b.to_owned(),
+            nickname: "Bob".into(),
+            offer_nickname: "Alice".into(),
+            greeting: "hi Bob, it's Alice".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("request queued");
+    let request = wait_event(bob, api::event::CONTACT_REQUEST_RECEIVED, DELIVERY, |d| {
+        d["address"] == a
+    })
+    .await;
+    assert_eq!(request.data["nickname"], "Alice");
+    assert_eq!(request.data["greeting"], "hi Bob, it's Alice");
+    bob.client()
+        .await
+        .respond(a, api::Response::Accept, None)
+        .await
+        .expect("accepted");
+    wait_event(alice, api::event::CONTACT_STATE, DELIVERY, |d| {
+        d["address"] == b && d["state"] == "accepted"
+    })
+    .await;
+}
+
+async fn send(from: &Daemon, to: &str, body: &str) -> api::Message {
+    from.client()
+        .await
+        .send(&api::MessageSend {
+            to: to.to_owned(),
+            body: body.to_owned(),
+            reply_to: None,
+            client_token: None,
+        })
+        .await
+        .expect("queued")
+}
+
+async fn delivered(d: &Daemon, id: i64) {
+    wait_event(d, api::event::MESSAGE_STATUS, DELIVERY, |e| {
+        e["id"] == id && e["status"] == "delivered"
+    })
+    .await;
+}
+
+async fn history(d: &Daemon, with: &str) -> Vec<(api::Direction, String)> {
+    let page = d
+        .client()
+        .await
+        .history(&api::MessageList {
+            with: with.to_owned(),
+            before: None,
+            limit: Some(500),
+        })
+        .await
+        .expect("history");
+    page.messages
+        .into_iter()
+        .rev()
+        .map(|m| (m.direction, m.body))
+        .collect()
+}
+
+const DEFAULT_CONFIG: &str = "";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_pair_by_address_and_chat_over_tor() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, Some("correct horse"));
+    let (a, b) = (alice.up().await, bob.up().await);
+    let started = Instant::now();
+    pair(&alice, &a, &bob, &b).await;
+    println!(
+        "pairing over Tor took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Each side knows the other by its verified address.
+    let bob_seen_by_alice = alice.client().await.contact(&b).await.expect("contact");
+    let alice_seen_by_bob = bob.client().await.contact(&a).await.expect("contact");
+    assert_eq!(bob_seen_by_alice.address, b);
+    assert_eq!(bob_seen_by_alice.state, api::ContactState::Accepted);
+    assert_eq!(alice_seen_by_bob.address, a);
+    assert_eq!(alice_seen_by_bob.offered_nickname.as_deref(), Some("Alice"));
+
+    let m1 = send(&alice, &b, "hello Bob").await;
+    delivered(&alice, m1.id).await;
+    let m2 = send(&bob, &a, "hello Alice").await;
+    delivered(&bob, m2.id).await;
+
+    // Warm: the session is up.
+    let mut warm = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let m = send(&alice, &b, &format!("warm {i}")).await;
+        delivered(&alice, m.id).await;
+        warm.push(t.elapsed());
+    }
+    warm.sort();
+    println!(
+        "warm message.send → delivered over Tor: median {:?} (min {:?}, max {:?})",
+        warm[2], warm[0], warm[4]
+    );
+
+    let alice_view = history(&alice, &b).await;
+    let bob_view = history(&bob, &a).await;
+    let mirrored: Vec<(api::Direction, String)> = bob_view
+        .iter()
+        .map(|(d, body)| {
+            let flipped = if *d == api::Direction::In {
+                api::Direction::Out
+            } else {
+                api::Direction::In
+            };
+            (flipped, body.clone())
+        })
+        .collect();
+    assert_eq!(alice_view.len(), 7);
+    assert_eq!(
+        alice_view, mirrored,
+        "both histories hold the same conversation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_a_stopped_contact_and_survive_a_killed_sender() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let mut alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let mut bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, Some("bob's secret"));
+    let (a, b) = (alice.up().await, bob.up().await);
+    pair(&alice, &a, &bob, &b).await;
+
+    // 1. Bob stops cleanly; Alice writes; Bob comes back (unlocking from his passphrase file).
+    bob.stop();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            send(&alice, &b, &format!("while you were away {i}"))
+                .await
+                .id,
+        );
+    }
+    bob.start();
+    bob.up().await;
+    for id in &ids {
+        delivered(&alice, *id).await;
+    }
+
+    // 2. Bob stops; Alice's sends are acknowledged ("queued"), then Alice is SIGKILLed.
+    bob.stop();
+    for i in 0..4 {
+        ids.push(send(&alice, &b, &format!("before the crash {i}")).await.id);
+    }
+    alice.kill();
+    alice.start();
+    alice.up().await;
+    bob.start();
+    bob.up().await;
+    for id in &ids {
+        delivered(&alice, *id).await;
+    }
+
+    let received: Vec<String> = history(&bob, &a)
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    let expected: Vec<String> = (0..4)
+        .map(|i| format!("while you were away {i}"))
+        .chain((0..4).map(|i| format!("before the crash {i}")))
+        .collect();
+    assert_eq!(received, expected, "every message exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_message_and_is_refused_once_blocked() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let carol = Daemon::new(root.path(), "carol", DEFAULT_CONFIG, None);
+    let (a, c) = (alice.up().await, carol.up().await);
+    let carol_client = carol.client().await;
+
+    // No message without being a contact.
+    let refused = carol_client
+        .send(&api::MessageSend {
+            to: a.clone(),
+            body: "let me in".into(),
+            reply_to: None,
+            client_token: None,
+        })
+        .await
+        .expect_err("not a contact");
+    assert_eq!(refused.kind(), Some(api::ErrorKind::NotFound));
+
+    // One request gets through, once.
+    carol_client
+        .add_contact(&api::ContactAdd {
+            address: a.clone(),
+            nickname: "Alice".into(),
+            offer_nickname: "Carol".into(),
+            greeting: "hello?".into(),
+            kind: api::PeerKind::Bot,
+        })
+        .await
+        .expect("queued");
+    let request = wait_event(
+        &alice,
+        api::event::CONTACT_REQUEST_RECEIVED,
+        DELIVERY,
+        |d| d["address"] == c.as_str(),
+    )
+    .await;
+    assert_eq!(request.data["kind"], "bot");
+    wait_event(
+        &carol,
+        api::event::CONTACT_REQUEST_DELIVERED,
+        DELIVERY,
+        |_| true,
+    )
+    .await;
+
+    // Alice blocks her. Carol asks again (forgetting and re-adding Alice): refused at the
+    // handshake, so her new request is never delivered and Alice hears nothing more.
+    alice
+        .client()
+        .await
+        .respond(&c, api::Response::Block, None)
+        .await
+        .expect("blocked");
+    carol_client.remove_contact(&a).await.expect("removed");
+    carol_client
+        .add_contact(&api::ContactAdd {
+            address: a.clone(),
+            nickname: "Alice".into(),
+            offer_nickname: "Carol".into(),
+            greeting: "again?".into(),
+            kind: api::PeerKind::Bot,
+        })
+        .await
+        .expect("queued again");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let carol_events = carol_client
+        .call_value(
+            api::method::CONTACT_GET,
+            serde_json::json!({ "address": a }),
+        )
+        .await
+        .expect("contact");
+    assert_eq!(
+        carol_events["state"], "requesting",
+        "the second request was never acknowledged"
+    );
+    let alice_client = alice.client().await;
+    alice_client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: Some(0),
+            kinds: Some(vec![api::event::CONTACT_REQUEST_RECEIVED.into()]),
+        })
+        .await
+        .expect("subscribe");
+    let mut requests = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_secs(2), alice_client.next_event()).await
+    {
+        requests += 1;
+    }
+    assert_eq!(requests, 1, "Alice received exactly one request from Carol");
+    let carol_at_alice = alice_client.contact(&c).await.expect("contact");
+    assert_eq!(carol_at_alice.state, api::ContactState::Blocked);
+    let log = std::fs::read_to_string(carol.dir.join("caromd.log")).expect("log");
+    assert!(
+        log.contains("Refused"),
+        "Carol's daemon saw its session refused after the block"
+    );
+}
+
+/// Read one JSON line from a raw socket.
+fn read_json(reader: &mut BufReader<UnixStream>) -> Option<serde_json::Value> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => serde_json::from_str(&line).ok(),
+    }
+}
+
+fn raw(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
+    let stream = UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let banner = read_json(&mut reader).expect("banner first");
+    assert_eq!(banner["method"], api::method::BANNER);
+    assert_eq!(banner["params"]["api_version"], api::API_VERSION);
+    (stream, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_bad_input_and_replays_missed_events() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, None);
+    let (a, b) = (alice.up().await, bob.up().await);
+    let socket = alice.socket();
+
+    // Modes: a private directory and a private socket.
+    let dir_mode = std::fs::metadata(socket.parent().expect("dir"))
+        .expect("dir")
+        .permissions()
+        .mode();
+    let sock_mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+    assert_eq!(sock_mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&socket).expect("socket").uid(),
+        rustix::process::geteuid().as_raw()
+    );
+
+    // Not JSON: an error, then the connection closes.
+    let (mut stream, mut reader) = raw(&socket);
+    stream.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+    let reply = read_json(&mut reader).expect("an error reply");
+    assert_eq!(reply["error"]["data"]["kind"], "parse_error");
+    assert_eq!(reply["error"]["code"], -32700);
+    assert!(read_json(&mut reader).is_none(), "the connection is closed");
+
+    // A line over 1 MiB: refused, then closed.
+    let (mut stream, mut reader) = raw(&socket);
+    let huge = vec![b'a'; api::MAX_LINE_BYTES + 1024];
+    let _ = stream.write_all(&huge); // the server may hang up before we finish
+    let reply = read_json(&mut reader).expect("an error reply");
+    assert_eq!(reply["error"]["data"]["kind"], "line_too_long");
+    assert!(read_json(&mut reader).is_none(), "the connection is closed");
+
+    // Unknown method and bad params: proper errors echoing the id; the connection stays.
+    let (mut stream, mut reader) = raw(&socket);
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":\"x1\",\"method\":\"no.such\"}\n")
+        .expect("write");
+    let reply = read_json(&mut reader).expect("reply");
+    assert_eq!(reply["id"], "x1");
+    assert_eq!(reply["error"]["code"], -32601);
+    assert_eq!(reply["error"]["data"]["kind"], "method_not_found");
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"contact.add\",\"params\":{\"address\":5}}\n")
+        .expect("write");
+    let reply = read_json(&mut reader).expect("reply");
+    assert_eq!(reply["id"], 7);
+    assert_eq!(reply["error"]["data"]["kind"], "invalid_params");
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"contact.add\",\"params\":{\"address\":\"nope.onion\"}}\n")
+        .expect("write");
+    let reply = read_json(&mut reader).expect("reply");
+    assert_eq!(reply["error"]["data"]["kind"], "invalid_address");
+    let message = reply["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("56 characters"),
+        "a message a person understands: {message}"
+    );
+    // Pipelined requests come back in order with their ids.
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"daemon.info\"}\n{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"identity.get\"}\n")
+        .expect("write");
+    assert_eq!(read_json(&mut reader).expect("reply")["id"], 9);
+    let ident = read_json(&mut reader).expect("reply");
+    assert_eq!(ident["id"], 10);
+    assert_eq!(ident["result"]["address"], a.as_str());
+    drop(stream);
+
+    // A frontend that reconnects with since_seq sees what it missed.
+    let watcher = alice.client().await;
+    let subscribed = watcher
+        .subscribe(&api::EventsSubscribe::default())
+        .await
+        .expect("subscribe");
+    let sessions = watcher.sessions().await.expect("sessions");
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.id == watcher.banner().session && s.subscribed)
+    );
+    let cursor = subscribed.latest_seq;
+    drop(watcher);
+
+    pair(&alice, &a, &bob, &b).await;
+    let m = send(&bob, &a, "sent while the frontend was away").await;
+    delivered(&bob, m.id).await;
+
+    let back = alice.client().await;
+    back.subscribe(&api::EventsSubscribe {
+        since_seq: Some(cursor),
+        kinds: None,
+    })
+    .await
+    .expect("resubscribe");
+    let mut kinds = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), back.next_event())
+            .await
+            .expect("replayed events")
+            .expect("open");
+        assert!(event.seq > cursor, "only events after the cursor");
+        kinds.push(event.kind.clone());
+        if event.kind == api::event::MESSAGE_RECEIVED {
+            let id = event.data["id"].as_i64().expect("id");
+            let got = back.message(id).await.expect("message");
+            assert_eq!(got.body, "sent while the frontend was away");
+            break;
+        }
+    }
+    assert!(
+        kinds.contains(&api::event::CONTACT_REQUEST_RECEIVED.to_owned())
+            || kinds.contains(&api::event::CONTACT_STATE.to_owned())
+    );
+    assert!(
+        kinds.contains(&api::event::FRONTEND_ATTACHED.to_owned()),
+        "attachments are events too: {kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pruned_before_a_frontend_returns_are_announced_as_a_gap() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let mut dave = Daemon::new(
+        root.path(),
+        "dave",
+        "[messaging]\nevent_retention = 3\npresence = false\n",
+        None,
+    );
+    dave.up().await;
+    let client = dave.client().await;
+    for seed in 1..=6u8 {
+        let address = carom_proto::IdentityKey::from_seed(&[seed; 32])
+            .address()
+            .to_string();
+        client
+            .add_contact(&api::ContactAdd {
+                address,
+                nickname: format!("n{seed}"),
+                offer_nickname: String::new(),
+                greeting: String::new(),
+                kind: api::PeerKind::Human,
+            })
+            .await
+            .expect("added");
+    }
+    drop(client);
+    dave.stop();
+    dave.start(); // retention is applied at start
+    dave.up().await;
+    let client = dave.client().await;
+    let subscribed = client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: Some(0),
+            kinds: None,
+        })
+        .await
+        .expect("subscribe");
+    let first = tokio::time::timeout(Duration::from_secs(10), client.next_event())
+        .await
+        .expect("an event")
+        .expect("open");
+    assert_eq!(first.kind, api::event::GAP, "{first:?}");
+    assert_eq!(first.data["from_seq"], 1);
+    let oldest = subscribed.oldest_seq.expect("some events kept");
+    assert_eq!(first.data["to_seq"], oldest - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_message_to_a_known_contact_is_delivered() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    // Without presence dialling nobody connects until there is something to deliver.
+    let quiet = "[messaging]\npresence = false\n";
+    let mut alice = Daemon::new(root.path(), "alice", quiet, None);
+    let mut bob = Daemon::new(root.path(), "bob", quiet, None);
+    let (a, b) = (alice.up().await, bob.up().await);
+    pair(&alice, &a, &bob, &b).await;
+    let m = send(&alice, &b, "warm up").await;
+    delivered(&alice, m.id).await;
+
+    let mut cold = Vec::new();
+    for round in 0..3 {
+        // Restart both: no session exists; Bob's device key is cached, so the dial uses IK.
+        alice.stop();
+        bob.stop();
+        alice.start();
+        bob.start();
+        alice.up().await;
+        bob.up().await;
+        // Give the fresh descriptors a moment to be fetchable.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let t = Instant::now();
+        let m = send(&alice, &b, &format!("cold {round}")).await;
+        delivered(&alice, m.id).await;
+        cold.push(t.elapsed());
+    }
+    cold.sort();
+    println!("cold message.send → delivered over Tor (dial + IK + commit + ack): {cold:?}");
+    let received: Vec<String> = history(&bob, &a)
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(received, vec!["warm up", "cold 0", "cold 1", "cold 2"]);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_profile_is_refused() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let first = Daemon::new(root.path(), "solo", DEFAULT_CONFIG, None);
+    runtime.block_on(first.client());
+    let out = Command::new(env!("CARGO_BIN_EXE_caromd"))
+        .arg("--config")
+        .arg(first.dir.join("caromd.toml"))
+        .arg("--data-dir")
+        .arg(first.dir.join("data"))
+        .arg("--runtime-dir")
+        .arg(first.dir.join("run2"))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another caromd"), "{stderr}");
+    // The first is untouched.
+    runtime.block_on(async {
+        let c = first.client().await;
+        c.info().await.expect("still serving");
+    });
+}
