@@ -1,0 +1,471 @@
+//! Over a private Tor network: the raw arti limit, then Carom through real daemons.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use carom_api as api;
+use carom_proto::IdentityKey;
+use carom_store::{
+    ContactState, DbKey, KdfParams, KeyFile, NewContact, NewIncoming, PeerKind, Protection, Store,
+};
+use carom_testnet::{NetworkOptions, TestNetwork};
+use carom_tor::{ArtiConfig, ArtiTransport, TorNetwork, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Sizes;
+use crate::daemon::{Daemon, Error, next_matching, watcher};
+use crate::measure::{Report, ms, quantile, rss_mib};
+
+const LONG: Duration = Duration::from_secs(300);
+/// How long a freshly started client or daemon idles before a cold dial is measured.
+const IDLE_BEFORE_COLD: Duration = Duration::from_secs(3);
+
+/// An arti transport on the test network with its own directories.
+async fn transport(net: &TestNetwork, dir: &Path) -> Result<ArtiTransport, Error> {
+    let mut config = ArtiConfig::new(dir);
+    config.network = TorNetwork::CustomFile(net.arti_config_path());
+    let t = ArtiTransport::start(config, &IdentityKey::generate(&mut rand::thread_rng())).await?;
+    let mut status = t.status();
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !status.borrow().bootstrap.ready {
+        tokio::time::timeout_at(deadline, status.changed()).await??;
+    }
+    Ok(t)
+}
+
+/// Dial until it works (descriptors take a moment to appear); returns the stream and the time
+/// of the successful attempt.
+async fn dial(
+    t: &ArtiTransport,
+    to: &carom_proto::OnionAddress,
+) -> Result<(carom_tor::ArtiStream, Duration), Error> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let started = Instant::now();
+        match t.dial(to).await {
+            Ok(s) => return Ok((s, started.elapsed())),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("   (dial retry: {e})");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The limit: how fast arti itself connects to an onion service and echoes over it.
+async fn raw_limit(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+) -> Result<(Duration, Duration), Error> {
+    let service = transport(net, &root.join("raw-service")).await?;
+    let address = service.address();
+    let accept = tokio::spawn(async move {
+        while let Some(mut stream) = service.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0
+                        || stream.write_all(&buf[..n]).await.is_err()
+                        || stream.flush().await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // Publication first: dial once from a throwaway client until the service answers.
+    let probe = transport(net, &root.join("raw-probe")).await?;
+    drop(dial(&probe, &address).await?);
+    drop(probe);
+
+    let mut connects = Vec::new();
+    let mut rtts = Vec::new();
+    for i in 0..sizes.samples.min(5) {
+        // A fresh client each time: nothing cached, a full rendezvous — in the same conditions
+        // as a cold Carom dial (a daemon idle for a few seconds after its start).
+        let client = transport(net, &root.join(format!("raw-client-{i}"))).await?;
+        tokio::time::sleep(IDLE_BEFORE_COLD).await;
+        let (mut stream, took) = dial(&client, &address).await?;
+        connects.push(took);
+        let payload = [7u8; 64];
+        let mut back = [0u8; 64];
+        for _ in 0..sizes.samples.max(10) {
+            let t = Instant::now();
+            stream.write_all(&payload).await?;
+            stream.flush().await?;
+            stream.read_exact(&mut back).await?;
+            rtts.push(t.elapsed());
+        }
+    }
+    accept.abort();
+    let connect = quantile(&mut connects, 0.5);
+    let rtt = quantile(&mut rtts, 0.5);
+    report.add(
+        "raw arti connect to an onion service (fresh client), median",
+        ms(connect),
+        "ms",
+        "the limit for a cold dial",
+    );
+    report.add(
+        "raw arti echo round trip over an open stream, median",
+        ms(rtt),
+        "ms",
+        format!("p90 {:.1} ms", ms(quantile(&mut rtts, 0.9))),
+    );
+    Ok((connect, rtt))
+}
+
+pub(crate) async fn run(report: &mut Report, sizes: Sizes) -> Result<(), Error> {
+    let started = Instant::now();
+    let net =
+        tokio::task::spawn_blocking(|| TestNetwork::start(&NetworkOptions::default())).await??;
+    report.add(
+        "private network start to usable consensus",
+        started.elapsed().as_secs_f64(),
+        "s",
+        "3 authorities, 4 relays",
+    );
+    let root = tempfile::tempdir()?;
+    let (raw_connect, raw_rtt) = raw_limit(report, &net, root.path(), sizes).await?;
+
+    // Two daemons that announce nothing until they have something to deliver, so that a
+    // message after a restart is genuinely cold.
+    let quiet = "[messaging]\npresence = false\n";
+    let arti = net.arti_config_path();
+    let mut alice = Daemon::start(&root.path().join("alice"), "alice", &arti, quiet)?;
+    let mut bob = Daemon::start(&root.path().join("bob"), "bob", &arti, quiet)?;
+    let (a, startup) = alice.up().await?;
+    let (b, _) = bob.up().await?;
+    report.add(
+        "caromd start → Tor ready and onion service published",
+        startup.as_secs_f64(),
+        "s",
+        "new profile (no passphrase, no KDF wait)",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_mib(alice.pid());
+    report.target(
+        "caromd RSS, idle, arti bootstrapped, onion service running",
+        idle,
+        "MiB",
+        "≤ 60 MiB".into(),
+        idle <= 60.0,
+        "VmRSS from /proc",
+    );
+
+    // First contact: Alice's request → Bob's daemon has it.
+    let bob_events = watcher(&bob, &[api::event::CONTACT_REQUEST_RECEIVED]).await?;
+    let t = Instant::now();
+    alice
+        .client()
+        .await?
+        .add_contact(&api::ContactAdd {
+            address: b.clone(),
+            nickname: "Bob".into(),
+            offer_nickname: "Alice".into(),
+            greeting: "hi".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await?;
+    let at = next_matching(&bob_events, LONG, |_| true).await?;
+    let first = at - t;
+    let limit = raw_connect + raw_rtt.mul_f64(2.2);
+    report.target(
+        "first contact: contact.add → request received at the peer",
+        ms(first),
+        "ms",
+        format!("≤ raw connect + 2.2 × RTT = {:.0} ms", ms(limit)),
+        first <= limit,
+        format!(
+            "= raw connect + {:.1} × RTT",
+            (ms(first) - ms(raw_connect)) / ms(raw_rtt)
+        ),
+    );
+    bob.client()
+        .await?
+        .respond(&a, api::Response::Accept, None)
+        .await?;
+    let alice_status = watcher(&alice, &[api::event::CONTACT_STATE]).await?;
+    next_matching(&alice_status, LONG, |e| e.data["state"] == "accepted").await?;
+
+    // Warm: a session is up.
+    let alice_client = alice.client().await?;
+    let send = |body: String| {
+        let c = alice_client.clone();
+        let to = b.clone();
+        async move {
+            c.send(&api::MessageSend {
+                to,
+                body,
+                reply_to: None,
+                client_token: None,
+            })
+            .await
+        }
+    };
+    let delivered = watcher(&alice, &[api::event::MESSAGE_STATUS]).await?;
+    let m = send("warm-up".into()).await?;
+    next_matching(&delivered, LONG, |e| {
+        e.data["id"] == m.id && e.data["status"] == "delivered"
+    })
+    .await?;
+    let mut warm = Vec::new();
+    for i in 0..sizes.samples.max(5) {
+        let t = Instant::now();
+        let m = send(format!("warm {i}")).await?;
+        next_matching(&delivered, LONG, |e| {
+            e.data["id"] == m.id && e.data["status"] == "delivered"
+        })
+        .await?;
+        warm.push(t.elapsed());
+    }
+    let warm_p50 = quantile(&mut warm, 0.5);
+    report.target(
+        "warm message: message.send → delivered at the sender, median",
+        ms(warm_p50),
+        "ms",
+        format!("≤ 1.1 × raw echo RTT = {:.1} ms", ms(raw_rtt.mul_f64(1.1))),
+        warm_p50 <= raw_rtt.mul_f64(1.1),
+        format!(
+            "{:.2} × raw RTT (p90 {:.1} ms; includes 3 fsynced commits and 2 API hops)",
+            ms(warm_p50) / ms(raw_rtt),
+            ms(quantile(&mut warm, 0.9))
+        ),
+    );
+
+    // Burst: many messages over the one session, queued by several frontends at once (as a
+    // busy user's clients would), so that the session, not one API round trip, is measured.
+    let before = alice_client.stats().await?;
+    let t = Instant::now();
+    let frontends = 16.min(sizes.burst.max(1));
+    let mut tasks = Vec::new();
+    for f in 0..frontends {
+        let c = alice.client().await?;
+        let to = b.clone();
+        let count = sizes.burst / frontends + usize::from(f < sizes.burst % frontends);
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..count {
+                last = c
+                    .send(&api::MessageSend {
+                        to: to.clone(),
+                        body: format!("burst {f:02}-{i:05} {}", "x".repeat(82)),
+                        reply_to: None,
+                        client_token: None,
+                    })
+                    .await?
+                    .id;
+            }
+            Ok::<i64, carom_client::ClientError>(last)
+        }));
+    }
+    let mut last_ids = Vec::new();
+    for task in tasks {
+        last_ids.push(task.await??);
+    }
+    // Delivery is in order, so the highest id delivered means all were.
+    let last = last_ids.into_iter().max().unwrap_or(0);
+    next_matching(&delivered, LONG, |e| {
+        e.data["id"].as_i64() >= Some(last) && e.data["status"] == "delivered"
+    })
+    .await?;
+    let burst_time = t.elapsed();
+    let after = alice_client.stats().await?;
+    let wire =
+        (after.bytes_sent - before.bytes_sent) + (after.bytes_received - before.bytes_received);
+    let body_bytes = sizes.burst * 100;
+    report.add(
+        "burst over one Tor session: messages delivered and acknowledged per second",
+        sizes.burst as f64 / burst_time.as_secs_f64(),
+        "msg/s",
+        format!(
+            "{} messages of 100 B, each committed before sending and after receipt",
+            sizes.burst
+        ),
+    );
+    report.add(
+        "burst: Carom stream bytes (both ways) per message byte",
+        wire as f64 / body_bytes as f64,
+        "×",
+        "Tor adds its own cells (514 B per ≤ 498 B of data) below this",
+    );
+
+    // Cold: restart both (no session, no circuits); Bob's key is cached, so IK.
+    let mut cold = Vec::new();
+    for i in 0..sizes.samples.min(3) {
+        alice.restart().await?;
+        bob.restart().await?;
+        alice.up().await?;
+        bob.up().await?;
+        tokio::time::sleep(IDLE_BEFORE_COLD).await;
+        let c = alice.client().await?;
+        let delivered = watcher(&alice, &[api::event::MESSAGE_STATUS]).await?;
+        let t = Instant::now();
+        let m = c
+            .send(&api::MessageSend {
+                to: b.clone(),
+                body: format!("cold {i}"),
+                reply_to: None,
+                client_token: None,
+            })
+            .await?;
+        next_matching(&delivered, LONG, |e| {
+            e.data["id"] == m.id && e.data["status"] == "delivered"
+        })
+        .await?;
+        cold.push(t.elapsed());
+    }
+    let cold_p50 = quantile(&mut cold, 0.5);
+    let limit = raw_connect + raw_rtt.mul_f64(1.2);
+    report.target(
+        "cold message to a known contact: message.send → delivered, median",
+        ms(cold_p50),
+        "ms",
+        format!("≤ raw connect + 1.2 × RTT = {:.0} ms", ms(limit)),
+        cold_p50 <= limit,
+        format!(
+            "= raw connect + {:.1} × RTT",
+            (ms(cold_p50) - ms(raw_connect)) / ms(raw_rtt)
+        ),
+    );
+    alice.stop().await;
+    bob.stop().await;
+
+    large_profile(report, &net, root.path(), sizes).await
+}
+
+/// A daemon holding `large_contacts` contacts and `large_messages` messages.
+async fn large_profile(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+) -> Result<(), Error> {
+    let dir = root.join("large");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let built = Instant::now();
+    let contacts = sizes.large_contacts;
+    let messages = sizes.large_messages;
+    let addresses = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || build_large(&data, contacts, messages)).await??
+    };
+    eprintln!(
+        "   built the large profile in {:.0} s",
+        built.elapsed().as_secs_f64()
+    );
+
+    let d = Daemon::start(
+        &dir,
+        "large",
+        &net.arti_config_path(),
+        "[messaging]\npresence = false\n",
+    )?;
+    let (_, startup) = d.up().await?;
+    report.add(
+        &format!(
+            "caromd start → onion service published, {contacts} contacts / {messages} messages"
+        ),
+        startup.as_secs_f64(),
+        "s",
+        "unprotected key file (no KDF wait)",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report.add(
+        &format!("caromd RSS with {contacts} contacts and {messages} stored messages"),
+        rss_mib(d.pid()),
+        "MiB",
+        "VmRSS after start-up",
+    );
+    let client = d.client().await?;
+    let mut pages = Vec::new();
+    for i in 0..sizes.samples.max(10) * 50 {
+        let with = addresses[i % addresses.len()].clone();
+        let t = Instant::now();
+        let page = client
+            .history(&api::MessageList {
+                with,
+                before: None,
+                limit: Some(50),
+            })
+            .await?;
+        pages.push(t.elapsed());
+        if page.messages.is_empty() && messages >= contacts {
+            return Err("a large-profile history page came back empty".into());
+        }
+    }
+    let p99 = quantile(&mut pages, 0.99);
+    report.target(
+        "history page of 50 through the API, p99",
+        ms(p99),
+        "ms",
+        "≤ 5 ms".into(),
+        p99 <= Duration::from_millis(5),
+        format!(
+            "p50 {:.2} ms, {} samples",
+            ms(quantile(&mut pages, 0.5)),
+            pages.len()
+        ),
+    );
+    Ok(())
+}
+
+/// Write the large profile's files directly with the store (fast, batched), as if a daemon had
+/// lived with them for years.
+fn build_large(data: &Path, contacts: usize, messages: usize) -> Result<Vec<String>, Error> {
+    let key: DbKey = KeyFile::create(
+        &data.join("profile.key"),
+        Protection::Unprotected,
+        KdfParams::default(),
+    )?;
+    let mut store = Store::create(&data.join("profile.db"), &key)?;
+    carom_engine::create_profile(&mut store, &carom_engine::EngineConfig::default())?;
+    let mut ids = Vec::new();
+    let mut addresses = Vec::new();
+    store.write(|tx| {
+        for i in 0..contacts {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            let address = IdentityKey::from_seed(&seed).address();
+            ids.push(tx.insert_contact(&NewContact {
+                identity: address.public_key(),
+                state: ContactState::Accepted,
+                nickname: format!("contact {i}"),
+                offered_nickname: None,
+                greeting: None,
+                declared_kind: PeerKind::Human,
+                now: 1,
+            })?);
+            addresses.push(address.to_string());
+        }
+        Ok(())
+    })?;
+    let body = "an old message, kept for years ".repeat(3);
+    let mut n = 0usize;
+    while n < messages {
+        let batch = (messages - n).min(10_000);
+        store.write(|tx| {
+            for k in n..n + batch {
+                let mut msg_id = [0u8; 16];
+                msg_id[..8].copy_from_slice(&(k as u64).to_le_bytes());
+                tx.store_incoming(&NewIncoming {
+                    contact_id: ids[k % ids.len()],
+                    msg_id,
+                    sent_at: k as u64,
+                    body: body.clone(),
+                    reply_to: None,
+                    now: k as u64,
+                })?;
+            }
+            Ok(())
+        })?;
+        n += batch;
+    }
+    store.close()?;
+    Ok(addresses)
+}
