@@ -327,7 +327,7 @@ pub enum Direction {
 pub enum MessageStatus {
     /// Stored durably here, waiting to reach them.
     Queued,
-    /// Written to a session with them.
+    /// Handed to an open session with them (it may still be in transit).
     Sent,
     /// They acknowledged it after storing it durably.
     Delivered,

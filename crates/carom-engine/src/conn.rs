@@ -6,16 +6,19 @@
 //! the rate limits). It delivers the contact's outbox in order, once per connection, and tells
 //! the core when the session is established and when it ends.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use carom_proto::{Ack, CloseReason, Event, Message, MessageId, OnionAddress, Phase, Session};
 use carom_store::{
     ContactState, Direction, MessageStatus, NewIncoming, OutboxKind, StoreRead, WriteTx,
 };
 use rand_core::OsRng;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tracing::{debug, trace, warn};
 
 use crate::core::{Admission, ConnId, CoreMsg};
@@ -42,10 +45,112 @@ pub(crate) struct Ticket {
 
 /// Bytes read from the stream at a time (a little more than one frame).
 const READ_CHUNK: usize = 66 * 1024;
+/// Stop producing new outbox frames while this much is waiting to be written…
+const HIGH_WATER: usize = 256 * 1024;
+/// … and resume below this.
+const LOW_WATER: usize = 64 * 1024;
+/// A peer that lets this much pile up (it sends but never reads our acknowledgements) is
+/// dropped rather than allowed to grow our memory.
+const HARD_LIMIT: usize = 16 << 20;
+/// How long a closing connection waits for its last frames (a Close) to be written.
+const FINAL_WRITE: Duration = Duration::from_secs(5);
+
+/// The write side of a connection, in a task of its own: reading must never wait for a write
+/// to finish. Over Tor both directions have small flow-control windows; a side that stops
+/// reading while it writes can deadlock with a peer doing the same.
+struct Writer {
+    queue: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes handed to the writer and not yet written.
+    unsent: Arc<AtomicUsize>,
+    /// Signalled when `unsent` falls to [`LOW_WATER`].
+    drained: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    fn spawn<W: AsyncWrite + Send + 'static>(half: WriteHalf<W>, shared: Arc<Shared>) -> Writer {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let unsent = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(Notify::new());
+        let task = tokio::spawn(write_loop(
+            half,
+            rx,
+            Arc::clone(&unsent),
+            Arc::clone(&drained),
+            shared,
+        ));
+        Writer {
+            queue,
+            unsent,
+            drained,
+            task,
+        }
+    }
+
+    fn unsent(&self) -> usize {
+        self.unsent.load(Ordering::Acquire)
+    }
+
+    /// Hand bytes over; false if the writer has stopped (the stream broke).
+    fn send(&self, bytes: Vec<u8>) -> bool {
+        self.unsent.fetch_add(bytes.len(), Ordering::AcqRel);
+        self.queue.send(bytes).is_ok()
+    }
+
+    /// Let the writer finish what it has (bounded), then close the write side.
+    async fn finish(self) {
+        drop(self.queue);
+        let mut task = self.task;
+        if tokio::time::timeout(FINAL_WRITE, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite>(
+    mut half: WriteHalf<W>,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    unsent: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    shared: Arc<Shared>,
+) {
+    while let Some(first) = queue.recv().await {
+        // Write everything already waiting, then flush once: arti holds written bytes in
+        // relay cells until flushed, and a flush per batch keeps cells full under load.
+        let mut written = 0;
+        let mut next = Some(first);
+        let mut broken = false;
+        while let Some(bytes) = next {
+            if half.write_all(&bytes).await.is_err() {
+                broken = true;
+                break;
+            }
+            written += bytes.len();
+            next = if written < LOW_WATER {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if broken || half.flush().await.is_err() {
+            break;
+        }
+        trace!(bytes = written, "wrote");
+        Counters::add(&shared.counters.bytes_sent, written);
+        let before = unsent.fetch_sub(written, Ordering::AcqRel);
+        if before - written <= LOW_WATER {
+            drained.notify_one();
+        }
+    }
+    let _ = half.shutdown().await;
+}
 
 struct Conn<S> {
     shared: Arc<Shared>,
-    stream: S,
+    reader: ReadHalf<S>,
+    writer: Writer,
+    /// Outbox delivery waits for the writer to drain.
+    paused: bool,
     session: Session,
     conn: ConnId,
     commands: mpsc::UnboundedReceiver<ConnCmd>,
@@ -56,6 +161,9 @@ struct Conn<S> {
     /// Every outbox item up to this id has been written on this connection (items are sent
     /// in id order, so one number says it).
     sent_up_to: i64,
+    /// Contact requests and responses written on this connection, by message id → outbox id,
+    /// so their acknowledgements can clear them without searching the outbox.
+    control_sent: HashMap<MessageId, (i64, OutboxKind)>,
     /// Chats written since the last flush whose status should become `sent`.
     just_sent: Vec<i64>,
     registered: bool,
@@ -84,9 +192,13 @@ pub(crate) async fn run_initiator<S>(
         Instant::now(),
         &mut OsRng,
     );
+    let (reader, writer) = tokio::io::split(stream);
+    let writer = Writer::spawn(writer, Arc::clone(&shared));
     let mut conn = Conn {
         shared,
-        stream,
+        reader,
+        writer,
+        paused: false,
         session,
         conn: ticket.conn,
         commands: ticket.commands,
@@ -95,6 +207,7 @@ pub(crate) async fn run_initiator<S>(
         peer: Some(peer),
         contact_id: Some(ticket.contact_id),
         sent_up_to: 0,
+        control_sent: HashMap::new(),
         just_sent: Vec::new(),
         registered: true,
         request_only: false,
@@ -120,9 +233,13 @@ where
         &mut OsRng,
     );
     let (tx, rx) = mpsc::unbounded_channel();
+    let (reader, writer) = tokio::io::split(stream);
+    let writer = Writer::spawn(writer, Arc::clone(&shared));
     let conn = Conn {
         shared,
-        stream,
+        reader,
+        writer,
+        paused: false,
         session,
         conn,
         commands: rx,
@@ -131,6 +248,7 @@ where
         peer: None,
         contact_id: None,
         sent_up_to: 0,
+        control_sent: HashMap::new(),
         just_sent: Vec::new(),
         registered: false,
         request_only: false,
@@ -170,8 +288,9 @@ where
                     None => std::future::pending().await,
                 }
             };
+            let drained = Arc::clone(&self.writer.drained);
             tokio::select! {
-                read = self.stream.read(&mut buf) => match read {
+                read = self.reader.read(&mut buf) => match read {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         Counters::add(&self.shared.counters.bytes_received, n);
@@ -192,26 +311,43 @@ where
                     None => self.session.close(CloseReason::ShuttingDown, Instant::now()),
                 },
                 () = sleep => self.session.handle_timeout(Instant::now()),
+                () = drained.notified(), if self.paused => {
+                    self.paused = false;
+                    if let Err(e) = self.deliver_outbox().await {
+                        debug!(error = %e, "could not deliver the outbox");
+                    }
+                }
             }
         }
-        // Drain what the session still owes (a Close, acks) before dropping the stream.
+        // Hand over what the session still owes (a Close, acks) and let it be written.
         let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
-        if self.registered {
-            let _ = self.shared.core.send(CoreMsg::Closed {
-                conn: self.conn,
-                reason: self.closed,
+        let Conn {
+            writer,
+            shared,
+            registered,
+            conn,
+            closed,
+            ..
+        } = self;
+        writer.finish().await;
+        if registered {
+            let _ = shared.core.send(CoreMsg::Closed {
+                conn,
+                reason: closed,
             });
         }
     }
 
-    /// Write whatever the session has to say, then mark written chats as sent.
+    /// Hand whatever the session has to say to the writer, then mark those chats as sent.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(bytes) = self.session.poll_transmit() {
-            self.stream.write_all(&bytes).await?;
-            self.stream.flush().await?;
-            trace!(bytes = bytes.len(), "wrote");
-            Counters::add(&self.shared.counters.bytes_sent, bytes.len());
+        if let Some(bytes) = self.session.poll_transmit()
+            && !self.writer.send(bytes)
+        {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        if self.writer.unsent() > HARD_LIMIT {
+            debug!(peer = ?self.peer.map(|p| p.redacted()), "the peer does not read; dropping it");
+            return Err(std::io::ErrorKind::WouldBlock.into());
         }
         if !self.just_sent.is_empty() && self.session.phase() == Phase::Established {
             let rows = std::mem::take(&mut self.just_sent);
@@ -224,14 +360,23 @@ where
         Ok(())
     }
 
+    /// Handle every pending event. Handling can itself produce events (accepting a session
+    /// emits `Established`), so this drains until none are left: an event left queued would
+    /// wait for the peer's next bytes, which may never come.
     async fn handle_events(&mut self) -> Result<()> {
-        let mut batch = Vec::new();
-        while let Some(event) = self.session.poll_event() {
-            batch.push(event);
+        loop {
+            let mut batch = Vec::new();
+            while let Some(event) = self.session.poll_event() {
+                batch.push(event);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.handle_batch(batch).await?;
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
+    }
+
+    async fn handle_batch(&mut self, batch: Vec<Event>) -> Result<()> {
         let mut incoming = Vec::new();
         let mut deciding = false;
         for event in batch {
@@ -295,20 +440,20 @@ where
         expires: u64,
     ) -> Result<()> {
         self.peer = Some(peer);
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .core
-            .send(CoreMsg::Authenticated {
-                conn: self.conn,
+        let (conn, commands) = (self.conn, self.commands_tx.take());
+        self.registered = true;
+        let admission = self
+            .shared
+            .ask(|reply| CoreMsg::Authenticated {
+                conn,
                 peer,
                 peer_static,
                 expires,
-                commands: self.commands_tx.take(),
+                commands,
                 reply,
             })
-            .map_err(|_| EngineError::ShuttingDown)?;
-        self.registered = true;
-        match answer.await.map_err(|_| EngineError::ShuttingDown)? {
+            .await?;
+        match admission {
             Admission::Contact { contact_id, .. } => {
                 self.contact_id = Some(contact_id);
             }
@@ -332,19 +477,18 @@ where
         expires: u64,
     ) -> Result<()> {
         self.peer = Some(peer);
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .core
-            .send(CoreMsg::Established {
-                conn: self.conn,
+        let (conn, initiator) = (self.conn, self.initiator);
+        let state = self
+            .shared
+            .ask(|reply| CoreMsg::Established {
+                conn,
                 peer,
-                initiator: self.initiator,
+                initiator,
                 peer_static,
                 expires,
                 reply,
             })
-            .map_err(|_| EngineError::ShuttingDown)?;
-        let state = answer.await.map_err(|_| EngineError::ShuttingDown)?;
+            .await?;
         if matches!(
             state,
             Some(ContactState::Accepted | ContactState::Requesting)
@@ -369,16 +513,14 @@ where
                 }
                 Message::ContactRequest(_) | Message::ContactResponse(_) => {
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
-                    let (reply, answer) = oneshot::channel();
-                    self.shared
-                        .core
-                        .send(CoreMsg::ContactMessage {
+                    let outcome = self
+                        .shared
+                        .ask(|reply| CoreMsg::ContactMessage {
                             peer,
                             message,
                             reply,
                         })
-                        .map_err(|_| EngineError::ShuttingDown)?;
-                    let outcome = answer.await.map_err(|_| EngineError::ShuttingDown)?;
+                        .await?;
                     let now = Instant::now();
                     for m in outcome.send {
                         // An ack (or our answer) must not be lost to a limit: if it is refused
@@ -471,6 +613,11 @@ where
         };
         let now = unix_ms();
         trace!(count = ids.len(), "acknowledgement received");
+        // Contact requests and responses live only in the outbox; we know which we sent.
+        let control: Vec<(i64, OutboxKind)> = ids
+            .iter()
+            .filter_map(|id| self.control_sent.remove(id))
+            .collect();
         self.shared
             .store
             .write(move |tx| {
@@ -483,26 +630,14 @@ where
                         now,
                     )?;
                 }
-                // Contact requests and responses live only in the outbox: match their ids.
-                for item in tx.outbox_for_contact(contact_id)? {
-                    if item.kind == OutboxKind::Chat {
-                        continue;
-                    }
-                    let id = match Message::decode(&item.payload) {
-                        Ok(carom_proto::Decoded::Known(Message::ContactRequest(r))) => r.id,
-                        Ok(carom_proto::Decoded::Known(Message::ContactResponse(r))) => r.id,
-                        _ => continue,
-                    };
-                    if ids.contains(&id) {
-                        tx.remove_outbox(item.id)?;
-                        if item.kind == OutboxKind::ContactRequest {
-                            append(
-                                tx,
-                                carom_api::event::CONTACT_REQUEST_DELIVERED,
-                                &serde_json::json!({ "address": peer.to_string() }),
-                                now,
-                            )?;
-                        }
+                for &(item, kind) in &control {
+                    if tx.remove_outbox(item)? && kind == OutboxKind::ContactRequest {
+                        append(
+                            tx,
+                            carom_api::event::CONTACT_REQUEST_DELIVERED,
+                            &serde_json::json!({ "address": peer.to_string() }),
+                            now,
+                        )?;
                     }
                 }
                 Ok(())
@@ -517,6 +652,11 @@ where
             return Ok(());
         };
         loop {
+            if self.writer.unsent() > HIGH_WATER {
+                // Enough is on its way; continue when the writer has drained.
+                self.paused = true;
+                return Ok(());
+            }
             let after = self.sent_up_to;
             let items = self
                 .shared
@@ -538,6 +678,11 @@ where
                         continue;
                     }
                 };
+                let control = match &message {
+                    Message::ContactRequest(r) => Some(r.id),
+                    Message::ContactResponse(r) => Some(r.id),
+                    _ => None,
+                };
                 if self.session.send(message, now).is_err() {
                     // Backpressure or closed: what is left goes out next time.
                     return Ok(());
@@ -546,11 +691,14 @@ where
                 if let Some(row) = item.message_row {
                     self.just_sent.push(row);
                 }
+                if let Some(id) = control {
+                    self.control_sent.insert(id, (item.id, item.kind));
+                }
             }
             if !full {
                 return Ok(());
             }
-            // A long outbox: write what we have before reading more.
+            // A long outbox: hand over what we have before reading more.
             if self.flush().await.is_err() {
                 return Ok(());
             }

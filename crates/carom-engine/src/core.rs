@@ -51,8 +51,10 @@ pub(crate) struct ContactOutcome {
 
 /// Messages to the core.
 pub(crate) enum CoreMsg {
-    /// The API queued something for this contact, or changed it: deliver, dial, or close.
+    /// The API changed a contact: deliver, dial, or close.
     ContactChanged { contact: OnionAddress },
+    /// The API queued something for this (accepted) contact: deliver it.
+    Queued { contact: OnionAddress },
     /// A responder authenticated its peer.
     Authenticated {
         conn: ConnId,
@@ -211,6 +213,17 @@ impl<T: Transport> Core<T> {
     async fn handle(&mut self, msg: CoreMsg) {
         match msg {
             CoreMsg::ContactChanged { contact } => self.contact_changed(contact).await,
+            CoreMsg::Queued { contact } => {
+                // The common case — a session is up — needs no store read: nudge it.
+                match self.contacts.get(&contact).and_then(|rt| rt.session) {
+                    Some(conn) => {
+                        if let Some(info) = self.conns.get(&conn) {
+                            let _ = info.commands.send(ConnCmd::Deliver);
+                        }
+                    }
+                    None => self.deliver_or_dial(contact).await,
+                }
+            }
             CoreMsg::Authenticated {
                 conn,
                 peer,
@@ -368,6 +381,7 @@ impl<T: Transport> Core<T> {
         rt.next_presence = None;
         match rt.session {
             None => {
+                debug!(peer = %peer.redacted(), conn, initiator, "session registered");
                 rt.session = Some(conn);
                 self.ensure_presence(peer).await;
             }
@@ -382,6 +396,15 @@ impl<T: Transport> Core<T> {
                     initiator == we_are_smaller
                 };
                 let loser = if keep_new { existing } else { conn };
+                debug!(
+                    peer = %peer.redacted(),
+                    conn,
+                    initiator,
+                    existing,
+                    existing_ours,
+                    keep_new,
+                    "two sessions with one peer"
+                );
                 if let Some(rt) = self.contacts.get_mut(&peer) {
                     rt.session = Some(if keep_new { conn } else { existing });
                 }
@@ -441,6 +464,15 @@ impl<T: Transport> Core<T> {
             return;
         };
         let was_session = rt.session == Some(conn);
+        debug!(
+            peer = %peer.redacted(),
+            conn,
+            initiator = info.initiator,
+            was_session,
+            established = info.established_at.is_some(),
+            ?reason,
+            "connection ended"
+        );
         if info.initiator && !was_session && info.established_at.is_none() {
             // Our dial's connection ended before its handshake completed.
             rt.dialing = false;

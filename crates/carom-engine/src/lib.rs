@@ -183,6 +183,18 @@ impl Shared {
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Ask the core something and wait for its answer (`message` carries the reply channel).
+    pub(crate) async fn ask<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<T>) -> CoreMsg,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.core
+            .send(message(reply))
+            .map_err(|_| EngineError::ShuttingDown)?;
+        answer.await.map_err(|_| EngineError::ShuttingDown)
+    }
 }
 
 type ShutdownFn = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -631,7 +643,7 @@ impl Engine {
                 Ok(queued.into_message())
             })
             .await?;
-        self.notify(peer);
+        let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
         Ok(view::message(&message, &peer))
     }
 

@@ -520,3 +520,38 @@ async fn bad_input_gets_clear_errors_and_retries_are_idempotent() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bodies(&bob, &alice).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_registers_its_session_even_when_the_dialler_goes_quiet() {
+    // Regression: accepting a session emits `Established`; the connection used to wait for
+    // the peer's next bytes before handling it, so a quiet dialler left the responder without
+    // a registered session while the dialler had one — and any delivery the responder then
+    // attempted became a duplicate session that lost the tie-break, over and over.
+    //
+    // Pairing shows it: Bob accepts and dials Alice to deliver the acceptance, then has nothing
+    // more to say. Both must see the session at once, without any further traffic.
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let quiet = EngineConfig {
+        presence: false,
+        ..config()
+    };
+    let alice = Node::create(&net, dir.path(), "alice", quiet.clone()).await;
+    let bob = Node::create(&net, dir.path(), "bob", quiet).await;
+    pair(&alice, &bob).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let bob_at_alice = alice.e().contact(&bob.address()).await.expect("contact");
+        let alice_at_bob = bob.e().contact(&alice.address()).await.expect("contact");
+        if bob_at_alice.online && alice_at_bob.online {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a side never registered the session: Alice sees Bob online {}, Bob sees Alice online {}",
+            bob_at_alice.online,
+            alice_at_bob.online
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
