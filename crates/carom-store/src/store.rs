@@ -456,9 +456,13 @@ pub(crate) fn apply_key(conn: &Connection, path: &Path, key: &DbKey) -> Result<(
         }
     })?;
     // Pin the on-disk format to SQLCipher 4's, so a later SQLCipher with new defaults still
-    // reads our files.
-    conn.execute_batch("PRAGMA cipher_compatibility = 4")
-        .at(path)
+    // reads our files, with one change: pages are authenticated with HMAC-SHA256 rather than
+    // SHA512. Both are far beyond what a 256-bit random key needs, and SHA-256 has CPU
+    // instructions on current x86 and ARM: it was a tenth of the store's time in profiles.
+    conn.execute_batch(
+        "PRAGMA cipher_compatibility = 4; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+    )
+    .at(path)
 }
 
 /// Settings for every connection, on disk or in RAM.
@@ -469,6 +473,10 @@ fn configure_common(conn: &Connection, path: &Path) -> Result<()> {
     // Deleted content is overwritten, so it cannot be recovered even by someone who later
     // learns the key.
     conn.pragma_update(None, "secure_delete", true).at(path)?;
+    // 16 MiB of decrypted pages (SQLite's default is 2 MiB): hot index and table pages stay
+    // decrypted instead of being decrypted again on every transaction.
+    conn.pragma_update(None, "cache_size", -16 * 1024)
+        .at(path)?;
     conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
     let foreign_keys: bool = conn
         .pragma_query_value(None, "foreign_keys", |row| row.get(0))

@@ -230,8 +230,9 @@ fn another_sqlcipher_database_with_the_same_key_is_not_taken_for_ours() {
     {
         let conn = rusqlite::Connection::open(&foreign).unwrap();
         conn.execute_batch(&format!(
-            "PRAGMA key = \"x'{}'\"; PRAGMA application_id = 7; PRAGMA user_version = 99; \
-             CREATE TABLE t (x);",
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4; \
+             PRAGMA cipher_hmac_algorithm = HMAC_SHA256; \
+             PRAGMA application_id = 7; PRAGMA user_version = 99; CREATE TABLE t (x);",
             hex::encode(profile.key.as_bytes())
         ))
         .unwrap();
