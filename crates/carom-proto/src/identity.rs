@@ -50,9 +50,7 @@ impl IdentityKey {
 
     /// The public half, as an onion address.
     pub fn address(&self) -> OnionAddress {
-        OnionAddress {
-            key: self.signing.verifying_key(),
-        }
+        OnionAddress::from_key(self.signing.verifying_key())
     }
 
     /// Sign `message` with the identity key.
@@ -76,6 +74,9 @@ impl fmt::Debug for IdentityKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OnionAddress {
     key: VerifyingKey,
+    /// Computed once: the daemon prints addresses on hot paths (every status event) and
+    /// the SHA3 behind the checksum showed up in profiles.
+    checksum: [u8; 2],
 }
 
 /// Why a string is not an onion address.
@@ -121,7 +122,12 @@ impl OnionAddress {
             // A small-order point: anyone could "own" it. Tor refuses these too.
             return Err(AddressError::InvalidKey);
         }
-        Ok(OnionAddress { key })
+        Ok(OnionAddress::from_key(key))
+    }
+
+    fn from_key(key: VerifyingKey) -> OnionAddress {
+        let checksum = checksum(&key.to_bytes());
+        OnionAddress { key, checksum }
     }
 
     /// Parse an address typed or pasted by a person (see the type's documentation).
@@ -182,7 +188,7 @@ impl OnionAddress {
         let key = self.key.to_bytes();
         let mut raw = [0u8; 35];
         raw[..32].copy_from_slice(&key);
-        raw[32..34].copy_from_slice(&checksum(&key));
+        raw[32..34].copy_from_slice(&self.checksum);
         raw[34] = ONION_VERSION;
         BASE32_NOPAD.encode(&raw).to_ascii_lowercase()
     }
