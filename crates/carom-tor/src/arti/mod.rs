@@ -3,9 +3,10 @@
 mod config;
 mod service;
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -124,22 +125,38 @@ impl std::fmt::Debug for ArtiTransport {
 /// arti's own tokio runtime. Dropping it never blocks (a tokio runtime dropped inside async
 /// code would panic): tasks are told to stop and wound down in the background.
 #[derive(Debug)]
-struct ArtiRuntime(Option<tokio::runtime::Runtime>);
+struct ArtiRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    id: u64,
+}
+
+/// Numbers the arti runtimes of this process, so their threads can be told apart.
+static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(0);
+/// The runtimes that have begun to stop (see [`quiet_shutdown_panics`]).
+static STOPPING: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+const THREAD_PREFIX: &str = "carom-arti-";
 
 impl ArtiRuntime {
     fn new() -> Result<ArtiRuntime, TransportError> {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(quiet_shutdown_panics);
+        let id = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(ARTI_THREADS)
-            .thread_name("carom-arti")
+            .thread_name(format!("{THREAD_PREFIX}{id}"))
             .enable_all()
             .build()
-            .map(|rt| ArtiRuntime(Some(rt)))
+            .map(|rt| ArtiRuntime {
+                runtime: Some(rt),
+                id,
+            })
             .map_err(|e| TransportError::io("start a runtime for", "arti", e))
     }
 
     /// Stop every task and wait (off the async threads) until they are gone, up to `wait`.
     async fn stop(mut self, wait: Duration) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
+            lock(&STOPPING).insert(self.id);
             let stopped = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(wait));
             if stopped.await.is_err() {
                 tracing::warn!("arti's runtime did not stop cleanly");
@@ -150,10 +167,38 @@ impl ArtiRuntime {
 
 impl Drop for ArtiRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
+            lock(&STOPPING).insert(self.id);
             runtime.shutdown_background();
         }
     }
+}
+
+/// arti 0.47's proof-of-work threads touch a timer on arti's runtime after it has begun to
+/// stop, and tokio answers with a panic on that (blocking) thread: harmless — the thread was
+/// ending anyway — but it prints a frightening backtrace at every shutdown. Exactly that
+/// panic, on the threads of an arti runtime that is stopping, is logged at debug level
+/// instead; every other panic goes to the hook that was installed before.
+fn quiet_shutdown_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or_default();
+        let stopping_runtime = std::thread::current()
+            .name()
+            .and_then(|name| name.strip_prefix(THREAD_PREFIX))
+            .and_then(|id| id.parse::<u64>().ok())
+            .is_some_and(|id| lock(&STOPPING).contains(&id));
+        if stopping_runtime && message.contains("context was found, but it is being shutdown") {
+            tracing::debug!("an arti background thread stopped with its runtime");
+            return;
+        }
+        previous(info);
+    }));
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -268,7 +313,7 @@ impl ArtiTransport {
         let address = identity.address();
 
         let runtime = ArtiRuntime::new()?;
-        let handle = match &runtime.0 {
+        let handle = match &runtime.runtime {
             Some(rt) => rt.handle().clone(),
             None => return Err(TransportError::Shutdown),
         };
