@@ -462,7 +462,10 @@ async fn status(client: &Client, json: bool, wait: bool, timeout: u64) -> Result
     let interactive = !json && std::io::stderr().is_terminal();
     loop {
         let tor = client.tor_status().await.map_err(|e| explain(&e))?;
-        let done = tor.ready && matches!(tor.service.as_str(), "published" | "reachable");
+        // "degraded" still means a descriptor went out (arti reports it when some HSDir
+        // uploads or introduction points are missing — routinely on small test networks).
+        let done =
+            tor.ready && matches!(tor.service.as_str(), "published" | "reachable" | "degraded");
         if !wait || done {
             if interactive && wait {
                 eprintln!();
