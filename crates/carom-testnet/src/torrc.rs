@@ -10,7 +10,7 @@
 //!   of 24 voting intervals (8 minutes at 20 s) and ignores `hsdir_interval`; arti reads
 //!   `hsdir_interval`. Without it they derive different blinded keys and never find each
 //!   other's descriptors. `guard-min-filtered-sample-size=5` stops arti asking for 20 guards
-//!   in a 7-node network.
+//!   in a 7-node network. `cbtmintimeout`: see [`MIN_CIRCUIT_TIMEOUT_MS`].
 //! - Exit policies accept only 127.0.0.0/8: nothing may leave loopback.
 //! - `__OwningControllerProcess`: tor polls that PID and exits when it dies, so a test runner
 //!   killed with SIGKILL still leaves no relays behind.
@@ -22,6 +22,15 @@ use std::path::Path;
 pub(crate) const VOTING_INTERVAL_SECS: u32 = 20;
 /// Minutes in an onion-service time period: must equal 24 voting intervals.
 pub(crate) const HSDIR_INTERVAL_MINUTES: u32 = 24 * VOTING_INTERVAL_SECS / 60;
+
+/// Floor of the clients' learned circuit-build timeout, in milliseconds (consensus parameter
+/// `cbtmintimeout`; Tor's default floor is 10 ms). On loopback circuits build in tens of
+/// milliseconds, so arti learned timeouts of about 75 ms and derived its descriptor-fetch
+/// deadlines from them: on a loaded machine every descriptor fetch of a restarted client then
+/// timed out, and it could not reach a service for minutes. On the real network the learned
+/// timeout is around a second or more, so this floor keeps the test network honest rather
+/// than making it lenient.
+pub(crate) const MIN_CIRCUIT_TIMEOUT_MS: u32 = 2_000;
 
 /// What a node does in the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,7 +124,8 @@ pub(crate) fn authority() -> String {
     let _ = writeln!(t, "V3AuthDistDelay 4");
     let _ = writeln!(
         t,
-        "ConsensusParams hsdir_interval={HSDIR_INTERVAL_MINUTES} guard-min-filtered-sample-size=5"
+        "ConsensusParams hsdir_interval={HSDIR_INTERVAL_MINUTES} guard-min-filtered-sample-size=5 \
+         cbtmintimeout={MIN_CIRCUIT_TIMEOUT_MS}"
     );
     t
 }
