@@ -56,7 +56,7 @@ impl Daemon {
             .arg("--arti-config")
             .arg(&self.arti_config)
             .arg("--log")
-            .arg("warn")
+            .arg(std::env::var("CAROM_DAEMON_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
