@@ -121,3 +121,20 @@ async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     // The returned `Ref` is not `Send`; drop it here rather than across an await.
     let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
 }
+
+/// The next incoming stream, or `None` once `shutdown` says stop: `accept` for both
+/// backends. Waiting for the queue's lock also ends at shutdown.
+async fn next_incoming<S>(
+    shutdown: &tokio::sync::watch::Sender<bool>,
+    incoming: &tokio::sync::Mutex<tokio::sync::mpsc::Receiver<S>>,
+) -> Option<S> {
+    let mut shutdown = shutdown.subscribe();
+    let mut incoming = tokio::select! {
+        () = stopped(&mut shutdown) => return None,
+        guard = incoming.lock() => guard,
+    };
+    tokio::select! {
+        () = stopped(&mut shutdown) => None,
+        stream = incoming.recv() => stream,
+    }
+}

@@ -200,15 +200,7 @@ impl Transport for LoopbackTransport {
     }
 
     async fn accept(&self) -> Option<TcpStream> {
-        let mut shutdown = self.shutdown.subscribe();
-        let mut incoming = tokio::select! {
-            () = crate::stopped(&mut shutdown) => return None,
-            guard = self.incoming.lock() => guard,
-        };
-        tokio::select! {
-            () = crate::stopped(&mut shutdown) => None,
-            stream = incoming.recv() => stream,
-        }
+        crate::next_incoming(&self.shutdown, &self.incoming).await
     }
 
     fn status(&self) -> watch::Receiver<TransportStatus> {

@@ -452,15 +452,7 @@ impl Transport for ArtiTransport {
     }
 
     async fn accept(&self) -> Option<ArtiStream> {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        let mut incoming = tokio::select! {
-            () = crate::stopped(&mut shutdown) => return None,
-            guard = self.incoming.lock() => guard,
-        };
-        tokio::select! {
-            () = crate::stopped(&mut shutdown) => None,
-            stream = incoming.recv() => stream,
-        }
+        crate::next_incoming(&self.shared.shutdown, &self.incoming).await
     }
 
     fn status(&self) -> watch::Receiver<TransportStatus> {
