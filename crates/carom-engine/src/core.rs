@@ -607,18 +607,13 @@ impl<T: Transport> Core<T> {
                     return;
                 }
             };
-            let (reply, answer) = oneshot::channel();
-            if shared
-                .core
-                .send(CoreMsg::Dialed {
+            let ticket = shared
+                .ask(|reply| CoreMsg::Dialed {
                     contact: peer,
                     reply,
                 })
-                .is_err()
-            {
-                return;
-            }
-            if let Ok(Some(ticket)) = answer.await {
+                .await;
+            if let Ok(Some(ticket)) = ticket {
                 conn::run_initiator(shared, stream, peer, ticket).await;
             }
         });

@@ -305,11 +305,8 @@ impl Engine {
     }
 
     async fn online(&self) -> HashSet<OnionAddress> {
-        let (reply, answer) = oneshot::channel();
-        if self.shared.core.send(CoreMsg::Online { reply }).is_err() {
-            return HashSet::new();
-        }
-        answer
+        self.shared
+            .ask(|reply| CoreMsg::Online { reply })
             .await
             .map(|v| v.into_iter().collect())
             .unwrap_or_default()
