@@ -203,28 +203,17 @@ async fn arti_onion_service_with_our_key_is_reachable_from_arti_and_c_tor() {
     let socks = ctor.socks_addr();
     let onion_for_ctor = onion.clone();
     tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        loop {
-            match carom_testnet::socks5_connect(socks, &onion_for_ctor, 80, Duration::from_secs(60))
-            {
-                Ok(mut stream) => {
-                    stream.write_all(b"hello from C tor").expect("write");
-                    let mut back = [0u8; 16];
-                    stream.read_exact(&mut back).expect("read echo");
-                    assert_eq!(&back, b"hello from C tor");
-                    println!(
-                        "C tor reached the arti service in {:.2} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                    return;
-                }
-                Err(e) if started.elapsed() < REACH_TIMEOUT => {
-                    println!("C tor attempt failed: {e}; retrying");
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-                Err(e) => panic!("C tor could not reach the arti service: {e}"),
-            }
-        }
+        let (mut stream, took) =
+            carom_testnet::socks5_connect_within(socks, &onion_for_ctor, 80, REACH_TIMEOUT)
+                .unwrap_or_else(|e| panic!("C tor could not reach the arti service: {e}"));
+        stream.write_all(b"hello from C tor").expect("write");
+        let mut back = [0u8; 16];
+        stream.read_exact(&mut back).expect("read echo");
+        assert_eq!(&back, b"hello from C tor");
+        println!(
+            "C tor reached the arti service in {:.2} s",
+            took.as_secs_f64()
+        );
     })
     .await
     .expect("C tor client task");

@@ -139,6 +139,28 @@ impl Drop for CtorClient<'_> {
     }
 }
 
+/// [`socks5_connect`], tried again every 2 s until it succeeds or `within` has passed: a
+/// descriptor still being published, or a time-period rotation, can fail the first attempts.
+/// Returns the stream and how long reaching it took, or the last error.
+pub fn socks5_connect_within(
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+    within: Duration,
+) -> Result<(TcpStream, Duration)> {
+    let started = Instant::now();
+    loop {
+        match socks5_connect(proxy, host, port, Duration::from_secs(60)) {
+            Ok(stream) => return Ok((stream, started.elapsed())),
+            Err(e) if started.elapsed() < within => {
+                tracing::info!(error = %e, "SOCKS connect failed; retrying");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Connect through a SOCKS5 proxy to a host name (resolved by the proxy, as `.onion` needs).
 pub fn socks5_connect(
     proxy: SocketAddr,

@@ -38,7 +38,7 @@ mod torrc;
 
 use std::sync::OnceLock;
 
-pub use ctor::{CtorClient, socks5_connect};
+pub use ctor::{CtorClient, socks5_connect, socks5_connect_within};
 pub use err::{Error, Result};
 pub use network::{
     ARTI_CONFIG_FILE, NetworkOptions, NetworkState, NodeInfo, TestNetwork, load_state, status,

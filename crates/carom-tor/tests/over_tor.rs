@@ -427,32 +427,21 @@ async fn a_c_tor_client_reaches_the_carom_service() {
             .start_ctor_client(None)
             .expect("C tor client bootstraps");
         let socks = ctor.socks_addr();
-        let started = Instant::now();
-        loop {
-            match carom_testnet::socks5_connect(
-                socks,
-                &onion,
-                carom_tor::CAROM_VIRTUAL_PORT,
-                Duration::from_secs(60),
-            ) {
-                Ok(mut stream) => {
-                    stream.write_all(b"hello from C tor").expect("write");
-                    let mut back = [0u8; 16];
-                    stream.read_exact(&mut back).expect("read echo");
-                    assert_eq!(&back, b"hello from C tor");
-                    println!(
-                        "C tor reached the Carom service in {:.2} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                    break;
-                }
-                Err(e) if started.elapsed() < REACH_TIMEOUT => {
-                    println!("C tor attempt failed: {e}; retrying");
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-                Err(e) => panic!("C tor could not reach the Carom service: {e}"),
-            }
-        }
+        let (mut stream, took) = carom_testnet::socks5_connect_within(
+            socks,
+            &onion,
+            carom_tor::CAROM_VIRTUAL_PORT,
+            REACH_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("C tor could not reach the Carom service: {e}"));
+        stream.write_all(b"hello from C tor").expect("write");
+        let mut back = [0u8; 16];
+        stream.read_exact(&mut back).expect("read echo");
+        assert_eq!(&back, b"hello from C tor");
+        println!(
+            "C tor reached the Carom service in {:.2} s",
+            took.as_secs_f64()
+        );
         // Any other port is refused by the service.
         let other = carom_testnet::socks5_connect(socks, &onion, 80, Duration::from_secs(60));
         assert!(other.is_err(), "port 80 must be refused");
