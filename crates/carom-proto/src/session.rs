@@ -65,12 +65,20 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Declare the peer dead when nothing was heard for this long (default 180 s).
     pub idle_timeout: Duration,
+    /// When a frame that needs an answer (a chat, a contact request or response) has gone
+    /// unanswered this long, ping at once rather than waiting for the keepalive
+    /// (default 5 s).
+    pub probe_after: Duration,
+    /// Declare the peer dead when a ping sent while frames await an answer is not answered
+    /// within this time (default 15 s). A circuit that hangs is noticed in
+    /// `probe_after + answer_timeout`, not `idle_timeout`.
+    pub answer_timeout: Duration,
     /// Switch transport keys after this many frames sent (default 2^20).
     pub rekey_after_frames: u64,
     /// Switch transport keys after this much time (default 1 hour).
     pub rekey_after: Duration,
-    /// Refuse [`Session::send`] while more than this many bytes wait to be written
-    /// (default 4 MiB).
+    /// Refuse [`Session::send`] while more than this many bytes wait to be written or to be
+    /// encrypted, before the handshake as after it (default 4 MiB).
     pub max_pending_output: usize,
     /// Protocol versions offered, highest preference last. Leave the default
     /// ([`SUPPORTED_VERSIONS`]) except to test negotiation.
@@ -92,6 +100,8 @@ impl SessionConfig {
             handshake_timeout: Duration::from_secs(90),
             keepalive_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(180),
+            probe_after: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(15),
             rekey_after_frames: 1 << 20,
             rekey_after: Duration::from_secs(3600),
             max_pending_output: 4 << 20,
@@ -336,6 +346,57 @@ struct PeerFacts {
     features: Vec<String>,
 }
 
+/// Messages not yet written, with their encoded size counted: the send limit covers them as
+/// well as the output, so a caller cannot pile up an unbounded backlog before the handshake.
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<(Message, usize)>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, message: Message) {
+        let size = message.encode().len();
+        self.bytes += size;
+        self.messages.push_back((message, size));
+    }
+
+    fn push_front(&mut self, message: Message) {
+        let size = message.encode().len();
+        self.bytes += size;
+        self.messages.push_front((message, size));
+    }
+
+    fn pop_front(&mut self) -> Option<Message> {
+        let (message, size) = self.messages.pop_front()?;
+        self.bytes -= size;
+        Some(message)
+    }
+
+    fn front(&self) -> Option<&Message> {
+        self.messages.front().map(|(m, _)| m)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A ping in flight.
+#[derive(Clone, Copy)]
+struct PingSent {
+    nonce: u64,
+    at: Instant,
+    /// How many answer-needing frames had been written when it was sent: its pong proves the
+    /// peer read all of them.
+    covers: u64,
+}
+
 /// One Carom connection, as a state machine. See the module documentation.
 pub struct Session {
     config: Arc<SessionConfig>,
@@ -345,7 +406,7 @@ pub struct Session {
     output: Vec<u8>,
     events: VecDeque<Event>,
     /// Application messages not yet written (waiting for the handshake, or for room).
-    queued: VecDeque<Message>,
+    queued: Queue,
     ephemerals: VecDeque<Zeroizing<[u8; 32]>>,
     attempts: usize,
     retried: bool,
@@ -355,7 +416,11 @@ pub struct Session {
     last_received: Instant,
     last_rekey: Instant,
     frames_since_rekey: u64,
-    ping: Option<(u64, Instant)>,
+    ping: Option<PingSent>,
+    /// Frames written that need an answer (chats, contact requests and responses).
+    needs_answer: u64,
+    /// Since when a written frame has waited for the peer to show it read it, if one does.
+    unanswered_since: Option<Instant>,
     next_nonce: u64,
     rtt: Option<Duration>,
 }
@@ -430,7 +495,7 @@ impl Session {
             reader: FrameReader::default(),
             output: Vec::new(),
             events: VecDeque::new(),
-            queued: VecDeque::new(),
+            queued: Queue::default(),
             ephemerals,
             attempts: 0,
             retried: false,
@@ -441,6 +506,8 @@ impl Session {
             last_rekey: now,
             frames_since_rekey: 0,
             ping: None,
+            needs_answer: 0,
+            unanswered_since: None,
             next_nonce: 1,
             rtt: None,
         }
@@ -474,6 +541,13 @@ impl Session {
         self.rtt
     }
 
+    /// Bytes waiting: written by the session and not yet taken by [`Self::poll_transmit`],
+    /// plus messages queued for encryption (before the handshake completes, or behind a
+    /// full output). [`Self::send`] refuses above `max_pending_output`.
+    pub fn pending_output(&self) -> usize {
+        self.output.len() + self.queued.bytes
+    }
+
     /// Queue an application message. Before the handshake completes, messages wait and ride in
     /// the first handshake message that can carry them (IK message 1, XX message 3, or the
     /// responder's IK message 2).
@@ -489,7 +563,7 @@ impl Session {
                 limit: MAX_TRANSPORT_PLAINTEXT,
             });
         }
-        if self.output.len() > self.config.max_pending_output {
+        if self.pending_output() > self.config.max_pending_output {
             return Err(SendError::Backpressure);
         }
         self.queued.push_back(message);
@@ -591,7 +665,13 @@ impl Session {
                 } else {
                     self.last_received + c.keepalive_interval
                 };
-                Some(heard.min(self.last_rekey + c.rekey_after))
+                let answer = match (self.unanswered_since, self.ping) {
+                    (Some(_), Some(ping)) => Some(ping.at + c.answer_timeout),
+                    (Some(since), None) => Some(since + c.probe_after),
+                    (None, _) => None,
+                };
+                let next = heard.min(self.last_rekey + c.rekey_after);
+                Some(answer.map_or(next, |a| a.min(next)))
             }
             _ => Some(self.started + c.handshake_timeout),
         }
@@ -603,7 +683,11 @@ impl Session {
         match self.state {
             State::Closed => {}
             State::Established { .. } => {
-                if now >= self.last_received + c.idle_timeout {
+                let unanswered_ping = self.unanswered_since.is_some()
+                    && self
+                        .ping
+                        .is_some_and(|ping| now >= ping.at + c.answer_timeout);
+                if now >= self.last_received + c.idle_timeout || unanswered_ping {
                     self.close(CloseReason::Timeout, now);
                     self.events.push_back(Event::Closed {
                         reason: CloseReason::Timeout,
@@ -611,10 +695,19 @@ impl Session {
                     });
                     return;
                 }
-                if self.ping.is_none() && now >= self.last_received + c.keepalive_interval {
+                let probe = self
+                    .unanswered_since
+                    .is_some_and(|since| now >= since + c.probe_after);
+                if self.ping.is_none()
+                    && (probe || now >= self.last_received + c.keepalive_interval)
+                {
                     let nonce = self.next_nonce;
                     self.next_nonce += 1;
-                    self.ping = Some((nonce, now));
+                    self.ping = Some(PingSent {
+                        nonce,
+                        at: now,
+                        covers: self.needs_answer,
+                    });
                     self.queued.push_front(Message::Ping(Ping { nonce }));
                     self.flush_queued(now);
                 }
@@ -729,7 +822,13 @@ impl Session {
                 payload.messages.pop();
                 break;
             }
-            self.queued.pop_front();
+            if let Some(m) = self.queued.pop_front()
+                && needs_answer(&m)
+            {
+                // Answered once the session is up; until then the handshake timeout applies.
+                self.needs_answer += 1;
+                self.unanswered_since.get_or_insert(self.started);
+            }
         }
         payload
     }
@@ -1099,11 +1198,14 @@ impl Session {
                 self.flush_queued(now);
             }
             Message::Pong(Pong { nonce }) => {
-                if let Some((sent_nonce, sent_at)) = self.ping
-                    && sent_nonce == nonce
+                if let Some(ping) = self.ping
+                    && ping.nonce == nonce
                 {
-                    self.rtt = Some(now.saturating_duration_since(sent_at));
+                    self.rtt = Some(now.saturating_duration_since(ping.at));
                     self.ping = None;
+                    // The channel is ordered: the peer has read everything written before the
+                    // ping. Whatever was written since still waits, from now.
+                    self.unanswered_since = (self.needs_answer > ping.covers).then_some(now);
                 }
             }
             Message::Rekey(_) => {
@@ -1144,6 +1246,10 @@ impl Session {
                     self.fail(&ProtocolError::Handshake(e.to_string()));
                     return;
                 }
+            }
+            if needs_answer(&message) {
+                self.needs_answer += 1;
+                self.unanswered_since.get_or_insert(now);
             }
             self.frames_since_rekey += 1;
             if self.frames_since_rekey >= self.config.rekey_after_frames {
@@ -1294,6 +1400,15 @@ fn parse_versions(rest: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         return Err(ProtocolError::Malformed("retry version list length".into()));
     }
     Ok(list.to_vec())
+}
+
+/// Whether the peer answers this message (with an acknowledgement), so that silence after it
+/// is a sign of a dead path.
+fn needs_answer(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Chat(_) | Message::ContactRequest(_) | Message::ContactResponse(_)
+    )
 }
 
 #[cfg(test)]

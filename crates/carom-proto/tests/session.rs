@@ -490,3 +490,97 @@ fn the_same_randomness_gives_the_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_backlog_queued_before_the_handshake_is_bounded_like_one_after_it() {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    let mut pair = Pair::new(&alice, &bob, Some(bob.device.public()), LATENCY);
+    let body = "b".repeat(32_000);
+    let limit = 4 << 20;
+    let mut queued = 0u32;
+    let refused = loop {
+        let n = u8::try_from(queued % 250).expect("small");
+        match pair.a.send(chat(n, &body), pair.now) {
+            Ok(()) => queued += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            queued < 1000,
+            "a pre-handshake backlog must be refused at some point"
+        );
+    };
+    assert_eq!(refused, SendError::Backpressure);
+    assert!(
+        pair.a.pending_output() <= limit + 33_000,
+        "{} bytes wait",
+        pair.a.pending_output()
+    );
+    assert!(queued >= 120, "only {queued} fit in the 4 MiB limit");
+    // Once the handshake is done and the output written, there is room again.
+    pair.run_until(LIMIT, |p| p.a.phase() == Phase::Established);
+    while pair.a.pending_output() > limit {
+        assert!(pair.step(), "the output drains");
+    }
+    pair.a
+        .send(chat(251, "room again"), pair.now)
+        .expect("room after the backlog drained");
+    pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(251)).is_some());
+}
+
+#[test]
+fn a_silent_path_is_noticed_soon_after_a_message_goes_unanswered() {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    let mut pair = Pair::new(&alice, &bob, Some(bob.device.public()), LATENCY);
+    pair.run_until(LIMIT, |p| p.b.phase() == Phase::Established);
+    pair.run_until(LIMIT, |p| p.elapsed() > Duration::from_secs(10));
+    // The circuit hangs: nothing Bob writes arrives any more. Alice then writes a message.
+    pair.drop_from = Some(Side::B);
+    let sent_at = pair.elapsed();
+    pair.a
+        .send(chat(9, "are you there?"), pair.now)
+        .expect("queued");
+    pair.run_until(Duration::from_secs(100), |p| p.a.is_closed());
+    let closed_at = pair
+        .a_saw(|e| {
+            matches!(
+                e,
+                Event::Closed {
+                    reason: CloseReason::Timeout,
+                    by_peer: false
+                }
+            )
+        })
+        .expect("timeout reported");
+    // Probe after 5 s, give up 15 s later: well before the 60 s keepalive + 180 s idle rule.
+    let noticed = closed_at - sent_at;
+    assert!(
+        noticed >= Duration::from_secs(19) && noticed <= Duration::from_secs(21),
+        "noticed after {noticed:?}"
+    );
+}
+
+#[test]
+fn a_busy_slow_session_is_not_mistaken_for_a_dead_one() {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    // A slow path: two seconds each way, longer than the probe delay.
+    let mut pair = Pair::new(
+        &alice,
+        &bob,
+        Some(bob.device.public()),
+        Duration::from_secs(2),
+    );
+    pair.run_until(LIMIT, |p| p.b.phase() == Phase::Established);
+    for i in 0..100u8 {
+        pair.a.send(chat(i, "steady"), pair.now).expect("queued");
+        let until = pair.elapsed() + Duration::from_secs(3);
+        pair.run_until(Duration::from_secs(1000), |p| p.elapsed() >= until);
+        assert!(
+            !pair.a.is_closed(),
+            "closed a live session after message {i}"
+        );
+    }
+    pair.run_until(Duration::from_secs(1000), |p| {
+        p.a_saw(is_ack_of(99)).is_some()
+    });
+    assert!(!pair.a.is_closed() && !pair.b.is_closed());
+}
