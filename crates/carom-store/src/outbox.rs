@@ -33,6 +33,12 @@ pub(crate) const SELECT_DUE: &str = concat!(
     " FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2"
 );
 
+pub(crate) const SELECT_ENQUEUED_BEFORE: &str = concat!(
+    "SELECT ",
+    outbox_columns!(),
+    " FROM outbox WHERE created_at <= ?1 ORDER BY created_at, id LIMIT ?2"
+);
+
 pub(crate) const SELECT_NEXT_DUE: &str = "SELECT min(next_attempt_at) FROM outbox";
 
 pub(crate) const DELETE_KIND: &str = "DELETE FROM outbox WHERE contact_id = ?1 AND kind = ?2";
@@ -94,6 +100,38 @@ pub(crate) fn next_due(db: Db<'_>) -> Result<Option<UnixMillis>> {
         .prepare_cached(SELECT_NEXT_DUE)
         .and_then(|mut stmt| stmt.query_row([], |row| get_opt_u64(row, 0)))
         .at(db.path)
+}
+
+pub(crate) const SELECT_HAS_ITEMS: &str =
+    "SELECT EXISTS (SELECT 1 FROM outbox WHERE contact_id = ?1)";
+
+pub(crate) const SELECT_CONTACTS: &str =
+    "SELECT DISTINCT contact_id FROM outbox ORDER BY contact_id";
+
+pub(crate) fn has_items(db: Db<'_>, contact_id: i64) -> Result<bool> {
+    db.conn
+        .prepare_cached(SELECT_HAS_ITEMS)
+        .and_then(|mut stmt| stmt.query_row([contact_id], |row| row.get(0)))
+        .at(db.path)
+}
+
+pub(crate) fn contacts(db: Db<'_>) -> Result<Vec<i64>> {
+    db.conn
+        .prepare_cached(SELECT_CONTACTS)
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn enqueued_before(
+    db: Db<'_>,
+    cutoff: UnixMillis,
+    limit: u32,
+) -> Result<Vec<OutboxItem>> {
+    let cutoff = to_sql_int(cutoff, "cutoff")?;
+    collect(db, SELECT_ENQUEUED_BEFORE, rusqlite::params![cutoff, limit])
 }
 
 /// Adds an item; shared by [`WriteTx::enqueue`] and message queueing.

@@ -25,14 +25,24 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order; `MIGRATIONS[i].version == i + 1`.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    summary: "identity, contacts, messages, outbox, event log, settings",
-    sql: V1,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        summary: "identity, contacts, messages, outbox, event log, settings",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        summary: "outbox items by age, for expiry",
+        sql: V2,
+    },
+];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Expiry looks at the oldest queued items without scanning the outbox.
+const V2: &str = "CREATE INDEX outbox_by_age ON outbox (created_at, id);";
 
 const V1: &str = r#"
 PRAGMA application_id = 1131573101;

@@ -360,6 +360,22 @@ pub trait StoreRead: sealed::Connected {
         outbox::for_contact_after(self.db(), contact_id, after_id, limit)
     }
 
+    /// Whether a contact has anything in its outbox (reads no payloads).
+    fn has_outbox(&self, contact_id: i64) -> Result<bool> {
+        outbox::has_items(self.db(), contact_id)
+    }
+
+    /// The contacts that have something in their outbox, by id (reads no payloads).
+    fn outbox_contacts(&self) -> Result<Vec<i64>> {
+        outbox::contacts(self.db())
+    }
+
+    /// At most `limit` items enqueued at or before `cutoff`, oldest first: the candidates for
+    /// expiry.
+    fn outbox_enqueued_before(&self, cutoff: UnixMillis, limit: u32) -> Result<Vec<OutboxItem>> {
+        outbox::enqueued_before(self.db(), cutoff, limit)
+    }
+
     /// At most `limit` items due at `now` (`next_attempt_at <= now`), earliest due first.
     fn outbox_due(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxItem>> {
         outbox::due(self.db(), now, limit)

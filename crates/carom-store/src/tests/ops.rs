@@ -647,6 +647,14 @@ fn every_daemon_query_is_served_by_an_index() {
             "SEARCH outbox USING INDEX outbox_by_contact (contact_id=? AND id>?)",
         ),
         (
+            outbox::SELECT_HAS_ITEMS,
+            "SEARCH outbox USING COVERING INDEX outbox_by_contact (contact_id=?)",
+        ),
+        (
+            outbox::SELECT_ENQUEUED_BEFORE,
+            "SEARCH outbox USING INDEX outbox_by_age (created_at<?)",
+        ),
+        (
             outbox::SELECT_NEXT_DUE,
             "SEARCH outbox USING COVERING INDEX outbox_due",
         ),
@@ -774,6 +782,18 @@ fn outbox_is_ordered_scheduled_and_removable() {
     assert_eq!(store.outbox_due(99, 10).unwrap().len(), 1);
     assert_eq!(store.outbox_due(100, 2).unwrap().len(), 2);
 
+    assert!(store.has_outbox(alice).unwrap() && store.has_outbox(bob).unwrap());
+    assert_eq!(store.outbox_contacts().unwrap(), [alice, bob]);
+    let old: Vec<i64> = store
+        .outbox_enqueued_before(50, 10)
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(old, [b1]);
+    assert_eq!(store.outbox_enqueued_before(100, 10).unwrap().len(), 3);
+    assert_eq!(store.outbox_enqueued_before(49, 10).unwrap().len(), 0);
+
     assert!(store.write(|tx| tx.reschedule(b1, 1, 500)).unwrap());
     let item = store.outbox_item(b1).unwrap().unwrap();
     assert_eq!((item.attempts, item.next_attempt_at), (1, 500));
@@ -802,6 +822,8 @@ fn outbox_is_ordered_scheduled_and_removable() {
     assert!(!store.write(|tx| tx.remove_outbox(b1)).unwrap());
     assert!(!store.write(|tx| tx.reschedule(b1, 2, 9)).unwrap());
     assert_eq!(store.next_outbox_due().unwrap(), None);
+    assert!(!store.has_outbox(alice).unwrap() && !store.has_outbox(bob).unwrap());
+    assert!(store.outbox_contacts().unwrap().is_empty());
     // Outbox ids are never reused either.
     let again = store
         .write(|tx| tx.enqueue(bob, OutboxKind::ContactResponse, None, b"x", 1))
