@@ -38,11 +38,19 @@ pub trait Transport: Send + Sync + 'static {
     /// Open a stream to `peer`'s Carom service ([`CAROM_VIRTUAL_PORT`]).
     ///
     /// Bounded in time by the backend's dial timeout. A second dial to a recently reached
-    /// peer reuses the open circuit when the backend can.
+    /// peer reuses the open circuit when the backend can; after a failed dial (or
+    /// [`forget_path`](Self::forget_path)) the next one starts afresh.
     fn dial(
         &self,
         peer: &OnionAddress,
     ) -> impl Future<Output = Result<Self::Stream, TransportError>> + Send;
+
+    /// The last path to `peer` went silent (a session on a stream we dialled stopped
+    /// answering): the next [`dial`](Self::dial) must not reuse its circuit, nor the cached
+    /// descriptor that led to it. Backends without such state ignore it.
+    fn forget_path(&self, peer: &OnionAddress) {
+        let _ = peer;
+    }
 
     /// The next stream opened to our service, or `None` once the transport is shut down.
     ///

@@ -69,6 +69,12 @@ pub struct ArtiConfig {
     /// Bound on one dial, from call to open stream. Default 60 s: on the live network a cold
     /// dial (descriptor, introduction, rendezvous) takes seconds, and arti retries inside it.
     pub dial_timeout: Duration,
+    /// A dial still pending after this long gets a second attempt over a fresh path (a new
+    /// circuit and descriptor) beside the first; whichever opens first wins. A dial over a
+    /// known path (a peer reached before) is hedged after a third of this. Default 10 s: a
+    /// cold dial on the test network takes under a second, on the live network a few; a warm
+    /// one is a round trip.
+    pub dial_hedge_after: Duration,
     /// Turn off arti's file-permission checks on the state and cache directories (and their
     /// parents). **Dangerous**; default `false`. Only for environments where ownership cannot
     /// be right, such as some containers or tests. Without it the checks are also immune to
@@ -91,6 +97,7 @@ impl ArtiConfig {
             vanguards: Vanguards::Lite,
             num_intro_points: 3,
             dial_timeout: Duration::from_secs(60),
+            dial_hedge_after: Duration::from_secs(10),
             dangerously_trust_everyone: false,
         }
     }
@@ -110,6 +117,11 @@ impl ArtiConfig {
         if self.pow_queue_depth == 0 {
             return Err(TransportError::Config(
                 "pow_queue_depth must be at least 1".into(),
+            ));
+        }
+        if self.dial_hedge_after.is_zero() {
+            return Err(TransportError::Config(
+                "dial_hedge_after must be positive".into(),
             ));
         }
         if self.dial_timeout.is_zero() {

@@ -3,15 +3,17 @@
 mod config;
 mod service;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arti_client::{BootstrapBehavior, DataStream, TorClient};
+use arti_client::{BootstrapBehavior, DataStream, IsolationToken, StreamPrefs, TorClient};
 use carom_proto::{IdentityKey, OnionAddress};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -110,8 +112,33 @@ pub struct ArtiTransport {
     incoming: tokio::sync::Mutex<mpsc::Receiver<ArtiStream>>,
     network_enabled: AtomicBool,
     dial_timeout: Duration,
+    dial_hedge_after: Duration,
+    /// Per peer, the stream isolation of the path that last worked. arti keys its cached
+    /// descriptor, introduction-point history and rendezvous circuit by (service, isolation):
+    /// dials with the same token reuse them (a warm dial is one round trip), and a new token
+    /// starts from scratch — a fresh descriptor, a fresh circuit — without waiting on an
+    /// earlier attempt still stuck inside arti (a timed-out `connect` is not cancelled there,
+    /// and a retry with the same isolation would join it).
+    paths: Mutex<HashMap<OnionAddress, IsolationToken>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Aborts the tasks it holds when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What one dial attempt returns: its path, and arti's answer or our timeout.
+type Attempt = (
+    IsolationToken,
+    Result<Result<DataStream, arti_client::Error>, tokio::time::error::Elapsed>,
+);
 
 impl std::fmt::Debug for ArtiTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -359,6 +386,8 @@ impl ArtiTransport {
             incoming: tokio::sync::Mutex::new(incoming_rx),
             network_enabled: AtomicBool::new(true),
             dial_timeout: config.dial_timeout,
+            dial_hedge_after: config.dial_hedge_after,
+            paths: Mutex::new(HashMap::new()),
             tasks: Mutex::new(tasks),
         })
     }
@@ -380,6 +409,25 @@ impl ArtiTransport {
                 arti_client::DormantMode::Soft
             });
         }
+    }
+
+    /// One attempt to open a stream to `peer` over the path `token` names, on arti's runtime,
+    /// bounded by the dial timeout.
+    fn attempt(
+        &self,
+        client: &Arc<Client>,
+        peer: &OnionAddress,
+        token: IsolationToken,
+    ) -> tokio::task::JoinHandle<Attempt> {
+        let client = Arc::clone(client);
+        let host = peer.to_string();
+        let dial_timeout = self.dial_timeout;
+        self.handle.spawn(async move {
+            let mut prefs = StreamPrefs::new();
+            prefs.set_isolation(token);
+            let connect = client.connect_with_prefs((host.as_str(), CAROM_VIRTUAL_PORT), &prefs);
+            (token, tokio::time::timeout(dial_timeout, connect).await)
+        })
     }
 
     fn client(&self) -> Result<Arc<Client>, TransportError> {
@@ -408,47 +456,77 @@ impl Transport for ArtiTransport {
             return Err(TransportError::NotBootstrapped { detail });
         }
         let client = self.client()?;
-        let host = peer.to_string();
         let mut shutdown = self.shared.shutdown.subscribe();
         let started = tokio::time::Instant::now();
-        let dial_timeout = self.dial_timeout;
-        let attempt = self.handle.spawn(async move {
-            tokio::time::timeout(
-                dial_timeout,
-                client.connect((host.as_str(), CAROM_VIRTUAL_PORT)),
-            )
-            .await
-        });
-        let abort = attempt.abort_handle();
-        let result = tokio::select! {
-            () = crate::stopped(&mut shutdown) => {
-                abort.abort();
-                return Err(TransportError::Shutdown);
-            }
-            r = attempt => match r {
-                Ok(r) => r,
-                Err(_) => return Err(TransportError::Shutdown),
-            },
+        let known = lock(&self.paths).get(peer).copied();
+        let mut attempts = FuturesUnordered::new();
+        // Whatever ends this dial (a winner, a failure, shutdown) stops the other attempts.
+        let mut running = AbortOnDrop(Vec::new());
+        let first = self.attempt(&client, peer, known.unwrap_or_else(IsolationToken::new));
+        running.0.push(first.abort_handle());
+        attempts.push(first);
+        // A dial still pending after a while gets a second attempt on a fresh path beside it
+        // (the first goes on): a stale descriptor or a hung circuit then costs seconds, not
+        // the whole dial timeout, while a slow but healthy dial is not cut short. A known path
+        // should answer in one round trip (its circuit is open, or its descriptor cached), so
+        // it is given a third of the time: a peer that restarted with new introduction points
+        // is the everyday case of a known path gone stale.
+        let hedge_after = if known.is_some() {
+            self.dial_hedge_after / 3
+        } else {
+            self.dial_hedge_after
         };
-        match result {
-            Ok(Ok(stream)) => {
-                tracing::debug!(
-                    peer = %peer.redacted(),
-                    elapsed_ms = started.elapsed().as_millis(),
-                    "dial succeeded"
-                );
-                Ok(ArtiStream(stream))
+        let hedge = tokio::time::sleep(hedge_after);
+        tokio::pin!(hedge);
+        let mut hedged = false;
+        let mut last_error = None;
+        while last_error.is_none() || !attempts.is_empty() {
+            let (token, result) = tokio::select! {
+                () = crate::stopped(&mut shutdown) => return Err(TransportError::Shutdown),
+                () = &mut hedge, if !hedged && !attempts.is_empty() => {
+                    hedged = true;
+                    tracing::debug!(peer = %peer.redacted(), "dial slow; trying a fresh path beside it");
+                    let second = self.attempt(&client, peer, IsolationToken::new());
+                    running.0.push(second.abort_handle());
+                    attempts.push(second);
+                    continue;
+                }
+                Some(finished) = attempts.next() => match finished {
+                    Ok(attempt) => attempt,
+                    Err(_) => return Err(TransportError::Shutdown),
+                },
+            };
+            match result {
+                Ok(Ok(stream)) => {
+                    lock(&self.paths).insert(*peer, token);
+                    tracing::debug!(
+                        peer = %peer.redacted(),
+                        elapsed_ms = started.elapsed().as_millis(),
+                        hedged,
+                        "dial succeeded"
+                    );
+                    return Ok(ArtiStream(stream));
+                }
+                Ok(Err(e)) => {
+                    let error = TransportError::from_dial(&e, peer);
+                    tracing::debug!(peer = %peer.redacted(), kind = %error.kind(), "dial attempt failed: {error}");
+                    last_error = Some(error);
+                }
+                Err(_) => {
+                    last_error = Some(TransportError::Timeout {
+                        peer: peer.redacted().to_string(),
+                        detail: format!("no stream within {:?}", self.dial_timeout),
+                    });
+                }
             }
-            Ok(Err(e)) => {
-                let error = TransportError::from_dial(&e, peer);
-                tracing::debug!(peer = %peer.redacted(), kind = %error.kind(), "dial failed: {error}");
-                Err(error)
-            }
-            Err(_) => Err(TransportError::Timeout {
-                peer: peer.redacted().to_string(),
-                detail: format!("no stream within {:?}", self.dial_timeout),
-            }),
         }
+        // Every attempt failed: the next dial starts from scratch.
+        self.forget_path(peer);
+        Err(last_error.unwrap_or(TransportError::Shutdown))
+    }
+
+    fn forget_path(&self, peer: &OnionAddress) {
+        lock(&self.paths).remove(peer);
     }
 
     async fn accept(&self) -> Option<ArtiStream> {
