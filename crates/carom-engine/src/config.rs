@@ -21,7 +21,9 @@ pub struct EngineConfig {
     pub presence: bool,
     /// A dial that has not produced a stream by then counts as failed (default 120 s).
     pub dial_timeout: Duration,
-    /// Undelivered messages fail after this long (default 30 days).
+    /// Undelivered messages fail after this long in the queue (default 30 days): by the wall
+    /// clock, and only once they have been past it for a day of the daemon's running time, so
+    /// that a clock jumping forward does not fail the whole queue.
     pub message_expiry: Duration,
     /// Contact requests from strangers: bucket size across all sources (default 20).
     pub stranger_burst: u32,
@@ -41,6 +43,9 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// Device certificates are issued for this long (default 365 days).
     pub certificate_lifetime: Duration,
+    /// The device key is replaced this long before its certificate expires, at start or while
+    /// running (default 30 days).
+    pub certificate_renew_before: Duration,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +67,7 @@ impl Default for EngineConfig {
             keepalive: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(180),
             certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
+            certificate_renew_before: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

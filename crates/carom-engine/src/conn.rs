@@ -6,14 +6,15 @@
 //! the rate limits). It delivers the contact's outbox in order, once per connection, and tells
 //! the core when the session is established and when it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use carom_proto::SendError;
 use carom_proto::{Ack, CloseReason, Event, Message, MessageId, OnionAddress, Phase, Session};
 use carom_store::{
-    ContactState, Direction, MessageStatus, NewIncoming, OutboxKind, StoreRead, WriteTx,
+    ContactState, Direction, MessageStatus, NewIncoming, OutboxItem, OutboxKind, StoreRead, WriteTx,
 };
 use rand_core::OsRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -45,8 +46,12 @@ pub(crate) struct Ticket {
 
 /// Bytes read from the stream at a time (a little more than one frame).
 const READ_CHUNK: usize = 66 * 1024;
-/// Stop producing new outbox frames while this much is waiting to be written…
+/// Stop producing new outbox frames while this much is waiting to be written (in the writer
+/// and in the session together)…
 const HIGH_WATER: usize = 256 * 1024;
+/// Outbox items read from the store at a time. Items are at most one frame (64 KiB), so a
+/// page in memory stays under 4 MiB however long the outbox is.
+const OUTBOX_PAGE: u32 = 64;
 /// … and resume below this.
 const LOW_WATER: usize = 64 * 1024;
 /// A peer that lets this much pile up (it sends but never reads our acknowledgements) is
@@ -151,6 +156,9 @@ struct Conn<S> {
     writer: Writer,
     /// Outbox delivery waits for the writer to drain.
     paused: bool,
+    /// Outbox items read from the store and not yet handed to the session (the rest of a
+    /// page, when delivery paused for room).
+    page: VecDeque<OutboxItem>,
     session: Session,
     conn: ConnId,
     commands: mpsc::UnboundedReceiver<ConnCmd>,
@@ -185,7 +193,7 @@ pub(crate) async fn run_initiator<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let session = Session::initiator(
-        Arc::clone(&shared.session_config),
+        shared.session_config(),
         peer,
         ticket.cached_static,
         unix_secs(),
@@ -199,6 +207,7 @@ pub(crate) async fn run_initiator<S>(
         reader,
         writer,
         paused: false,
+        page: VecDeque::new(),
         session,
         conn: ticket.conn,
         commands: ticket.commands,
@@ -227,7 +236,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let session = Session::responder(
-        Arc::clone(&shared.session_config),
+        shared.session_config(),
         unix_secs(),
         Instant::now(),
         &mut OsRng,
@@ -240,6 +249,7 @@ where
         reader,
         writer,
         paused: false,
+        page: VecDeque::new(),
         session,
         conn,
         commands: rx,
@@ -645,64 +655,94 @@ where
             .await
     }
 
-    /// Send every outbox item not yet written on this connection, in order.
+    /// Send every outbox item not yet written on this connection, in order, as far as there
+    /// is room: at most [`HIGH_WATER`] bytes wait in the session and the writer together.
+    /// Delivery resumes by itself when the writer drains (`paused`) or, before the handshake,
+    /// when the session is established. Memory does not grow with the outbox.
     async fn deliver_outbox(&mut self) -> Result<()> {
-        const PAGE: u32 = 256;
         let Some(contact_id) = self.contact_id else {
             return Ok(());
         };
+        self.paused = false;
         loop {
-            if self.writer.unsent() > HIGH_WATER {
-                // Enough is on its way; continue when the writer has drained.
-                self.paused = true;
+            if self.writer.unsent() + self.session.pending_output() > HIGH_WATER
+                && !self.make_room().await
+            {
                 return Ok(());
             }
-            let after = self.sent_up_to;
-            let items = self
-                .shared
-                .store
-                .read(move |store| Ok(store.outbox_for_contact_after(contact_id, after, PAGE)?))
-                .await?;
-            let full = items.len() == PAGE as usize;
-            trace!(items = items.len(), after, "outbox page");
-            let now = Instant::now();
-            for item in items {
-                let message = match Message::decode(&item.payload) {
-                    Ok(carom_proto::Decoded::Known(m)) => m,
-                    _ => {
-                        warn!(
-                            item = item.id,
-                            "an outbox item does not decode; skipping it"
-                        );
-                        self.sent_up_to = item.id;
-                        continue;
-                    }
-                };
-                let control = match &message {
-                    Message::ContactRequest(r) => Some(r.id),
-                    Message::ContactResponse(r) => Some(r.id),
-                    _ => None,
-                };
-                if self.session.send(message, now).is_err() {
-                    // Backpressure or closed: what is left goes out next time.
+            let Some(item) = self.page.pop_front() else {
+                let after = self.sent_up_to;
+                let items = self
+                    .shared
+                    .store
+                    .read(move |store| {
+                        Ok(store.outbox_for_contact_after(contact_id, after, OUTBOX_PAGE)?)
+                    })
+                    .await?;
+                trace!(items = items.len(), after, "outbox page");
+                if items.is_empty() {
                     return Ok(());
                 }
-                self.sent_up_to = item.id;
-                if let Some(row) = item.message_row {
-                    self.just_sent.push(row);
+                self.page = items.into();
+                continue;
+            };
+            let message = match Message::decode(&item.payload) {
+                Ok(carom_proto::Decoded::Known(m)) => m,
+                _ => {
+                    warn!(
+                        item = item.id,
+                        "an outbox item does not decode; skipping it"
+                    );
+                    self.sent_up_to = item.id;
+                    continue;
                 }
-                if let Some(id) = control {
-                    self.control_sent.insert(id, (item.id, item.kind));
+            };
+            let control = match &message {
+                Message::ContactRequest(r) => Some(r.id),
+                Message::ContactResponse(r) => Some(r.id),
+                _ => None,
+            };
+            match self.session.send(message, Instant::now()) {
+                Ok(()) => {}
+                Err(SendError::Backpressure) => {
+                    // Acknowledgements and pings took the room: wait for it as above.
+                    self.page.push_front(item);
+                    if !self.make_room().await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(SendError::Closed) => return Ok(()),
+                Err(e) => {
+                    // Checked when it was queued, so this is a bug or a changed limit; it can
+                    // never go out, and must not hold back what follows.
+                    warn!(item = item.id, error = %e, "an outbox item cannot be sent; skipping it");
+                    self.sent_up_to = item.id;
+                    continue;
                 }
             }
-            if !full {
-                return Ok(());
+            self.sent_up_to = item.id;
+            if let Some(row) = item.message_row {
+                self.just_sent.push(row);
             }
-            // A long outbox: hand over what we have before reading more.
-            if self.flush().await.is_err() {
-                return Ok(());
+            if let Some(id) = control {
+                self.control_sent.insert(id, (item.id, item.kind));
             }
         }
+    }
+
+    /// Hand the session's output to the writer. True if there is room to send more now;
+    /// false if delivery must wait: for the writer to drain (then `paused` is set) or, while
+    /// the handshake is under way, for the session to be established.
+    async fn make_room(&mut self) -> bool {
+        if self.flush().await.is_err() {
+            return false;
+        }
+        if self.writer.unsent() > HIGH_WATER {
+            self.paused = true;
+            return false;
+        }
+        self.session.pending_output() <= HIGH_WATER
     }
 }
 

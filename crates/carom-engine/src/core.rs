@@ -112,6 +112,10 @@ struct ConnInfo {
 }
 
 /// Runtime facts about one contact.
+///
+/// Retries are scheduled per contact, on the monotonic clock: one failed attempt lengthens
+/// the wait once, however many messages are queued, and a wall clock that jumps moves no
+/// retry.
 #[derive(Default)]
 struct ContactRt {
     /// Whether the contact is accepted (only accepted contacts are watched for presence).
@@ -120,10 +124,64 @@ struct ContactRt {
     session: Option<ConnId>,
     /// A dial is under way (or its connection is handshaking).
     dialing: bool,
-    /// Consecutive failed dials, for presence backoff.
+    /// The dial under way was asked for by a new message ahead of the schedule: if it fails,
+    /// the backoff does not grow (a burst of sends to an offline contact must not push its
+    /// retries out).
+    dial_nudged: bool,
+    /// When the last dial started.
+    last_dial: Option<Instant>,
+    /// Consecutive failed scheduled attempts: the backoff exponent for retries and presence.
     failures: u32,
     /// When to dial next to see whether they are online.
     next_presence: Option<Instant>,
+    /// When to try delivering its outbox again after a failure.
+    retry_at: Option<Instant>,
+}
+
+impl ContactRt {
+    /// An attempt to reach the contact failed at `now`: schedule the next one, for its outbox
+    /// and for presence. The backoff grows once per failed scheduled attempt; a failed nudge
+    /// (a dial asked for by a new message ahead of the schedule) keeps the schedule as it was.
+    /// `jitter` (each in 0..1) spreads retries and presence dials.
+    fn failed(&mut self, now: Instant, config: &EngineConfig, jitter: (f64, f64)) {
+        let nudge = self.dial_nudged && self.failures > 0;
+        if !nudge {
+            self.failures = self.failures.saturating_add(1);
+        }
+        let exponent = self.failures.saturating_sub(1);
+        if !nudge || self.retry_at.is_none() {
+            let wait =
+                EngineConfig::backoff(config.retry_initial, config.retry_max, exponent, jitter.0);
+            self.retry_at = Some(now + wait);
+        }
+        if self.accepted && (!nudge || self.next_presence.is_none()) {
+            let wait = EngineConfig::backoff(
+                config.presence_initial,
+                config.presence_max,
+                exponent,
+                jitter.1,
+            );
+            self.next_presence = Some(now + wait);
+        }
+    }
+}
+
+/// Which expiry candidates (outbox ids past expiry by the wall clock) have been so for
+/// [`EXPIRY_GRACE`] of running time, given since when each was first seen (`seen`, updated:
+/// candidates no longer listed are forgotten).
+fn expired(candidates: &[i64], seen: &mut HashMap<i64, Instant>, now: Instant) -> Vec<i64> {
+    let mut kept = HashMap::with_capacity(candidates.len());
+    let mut expired = Vec::new();
+    for &id in candidates {
+        let since = seen.get(&id).copied().unwrap_or(now);
+        if now.duration_since(since) >= EXPIRY_GRACE {
+            expired.push(id);
+        } else {
+            kept.insert(id, since);
+        }
+    }
+    *seen = kept;
+    expired
 }
 
 pub(crate) struct Core<T: Transport> {
@@ -136,6 +194,9 @@ pub(crate) struct Core<T: Transport> {
     limiter: RequestLimiter,
     dials_in_flight: usize,
     last_prune: Instant,
+    /// Outbox items past their expiry by the wall clock, and since when this run has seen
+    /// them so (see [`EXPIRY_GRACE`]).
+    expiring: HashMap<i64, Instant>,
 }
 
 /// Most dials at once (each builds Tor circuits).
@@ -145,6 +206,16 @@ const TICK: Duration = Duration::from_millis(500);
 /// A session shorter than this counts as a failed attempt (a peer that accepts the handshake
 /// and then refuses us must not be redialled in a tight loop).
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// Two sessions with one peer established within this time of each other are simultaneous
+/// dials (resolved by identity key); a session that arrives later replaces the older one.
+const SIMULTANEOUS_DIALS: Duration = Duration::from_secs(10);
+/// An outbox item fails as expired only once it has been past `message_expiry` (by the wall
+/// clock, which is what "30 days old" means to a person) for this long of the daemon's own
+/// running time (the monotonic clock): a clock that jumps forward cannot fail the whole
+/// queue at once, and a backward jump only delays expiry.
+const EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Most outbox items looked at for expiry in one pass.
+const EXPIRY_BATCH: u32 = 256;
 
 impl<T: Transport> Core<T> {
     pub(crate) fn new(
@@ -171,12 +242,18 @@ impl<T: Transport> Core<T> {
             limiter,
             dials_in_flight: 0,
             last_prune: now,
+            expiring: HashMap::new(),
         }
     }
 
     pub(crate) async fn run(mut self) {
-        // Look for every accepted contact once at start.
-        if let Ok(contacts) = self.shared.store.read(|s| Ok(s.contacts()?)).await {
+        // Look for every accepted contact once at start, and deliver whatever is queued.
+        let known = self
+            .shared
+            .store
+            .read(|s| Ok((s.contacts()?, s.outbox_contacts()?)))
+            .await;
+        if let Ok((contacts, queued)) = known {
             let now = Instant::now();
             for c in contacts {
                 if let Ok(address) = address_of(&c.identity) {
@@ -186,6 +263,9 @@ impl<T: Transport> Core<T> {
                         if self.config.presence {
                             rt.next_presence = Some(now);
                         }
+                    }
+                    if queued.contains(&c.id) {
+                        rt.retry_at = Some(now);
                     }
                 }
             }
@@ -221,7 +301,7 @@ impl<T: Transport> Core<T> {
                             let _ = info.commands.send(ConnCmd::Deliver);
                         }
                     }
-                    None => self.deliver_or_dial(contact).await,
+                    None => self.nudge(contact),
                 }
             }
             CoreMsg::Authenticated {
@@ -386,13 +466,20 @@ impl<T: Transport> Core<T> {
                 self.ensure_presence(peer).await;
             }
             Some(existing) if existing != conn => {
-                // Both sides dialled at once: keep the session initiated by the side with the
-                // smaller identity key. Both sides compute the same answer.
-                let existing_ours = self.conns.get(&existing).is_some_and(|c| c.initiator);
+                let existing_info = self.conns.get(&existing);
+                let existing_ours = existing_info.is_some_and(|c| c.initiator);
+                let settled = existing_info
+                    .and_then(|c| c.established_at)
+                    .is_some_and(|t| t.elapsed() >= SIMULTANEOUS_DIALS);
                 let we_are_smaller = me.public_key() < peer.public_key();
-                let keep_new = if existing_ours == initiator {
-                    true // same direction twice: the newer replaces a lingering older one
+                let keep_new = if existing_ours == initiator || settled {
+                    // Same direction twice, or a new session beside one that has been up for
+                    // a while: the peer dialled because it found the old one dead (a hung
+                    // circuit it noticed first). The newer replaces the lingering older one.
+                    true
                 } else {
+                    // Both sides dialled at once: keep the session initiated by the side with
+                    // the smaller identity key. Both sides compute the same answer.
                     initiator == we_are_smaller
                 };
                 let loser = if keep_new { existing } else { conn };
@@ -491,6 +578,12 @@ impl<T: Transport> Core<T> {
         if busy {
             return; // another session (or dial) carries on
         }
+        if path_may_be_stale(reason) {
+            // The path went silent, broke, or the peer is restarting (with new introduction
+            // points): the next dial must not reuse its circuit, nor the descriptor that led
+            // to it.
+            self.transport.forget_path(&peer);
+        }
         let refused = matches!(
             reason,
             Some((CloseReason::Refused | CloseReason::RateLimited, true))
@@ -502,6 +595,7 @@ impl<T: Transport> Core<T> {
         if healthy {
             if let Some(rt) = self.contacts.get_mut(&peer) {
                 rt.failures = 0;
+                rt.retry_at = None;
                 if rt.accepted {
                     rt.next_presence = Some(Instant::now() + self.config.presence_initial);
                 }
@@ -509,7 +603,7 @@ impl<T: Transport> Core<T> {
             // Anything still queued goes out on a new session.
             self.deliver_or_dial(peer).await;
         } else if info.initiator || was_session {
-            self.record_failure(peer).await;
+            self.record_failure(peer);
         }
     }
 
@@ -565,24 +659,49 @@ impl<T: Transport> Core<T> {
                 let Some(c) = s.contact_by_identity(&key)? else {
                     return Ok(false);
                 };
-                Ok(c.state != ContactState::Blocked && !s.outbox_for_contact(c.id)?.is_empty())
+                Ok(c.state != ContactState::Blocked && s.has_outbox(c.id)?)
             })
             .await
             .unwrap_or(false);
         if has_work {
-            self.dial(peer);
+            self.dial(peer, false);
         }
     }
 
-    fn dial(&mut self, peer: OnionAddress) {
-        if self.dials_in_flight >= MAX_CONCURRENT_DIALS {
-            return; // the tick tries again
+    /// Something new was queued for a contact without a session: try now, unless a dial
+    /// started less than `retry_initial` ago (then the schedule takes it). A dial made ahead
+    /// of a scheduled retry does not lengthen the backoff if it fails.
+    fn nudge(&mut self, peer: OnionAddress) {
+        let now = Instant::now();
+        let initial = self.config.retry_initial;
+        let rt = self.contacts.entry(peer).or_default();
+        if rt.session.is_some() || rt.dialing {
+            return;
         }
+        if let Some(last) = rt.last_dial
+            && now.duration_since(last) < initial
+        {
+            rt.retry_at.get_or_insert(last + initial);
+            return;
+        }
+        let ahead = rt.retry_at.is_some_and(|t| t > now);
+        self.dial(peer, ahead);
+    }
+
+    fn dial(&mut self, peer: OnionAddress, nudged: bool) {
+        let now = Instant::now();
         let rt = self.contacts.entry(peer).or_default();
         if rt.dialing || rt.session.is_some() {
             return;
         }
+        if self.dials_in_flight >= MAX_CONCURRENT_DIALS {
+            // Busy: look again at the next tick.
+            rt.retry_at = Some(rt.retry_at.map_or(now, |t| t.min(now)));
+            return;
+        }
         rt.dialing = true;
+        rt.dial_nudged = nudged;
+        rt.last_dial = Some(now);
         self.dials_in_flight += 1;
         let transport = Arc::clone(&self.transport);
         let shared = Arc::clone(&self.shared);
@@ -660,121 +779,74 @@ impl<T: Transport> Core<T> {
         if let Some(rt) = self.contacts.get_mut(&peer) {
             rt.dialing = false;
         }
-        self.record_failure(peer).await;
+        self.record_failure(peer);
     }
 
-    /// An attempt to reach `peer` failed: back off presence dials and every queued item.
-    async fn record_failure(&mut self, peer: OnionAddress) {
-        let presence_wait = {
-            let rt = self.contacts.entry(peer).or_default();
-            rt.failures = rt.failures.saturating_add(1);
-            EngineConfig::backoff(
-                self.config.presence_initial,
-                self.config.presence_max,
-                rt.failures - 1,
-                rand::thread_rng().r#gen(),
-            )
-        };
-        if let Some(rt) = self.contacts.get_mut(&peer)
-            && rt.accepted
-        {
-            rt.next_presence = Some(Instant::now() + presence_wait);
-        }
-        let key = peer.public_key();
-        let (initial, max) = (self.config.retry_initial, self.config.retry_max);
-        let jitter: f64 = rand::thread_rng().r#gen();
-        let _ = self
-            .shared
-            .store
-            .write(move |tx| {
-                let Some(c) = tx.contact_by_identity(&key)? else {
-                    return Ok(());
-                };
-                let now = unix_ms();
-                for item in tx.outbox_for_contact(c.id)? {
-                    let attempts = item.attempts.saturating_add(1);
-                    let wait = EngineConfig::backoff(initial, max, attempts - 1, jitter);
-                    let due = now + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                    tx.reschedule(item.id, attempts, due)?;
-                }
-                Ok(())
-            })
-            .await;
+    /// An attempt to reach `peer` failed: schedule the next one.
+    fn record_failure(&mut self, peer: OnionAddress) {
+        let mut rng = rand::thread_rng();
+        let jitter = (rng.r#gen(), rng.r#gen());
+        self.contacts
+            .entry(peer)
+            .or_default()
+            .failed(Instant::now(), &self.config, jitter);
     }
 
     async fn on_tick(&mut self) {
         let now = Instant::now();
-        // Presence: accepted contacts we have not seen for a while.
         let presence = self.config.presence;
-        let due: Vec<OnionAddress> = self
-            .contacts
-            .iter()
-            .filter(|(_, rt)| {
-                presence
-                    && rt.session.is_none()
-                    && !rt.dialing
-                    && rt.next_presence.is_some_and(|t| t <= now)
-            })
-            .map(|(a, _)| *a)
-            .collect();
-        for peer in due {
-            if let Some(rt) = self.contacts.get_mut(&peer) {
+        let mut presence_due = Vec::new();
+        let mut retry_due = Vec::new();
+        for (peer, rt) in &mut self.contacts {
+            if rt.session.is_some() || rt.dialing {
+                continue;
+            }
+            if presence && rt.next_presence.is_some_and(|t| t <= now) {
                 rt.next_presence = None;
+                presence_due.push(*peer);
+            } else if rt.retry_at.is_some_and(|t| t <= now) {
+                rt.retry_at = None;
+                retry_due.push(*peer);
             }
-            self.dial(peer);
         }
-        // Retries: outbox items that fell due.
-        let now_ms = unix_ms();
-        let due_contacts = self
-            .shared
-            .store
-            .read(move |s| {
-                let mut ids = Vec::new();
-                for item in s.outbox_due(now_ms, 256)? {
-                    if !ids.contains(&item.contact_id) {
-                        ids.push(item.contact_id);
-                    }
-                }
-                let mut addresses = Vec::new();
-                for id in ids {
-                    if let Some(c) = s.contact(id)? {
-                        addresses.push(c.identity);
-                    }
-                }
-                Ok(addresses)
-            })
-            .await
-            .unwrap_or_default();
-        for key in due_contacts {
-            if let Ok(peer) = address_of(&key) {
-                let rt = self.contacts.entry(peer).or_default();
-                if rt.session.is_none() && !rt.dialing {
-                    self.dial(peer);
-                }
-            }
+        // Presence: accepted contacts we have not seen for a while.
+        for peer in presence_due {
+            self.dial(peer, false);
+        }
+        // Retries: contacts whose outbox waited out its backoff.
+        for peer in retry_due {
+            self.deliver_or_dial(peer).await;
         }
         if now.duration_since(self.last_prune) > Duration::from_secs(60) {
             self.last_prune = now;
             self.housekeeping().await;
         }
+        self.renew_certificate_if_due().await;
     }
 
     /// Fail expired messages; prune the event log.
-    async fn housekeeping(&self) {
+    async fn housekeeping(&mut self) {
         let expiry = u64::try_from(self.config.message_expiry.as_millis()).unwrap_or(u64::MAX);
         let retention = self.config.event_retention;
-        // Every queued item, however far its next attempt lies ahead (the store keeps times
-        // as SQLite integers, so "the end of time" is i64::MAX).
-        let all = u64::try_from(i64::MAX).unwrap_or(0);
+        let cutoff = unix_ms().saturating_sub(expiry);
+        let candidates = self
+            .shared
+            .store
+            .read(move |s| Ok(s.outbox_enqueued_before(cutoff, EXPIRY_BATCH)?))
+            .await
+            .unwrap_or_default();
+        // Past expiry by the wall clock, and so for the grace period of our running time.
+        let ids: Vec<i64> = candidates.iter().map(|item| item.id).collect();
+        let expired = expired(&ids, &mut self.expiring, Instant::now());
         let result = self
             .shared
             .store
             .write(move |tx| {
                 let now = unix_ms();
-                for item in tx.outbox_due(all, 1024)? {
-                    if now.saturating_sub(item.created_at) < expiry {
+                for &id in &expired {
+                    let Some(item) = tx.outbox_item(id)? else {
                         continue;
-                    }
+                    };
                     tx.remove_outbox(item.id)?;
                     if let Some(row) = item.message_row {
                         tx.set_message_status(row, MessageStatus::Failed, Some("expired"), now)?;
@@ -796,6 +868,35 @@ impl<T: Transport> Core<T> {
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "housekeeping failed");
+        }
+    }
+
+    /// Replace the device key while running, ahead of its certificate's expiry: a daemon that
+    /// runs past it would be refused by every peer. New sessions use the new key; peers that
+    /// cached the old one fall back to XX once (the protocol's stale-key path).
+    async fn renew_certificate_if_due(&mut self) {
+        let current = self.shared.session_config();
+        let renew_before = self.config.certificate_renew_before.as_secs();
+        if current.certificate.expires_at() > view::unix_secs().saturating_add(renew_before) {
+            return;
+        }
+        let identity = current.identity.clone();
+        let renewed = crate::new_device(identity, &self.config);
+        let record = crate::identity_record(&renewed);
+        match self
+            .shared
+            .store
+            .write(move |tx| Ok(tx.save_identity(&record)?))
+            .await
+        {
+            Ok(()) => {
+                info!(
+                    expires_at = renewed.certificate.expires_at(),
+                    "renewed the device key ahead of its certificate's expiry"
+                );
+                self.shared.set_profile(&renewed);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the device key; will retry"),
         }
     }
 
@@ -1038,5 +1139,97 @@ impl<T: Transport> Core<T> {
                 Ok(None) => break,
             }
         }
+    }
+}
+
+/// Whether a session that ended this way leaves our cached path to the peer (its circuit, its
+/// descriptor) suspect: a stream that broke without a Close, a peer gone silent, or a peer
+/// shutting down (it comes back with new introduction points). A clean close for a reason of
+/// the protocol's (a duplicate, a request handled) leaves the path good for the next dial.
+fn path_may_be_stale(reason: Option<(CloseReason, bool)>) -> bool {
+    matches!(
+        reason,
+        None | Some((
+            CloseReason::Timeout | CloseReason::ShuttingDown | CloseReason::ProtocolError,
+            _
+        ))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            retry_initial: Duration::from_secs(5),
+            retry_max: Duration::from_secs(600),
+            presence_initial: Duration::from_secs(30),
+            presence_max: Duration::from_secs(1800),
+            ..EngineConfig::default()
+        }
+    }
+
+    const MID: (f64, f64) = (0.5, 0.5);
+
+    #[test]
+    fn each_failed_scheduled_attempt_doubles_the_wait_once() {
+        let t0 = Instant::now();
+        let mut rt = ContactRt {
+            accepted: true,
+            ..ContactRt::default()
+        };
+        for (n, expected) in [5u64, 10, 20, 40].into_iter().enumerate() {
+            let now = t0 + Duration::from_secs(100 * n as u64);
+            rt.dial_nudged = false;
+            rt.failed(now, &config(), MID);
+            assert_eq!(rt.retry_at, Some(now + Duration::from_secs(expected)));
+        }
+        assert_eq!(rt.failures, 4);
+        assert_eq!(
+            rt.next_presence,
+            Some(t0 + Duration::from_secs(300 + 240)),
+            "presence backs off on the same count"
+        );
+    }
+
+    #[test]
+    fn failed_nudges_leave_the_schedule_as_it_was() {
+        let t0 = Instant::now();
+        let mut rt = ContactRt::default();
+        rt.failed(t0, &config(), MID);
+        let scheduled = rt.retry_at;
+        // A burst of messages while the contact is away: forty dials ahead of the schedule.
+        for i in 0..40 {
+            rt.dial_nudged = true;
+            rt.failed(t0 + Duration::from_millis(100 * i), &config(), MID);
+        }
+        assert_eq!(rt.failures, 1);
+        assert_eq!(rt.retry_at, scheduled);
+        // The very first failure counts even when it was a nudge.
+        let mut fresh = ContactRt {
+            dial_nudged: true,
+            ..ContactRt::default()
+        };
+        fresh.failed(t0, &config(), MID);
+        assert_eq!(fresh.failures, 1);
+        assert_eq!(fresh.retry_at, Some(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn expiry_waits_out_a_day_of_running_time_after_the_wall_clock_says_so() {
+        let t0 = Instant::now();
+        let mut seen = HashMap::new();
+        // The wall clock jumped a month ahead: every item looks expired at once …
+        assert!(expired(&[1, 2, 3], &mut seen, t0).is_empty());
+        assert!(expired(&[1, 2, 3], &mut seen, t0 + EXPIRY_GRACE / 2).is_empty());
+        // … and the user set it right: item 3 is no longer a candidate, and is forgotten.
+        assert!(expired(&[1, 2], &mut seen, t0 + EXPIRY_GRACE / 2).is_empty());
+        assert_eq!(seen.len(), 2);
+        // Still past expiry a day of running time later: now they fail.
+        assert_eq!(expired(&[1, 2], &mut seen, t0 + EXPIRY_GRACE), [1, 2]);
+        assert!(seen.is_empty());
+        // A candidate seen for the first time starts its own day.
+        assert!(expired(&[4], &mut seen, t0 + EXPIRY_GRACE).is_empty());
     }
 }

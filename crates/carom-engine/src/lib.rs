@@ -90,8 +90,9 @@ pub fn create_profile(store: &mut Store, config: &EngineConfig) -> Result<Profil
     Ok(profile)
 }
 
-/// Load the profile, replacing the device key if its certificate expires within a month (peers
-/// with the old key cached recover through the protocol's stale-key fallback).
+/// Load the profile, replacing the device key if its certificate expires within
+/// [`EngineConfig::certificate_renew_before`] (peers with the old key cached recover through the
+/// protocol's stale-key fallback). A running engine renews it the same way when the time comes.
 pub fn load_profile(store: &mut Store, config: &EngineConfig) -> Result<Profile> {
     let record = store
         .identity()?
@@ -101,7 +102,7 @@ pub fn load_profile(store: &mut Store, config: &EngineConfig) -> Result<Profile>
     let certificate = DeviceCertificate::decode(&record.device_cert).map_err(|e| {
         EngineError::Internal(format!("the stored device certificate is unreadable: {e}"))
     })?;
-    let renew_before = unix_secs() + 30 * 24 * 3600;
+    let renew_before = unix_secs().saturating_add(config.certificate_renew_before.as_secs());
     if certificate.expires_at() <= renew_before || certificate.identity() != identity.address() {
         tracing::info!("renewing the device key: its certificate expires soon");
         let profile = new_device(identity, config);
@@ -115,7 +116,7 @@ pub fn load_profile(store: &mut Store, config: &EngineConfig) -> Result<Profile>
     })
 }
 
-fn new_device(identity: IdentityKey, config: &EngineConfig) -> Profile {
+pub(crate) fn new_device(identity: IdentityKey, config: &EngineConfig) -> Profile {
     let device = DeviceKey::generate(&mut OsRng);
     let expires = unix_secs() + config.certificate_lifetime.as_secs();
     let certificate = DeviceCertificate::issue(&identity, &device.public(), expires);
@@ -126,13 +127,17 @@ fn new_device(identity: IdentityKey, config: &EngineConfig) -> Profile {
     }
 }
 
-fn save_profile(store: &mut Store, profile: &Profile) -> Result<()> {
-    let record = IdentityRecord {
+pub(crate) fn identity_record(profile: &Profile) -> IdentityRecord {
+    IdentityRecord {
         seed: profile.identity.seed(),
         device_secret: profile.device.secret(),
         device_cert: profile.certificate.encode().to_vec(),
         created_at: unix_ms(),
-    };
+    }
+}
+
+fn save_profile(store: &mut Store, profile: &Profile) -> Result<()> {
+    let record = identity_record(profile);
     store.write(|tx| tx.save_identity(&record))?;
     Ok(())
 }
@@ -141,7 +146,8 @@ fn save_profile(store: &mut Store, profile: &Profile) -> Result<()> {
 pub(crate) struct Shared {
     pub(crate) store: StoreHandle,
     pub(crate) me: OnionAddress,
-    pub(crate) session_config: Arc<SessionConfig>,
+    /// Keys and timers for new sessions; replaced when the device key is renewed.
+    session_config: Mutex<Arc<SessionConfig>>,
     pub(crate) core: mpsc::UnboundedSender<CoreMsg>,
     online: Mutex<HashSet<OnionAddress>>,
     next_conn: AtomicU64,
@@ -164,6 +170,28 @@ impl Counters {
 }
 
 impl Shared {
+    /// The configuration new sessions start with.
+    pub(crate) fn session_config(&self) -> Arc<SessionConfig> {
+        Arc::clone(
+            &self
+                .session_config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Use a renewed device key for new sessions (open ones keep theirs).
+    pub(crate) fn set_profile(&self, profile: &Profile) {
+        let mut current = self
+            .session_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut next = SessionConfig::clone(&current);
+        next.device = profile.device.clone();
+        next.certificate = profile.certificate;
+        *current = Arc::new(next);
+    }
+
     pub(crate) fn set_online(&self, peer: OnionAddress, online: bool) {
         let mut set = self.online.lock().unwrap_or_else(|e| e.into_inner());
         if online {
@@ -236,7 +264,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             store,
             me: profile.identity.address(),
-            session_config: Arc::new(session_config),
+            session_config: Mutex::new(Arc::new(session_config)),
             core: core_tx,
             online: Mutex::new(HashSet::new()),
             next_conn: AtomicU64::new(1),
