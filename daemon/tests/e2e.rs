@@ -82,7 +82,11 @@ impl Daemon {
             .arg("--arti-config")
             .arg(net.arti_config_path())
             .arg("--log")
-            .arg("info,carom_engine=debug,carom_tor=debug")
+            // CAROM_E2E_LOG widens the daemons' logs when a failure needs arti's side too.
+            .arg(
+                std::env::var("CAROM_E2E_LOG")
+                    .unwrap_or_else(|_| "info,carom_engine=debug,carom_tor=debug".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -770,4 +774,171 @@ fn a_second_daemon_on_the_same_profile_is_refused() {
         let c = first.client().await;
         c.info().await.expect("still serving");
     });
+}
+
+/// How long after sending `body` it took to be delivered, within `limit`.
+async fn delivery_time(from: &Daemon, to: &str, body: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let m = send(from, to, body).await;
+    wait_event(from, api::event::MESSAGE_STATUS, limit, |e| {
+        e["id"] == m.id && e["status"] == "delivered"
+    })
+    .await;
+    started.elapsed()
+}
+
+/// The newest event sequence number of `d`.
+async fn latest_seq(d: &Daemon) -> u64 {
+    d.client()
+        .await
+        .subscribe(&api::EventsSubscribe {
+            since_seq: None,
+            kinds: Some(Vec::new()),
+        })
+        .await
+        .expect("subscribe")
+        .latest_seq
+}
+
+/// Whether an event of `kind` matching `pred` comes after `after`, within `limit`.
+async fn event_after(
+    d: &Daemon,
+    kind: &str,
+    after: u64,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
+    let client = d.client().await;
+    client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: Some(after),
+            kinds: Some(vec![kind.to_owned()]),
+        })
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(e)) if e.seq > after && pred(&e.data) => return true,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
+/// A relay on the session's path hangs (SIGSTOP: its connections stay open, nothing moves).
+/// The sender notices that its message goes unanswered and drops the session — the contact is
+/// shown offline — within seconds, not the minutes of the keepalive rule; it redials over a
+/// fresh path at once; and the message is delivered soon after the relays return, exactly
+/// once. Whether arti finds a live path *during* the hang depends on whether the frozen relays
+/// include a guard or vanguard of either daemon (Tor keeps those on purpose); the time is
+/// printed, and docs/benchmarks.md records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_relay_is_noticed_and_delivery_resumes_when_relays_return() {
+    /// The hung session is dropped this soon after its message (answer timeout: 3 s + 10 s).
+    const NOTICED: Duration = Duration::from_secs(20);
+    /// How long the relays stay frozen once the freeze held a message up.
+    const HANG: Duration = Duration::from_secs(45);
+    /// Delivery resumes this soon after the relays return.
+    const AFTER_RETURN: Duration = Duration::from_secs(60);
+    let _serial = serial();
+    let net = carom_testnet::shared();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, None);
+    let (a, b) = (alice.up().await, bob.up().await);
+    pair(&alice, &a, &bob, &b).await;
+    let warm = delivery_time(&alice, &b, "warm up", DELIVERY).await;
+    println!("warm delivery before any hang: {warm:?}");
+
+    // The session's circuits use at least four distinct relays (the service's side alone has
+    // four hops) and the network has three authorities, so one of these two halves of the
+    // four relays is on the path. Freeze one half; if the message still goes through at once,
+    // the path avoided it: thaw and freeze the other.
+    let relays = net.relay_pids();
+    assert_eq!(relays.len(), 4, "the test network has four relays");
+    let mut held_up = false;
+    for (i, half) in relays.chunks(2).enumerate() {
+        let frozen = net
+            .freeze(half, Duration::from_secs(300))
+            .expect("freeze relays");
+        let before = latest_seq(&alice).await;
+        let sent = Instant::now();
+        let m = send(&alice, &b, &format!("during hang {i}")).await;
+        let is_this = |e: &serde_json::Value| e["id"] == m.id && e["status"] == "delivered";
+        if event_after(
+            &alice,
+            api::event::MESSAGE_STATUS,
+            before,
+            Duration::from_secs(3),
+            is_this,
+        )
+        .await
+        {
+            println!("half {i} of the relays hung: not on the path (delivered at once)");
+            frozen.thaw();
+            continue;
+        }
+        held_up = true;
+        let offline = |e: &serde_json::Value| e["address"] == b.as_str() && e["online"] == false;
+        assert!(
+            event_after(
+                &alice,
+                api::event::CONTACT_PRESENCE,
+                before,
+                NOTICED,
+                offline
+            )
+            .await,
+            "the hung session was not noticed within {NOTICED:?}\n{}",
+            alice.log_tail()
+        );
+        println!(
+            "half {i} of the relays hung: the session was dropped after {:?}",
+            sent.elapsed()
+        );
+        let during = event_after(&alice, api::event::MESSAGE_STATUS, before, HANG, is_this).await;
+        if during {
+            println!(
+                "… and the message went over a fresh path {:?} after it was sent",
+                sent.elapsed()
+            );
+        } else {
+            println!("… no path found while frozen ({HANG:?})");
+        }
+        frozen.thaw();
+        let back = Instant::now();
+        assert!(
+            event_after(
+                &alice,
+                api::event::MESSAGE_STATUS,
+                before,
+                AFTER_RETURN,
+                is_this
+            )
+            .await,
+            "not delivered within {AFTER_RETURN:?} of the relays returning\n{}",
+            alice.log_tail()
+        );
+        if !during {
+            println!("delivered {:?} after the relays returned", back.elapsed());
+        }
+        break;
+    }
+    assert!(
+        held_up,
+        "neither half of the relays was on the session's path"
+    );
+    let after = delivery_time(&alice, &b, "after", DELIVERY).await;
+    println!("next delivery: {after:?}");
+    let received: Vec<String> = history(&bob, &a)
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(received.first().map(String::as_str), Some("warm up"));
+    assert_eq!(received.last().map(String::as_str), Some("after"));
+    let mut once = received.clone();
+    once.dedup();
+    assert_eq!(once, received, "nothing delivered twice");
 }

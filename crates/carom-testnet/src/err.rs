@@ -85,6 +85,13 @@ pub enum Error {
         log_tail: String,
     },
 
+    /// A process that is not one of the network's relays was named where one was needed.
+    #[error("pid {pid} is not a relay of this network")]
+    NotARelay {
+        /// The process.
+        pid: u32,
+    },
+
     /// A file written by tor did not have the expected form.
     #[error("unexpected contents in {path}: {problem}")]
     Malformed {

@@ -41,8 +41,8 @@ use std::sync::OnceLock;
 pub use ctor::{CtorClient, socks5_connect, socks5_connect_within};
 pub use err::{Error, Result};
 pub use network::{
-    ARTI_CONFIG_FILE, NetworkOptions, NetworkState, NodeInfo, TestNetwork, load_state, status,
-    stop_detached,
+    ARTI_CONFIG_FILE, Frozen, NetworkOptions, NetworkState, NodeInfo, TestNetwork, load_state,
+    status, stop_detached,
 };
 pub use ports::port_is_free;
 pub use torrc::Role;

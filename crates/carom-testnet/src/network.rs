@@ -389,6 +389,48 @@ impl TestNetwork {
         Ok(pid)
     }
 
+    /// The PIDs of the network's relays (not its authorities), in start order.
+    pub fn relay_pids(&self) -> Vec<u32> {
+        self.lock_nodes()
+            .iter()
+            .filter(|n| n.info.role == Role::Relay)
+            .filter_map(|n| n.info.pid)
+            .collect()
+    }
+
+    /// Freeze these relays (SIGSTOP): their connections stay open but nothing moves through
+    /// them, as with a relay that hangs. They resume when the returned guard is dropped — or,
+    /// should this process die first, when `at_most` has passed: a separate thawer process
+    /// (`sleep`, then `kill -CONT`) makes sure no relay stays frozen, so each can notice
+    /// that its owner is gone and exit. Only relays of this network can be frozen.
+    pub fn freeze(&self, pids: &[u32], at_most: Duration) -> Result<Frozen> {
+        let ours = self.relay_pids();
+        if let Some(pid) = pids.iter().find(|p| !ours.contains(p)) {
+            return Err(Error::NotARelay { pid: *pid });
+        }
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let thawer = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep {}; kill -CONT {} 2>/dev/null",
+                at_most.as_secs().max(1),
+                list.join(" ")
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::io("start the thawer for", &self.root, e))?;
+        for &pid in pids {
+            process::signal(pid, rustix::process::Signal::STOP);
+        }
+        Ok(Frozen {
+            pids: pids.to_vec(),
+            thawer: Some(thawer),
+        })
+    }
+
     /// Stop one node started by [`Self::launch`] (used by C tor clients).
     pub(crate) fn stop_node(&self, pid: u32) {
         let node = {
@@ -523,6 +565,37 @@ impl Drop for TestNetwork {
                 let _ = fs::remove_dir_all(&self.root);
             }
         }
+    }
+}
+
+/// Relays frozen by [`TestNetwork::freeze`]; dropping it lets them run again.
+#[derive(Debug)]
+pub struct Frozen {
+    pids: Vec<u32>,
+    thawer: Option<Child>,
+}
+
+impl Frozen {
+    /// Let the relays run again now.
+    pub fn thaw(mut self) {
+        self.resume();
+    }
+
+    fn resume(&mut self) {
+        for &pid in &self.pids {
+            process::signal(pid, rustix::process::Signal::CONT);
+        }
+        self.pids.clear();
+        if let Some(mut thawer) = self.thawer.take() {
+            let _ = thawer.kill();
+            let _ = thawer.wait();
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.resume();
     }
 }
 

@@ -75,6 +75,14 @@ pub(crate) fn is_alive(pid: u32) -> bool {
     to_pid(pid).is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
 
+/// Send `signal` to a process this crate started (see [`terminate`]); a process already gone
+/// is not an error.
+pub(crate) fn signal(pid: u32, signal: Signal) {
+    if let Some(target) = to_pid(pid) {
+        let _ = rustix::process::kill_process(target, signal);
+    }
+}
+
 /// Send SIGTERM, wait up to `grace` for the process to go, then SIGKILL.
 ///
 /// Only ever called with PIDs this crate started (recorded at spawn time, and for detached

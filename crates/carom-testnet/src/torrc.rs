@@ -10,7 +10,8 @@
 //!   of 24 voting intervals (8 minutes at 20 s) and ignores `hsdir_interval`; arti reads
 //!   `hsdir_interval`. Without it they derive different blinded keys and never find each
 //!   other's descriptors. `guard-min-filtered-sample-size=5` stops arti asking for 20 guards
-//!   in a 7-node network. `cbtmintimeout`: see [`MIN_CIRCUIT_TIMEOUT_MS`].
+//!   in a 7-node network. `cbtmintimeout`: see [`MIN_CIRCUIT_TIMEOUT_MS`];
+//!   `cbtinitialtimeout`: see [`INITIAL_CIRCUIT_TIMEOUT_MS`].
 //! - Exit policies accept only 127.0.0.0/8: nothing may leave loopback.
 //! - `__OwningControllerProcess`: tor polls that PID and exits when it dies, so a test runner
 //!   killed with SIGKILL still leaves no relays behind.
@@ -31,6 +32,13 @@ pub(crate) const HSDIR_INTERVAL_MINUTES: u32 = 24 * VOTING_INTERVAL_SECS / 60;
 /// timeout is around a second or more, so this floor keeps the test network honest rather
 /// than making it lenient.
 pub(crate) const MIN_CIRCUIT_TIMEOUT_MS: u32 = 2_000;
+
+/// The circuit-build timeout a client uses before it has learned one (consensus parameter
+/// `cbtinitialtimeout`; Tor's default is 60 s). arti learns only after 100 circuits, so every
+/// daemon in a test — seconds old — would wait a full minute on each circuit through a relay
+/// that hangs, where a daemon that has run for a while on the live network has learned about a
+/// second. 5 s is still tens of times a loopback circuit under load, and above the floor.
+pub(crate) const INITIAL_CIRCUIT_TIMEOUT_MS: u32 = 5_000;
 
 /// What a node does in the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -125,7 +133,7 @@ pub(crate) fn authority() -> String {
     let _ = writeln!(
         t,
         "ConsensusParams hsdir_interval={HSDIR_INTERVAL_MINUTES} guard-min-filtered-sample-size=5 \
-         cbtmintimeout={MIN_CIRCUIT_TIMEOUT_MS}"
+         cbtmintimeout={MIN_CIRCUIT_TIMEOUT_MS} cbtinitialtimeout={INITIAL_CIRCUIT_TIMEOUT_MS}"
     );
     t
 }
