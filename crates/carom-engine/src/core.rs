@@ -588,10 +588,22 @@ impl<T: Transport> Core<T> {
             reason,
             Some((CloseReason::Refused | CloseReason::RateLimited, true))
         );
+        // We found the path dead (our own answer timeout) on a session that had come up:
+        // nothing is wrong with the peer and messages wait, so dial again at once (over a
+        // fresh path). Each such round takes the probe's 13 s, so this cannot spin.
+        let went_silent =
+            matches!(reason, Some((CloseReason::Timeout, false))) && info.established_at.is_some();
         let healthy = !refused
-            && info
-                .established_at
-                .is_some_and(|t| t.elapsed() >= HEALTHY_SESSION);
+            && (went_silent
+                || info
+                    .established_at
+                    .is_some_and(|t| t.elapsed() >= HEALTHY_SESSION));
+        // An end the protocol asked for (a stranger's request handled, a duplicate resolved)
+        // is no failed attempt.
+        let clean = matches!(
+            reason,
+            Some((CloseReason::RequestReceived | CloseReason::Duplicate, _))
+        );
         if healthy {
             if let Some(rt) = self.contacts.get_mut(&peer) {
                 rt.failures = 0;
@@ -602,7 +614,7 @@ impl<T: Transport> Core<T> {
             }
             // Anything still queued goes out on a new session.
             self.deliver_or_dial(peer).await;
-        } else if info.initiator || was_session {
+        } else if !clean && (info.initiator || was_session) {
             self.record_failure(peer);
         }
     }

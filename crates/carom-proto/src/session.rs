@@ -67,10 +67,10 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// When a frame that needs an answer (a chat, a contact request or response) has gone
     /// unanswered this long, ping at once rather than waiting for the keepalive
-    /// (default 5 s).
+    /// (default 3 s).
     pub probe_after: Duration,
     /// Declare the peer dead when a ping sent while frames await an answer is not answered
-    /// within this time (default 15 s). A circuit that hangs is noticed in
+    /// within this time (default 10 s). A circuit that hangs is noticed in
     /// `probe_after + answer_timeout`, not `idle_timeout`.
     pub answer_timeout: Duration,
     /// Switch transport keys after this many frames sent (default 2^20).
@@ -100,8 +100,8 @@ impl SessionConfig {
             handshake_timeout: Duration::from_secs(90),
             keepalive_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(180),
-            probe_after: Duration::from_secs(5),
-            answer_timeout: Duration::from_secs(15),
+            probe_after: Duration::from_secs(3),
+            answer_timeout: Duration::from_secs(10),
             rekey_after_frames: 1 << 20,
             rekey_after: Duration::from_secs(3600),
             max_pending_output: 4 << 20,
