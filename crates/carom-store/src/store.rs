@@ -63,6 +63,7 @@ impl Store {
     /// complete, empty one (and possibly a stray `.NAME.creating-*` file, which may be
     /// deleted).
     pub fn create(path: &Path, key: &DbKey) -> Result<Store> {
+        initialise_sqlite_once();
         if path.symlink_metadata().is_ok() {
             return Err(Error::DatabaseExists {
                 path: path.to_owned(),
@@ -96,6 +97,7 @@ impl Store {
     /// [`Error::DatabaseCorrupt`] (naming the file; an empty file counts as damaged, never as
     /// a new database), [`Error::NewerSchema`].
     pub fn open(path: &Path, key: &DbKey) -> Result<Store> {
+        initialise_sqlite_once();
         let metadata = fs::metadata(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::DatabaseMissing {
                 path: path.to_owned(),
@@ -128,6 +130,7 @@ impl Store {
     /// Opens a RAM-only store for amnesic use: nothing is ever written to disk, and everything
     /// is gone when the `Store` is dropped. It is not encrypted (there is nothing at rest).
     pub fn open_in_memory() -> Result<Store> {
+        initialise_sqlite_once();
         let path = Path::new(MEMORY_NAME);
         let mut conn = Connection::open_in_memory().at(path)?;
         configure_common(&conn, path)?;
@@ -409,6 +412,24 @@ pub trait StoreRead: sealed::Connected {
 
 impl StoreRead for Store {}
 impl StoreRead for WriteTx<'_> {}
+
+/// Initialise SQLite, and SQLCipher with it, before this process opens its first database.
+///
+/// SQLite marks itself initialised *before* it runs SQLCipher's part of the initialisation
+/// (`SQLITE_EXTRA_INIT`), so a connection that another thread opens in that window cannot be
+/// keyed: `PRAGMA key` fails with a bare `SQLITE_ERROR` (SQLCipher's "not initialized"). That
+/// was seen once in 200 runs of the engine tests under load, in the first two stores a test
+/// binary created at the same moment. Here the first store of the process initialises SQLite
+/// alone, through a throwaway in-memory connection, while every other waits. Nothing else in
+/// Carom opens SQLite earlier (arti, which links the same library, starts after the store).
+fn initialise_sqlite_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = Connection::open_in_memory() {
+            tracing::warn!(error = %e, "could not initialise SQLite");
+        }
+    });
+}
 
 /// Opens `path` (which must exist), keys it and proves the key fits.
 fn open_keyed(path: &Path, key: &DbKey) -> Result<Connection> {
