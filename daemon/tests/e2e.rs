@@ -211,10 +211,24 @@ async fn wait_event(
     limit: Duration,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> api::Event {
+    next_event_after(d, kind, 0, limit, pred)
+        .await
+        .unwrap_or_else(|| panic!("{}: no {kind} within {limit:?}\n{}", d.name, d.log_tail()))
+}
+
+/// The first event of `kind` after sequence number `after` matching `pred`, if one comes
+/// within `limit` (and the connection stays open).
+async fn next_event_after(
+    d: &Daemon,
+    kind: &str,
+    after: u64,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Option<api::Event> {
     let client = d.client().await;
     client
         .subscribe(&api::EventsSubscribe {
-            since_seq: Some(0),
+            since_seq: Some(after),
             kinds: Some(vec![kind.to_owned()]),
         })
         .await
@@ -222,10 +236,9 @@ async fn wait_event(
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, client.next_event()).await {
-            Ok(Some(e)) if pred(&e.data) => return e,
+            Ok(Some(e)) if e.seq > after && pred(&e.data) => return Some(e),
             Ok(Some(_)) => {}
-            Ok(None) => panic!("{}: connection closed while waiting for {kind}", d.name),
-            Err(_) => panic!("{}: no {kind} within {limit:?}\n{}", d.name, d.log_tail()),
+            Ok(None) | Err(_) => return None,
         }
     }
 }
@@ -808,22 +821,9 @@ async fn event_after(
     limit: Duration,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> bool {
-    let client = d.client().await;
-    client
-        .subscribe(&api::EventsSubscribe {
-            since_seq: Some(after),
-            kinds: Some(vec![kind.to_owned()]),
-        })
+    next_event_after(d, kind, after, limit, pred)
         .await
-        .expect("subscribe");
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, client.next_event()).await {
-            Ok(Some(e)) if e.seq > after && pred(&e.data) => return true,
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => return false,
-        }
-    }
+        .is_some()
 }
 
 /// A relay on the session's path hangs (SIGSTOP: its connections stay open, nothing moves).

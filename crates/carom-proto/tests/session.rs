@@ -354,17 +354,7 @@ fn keepalives_measure_rtt_and_a_dead_peer_is_detected() {
     pair.drop_from = Some(Side::B);
     let silent_since = pair.elapsed();
     pair.run_until(Duration::from_secs(1000), |p| p.a.is_closed());
-    let closed_at = pair
-        .a_saw(|e| {
-            matches!(
-                e,
-                Event::Closed {
-                    reason: CloseReason::Timeout,
-                    by_peer: false
-                }
-            )
-        })
-        .expect("timeout reported");
+    let closed_at = pair.a_saw(timed_out_here).expect("timeout reported");
     assert!(closed_at - silent_since <= Duration::from_secs(181));
 }
 
@@ -540,17 +530,7 @@ fn a_silent_path_is_noticed_soon_after_a_message_goes_unanswered() {
         .send(chat(9, "are you there?"), pair.now)
         .expect("queued");
     pair.run_until(Duration::from_secs(100), |p| p.a.is_closed());
-    let closed_at = pair
-        .a_saw(|e| {
-            matches!(
-                e,
-                Event::Closed {
-                    reason: CloseReason::Timeout,
-                    by_peer: false
-                }
-            )
-        })
-        .expect("timeout reported");
+    let closed_at = pair.a_saw(timed_out_here).expect("timeout reported");
     // Probe after 3 s, give up 10 s later: well before the 60 s keepalive + 180 s idle rule.
     let noticed = closed_at - sent_at;
     assert!(
@@ -583,4 +563,15 @@ fn a_busy_slow_session_is_not_mistaken_for_a_dead_one() {
         p.a_saw(is_ack_of(99)).is_some()
     });
     assert!(!pair.a.is_closed() && !pair.b.is_closed());
+}
+
+/// The session ended by its own timeout (not the peer's close).
+fn timed_out_here(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Closed {
+            reason: CloseReason::Timeout,
+            by_peer: false
+        }
+    )
 }
