@@ -4,6 +4,8 @@
 It speaks caromd's local API directly (JSON-RPC 2.0, one object per line, over the Unix
 socket), with nothing but the Python standard library, to show what a frontend needs:
 
+- make sure the socket is our own user's daemon before sending anything (another local user
+  can create `/tmp/carom-$UID/` first and listen there, hoping for a passphrase);
 - read the banner first;
 - subscribe with `since_seq` from a saved cursor, so events that happened while the bot was
   down are replayed (and an `events.gap` is handled if some were pruned);
@@ -19,6 +21,8 @@ import argparse
 import json
 import os
 import socket
+import stat
+import struct
 import sys
 
 
@@ -31,10 +35,51 @@ def default_socket():
     return f"/tmp/carom-{os.getuid()}/carom.sock"
 
 
+def owner_name(uid):
+    try:
+        import pwd
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_private(path, want_socket):
+    """Refuse a path that is a symlink, of the wrong type, not ours, or open to other users."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise SystemExit(f"refusing {path}: it is a symbolic link")
+    if want_socket and not stat.S_ISSOCK(info.st_mode):
+        raise SystemExit(f"refusing {path}: it is not a Unix socket")
+    if not want_socket and not stat.S_ISDIR(info.st_mode):
+        raise SystemExit(f"refusing {path}: it is not a directory")
+    if info.st_uid != os.geteuid():
+        raise SystemExit(
+            f"refusing {path}: it belongs to {owner_name(info.st_uid)}, not to you "
+            f"({owner_name(os.geteuid())}); another user may be impersonating caromd"
+        )
+    if info.st_mode & 0o077:
+        raise SystemExit(f"refusing {path}: it is open to other users (mode {info.st_mode & 0o7777:04o})")
+
+
+def check_peer(sock, path):
+    """The listening process must run as our user: SO_PEERCRED cannot be forged."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != os.geteuid():
+        raise SystemExit(
+            f"refusing {path}: the process listening on it runs as {owner_name(uid)}, not as you; "
+            "another user is impersonating caromd. Nothing was sent"
+        )
+
+
 class Api:
     def __init__(self, path):
+        # Authenticate the daemon before a single byte goes to it.
+        check_private(os.path.dirname(os.path.abspath(path)), want_socket=False)
+        check_private(path, want_socket=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
+        check_peer(self.sock, path)
         self.file = self.sock.makefile("rwb")
         self.next_id = 1
         self.pending_events = []

@@ -1,7 +1,5 @@
 //! Where the daemon keeps things (XDG base directories) and how it makes them private.
 
-use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The daemon's directories.
@@ -39,25 +37,7 @@ pub(crate) fn default_config_file() -> Option<PathBuf> {
 }
 
 /// Create `dir` (and parents) if needed, owned by us with mode 0700, refusing a directory
-/// that someone else owns.
+/// that someone else owns or a symbolic link (see [`carom_fs::ensure_private_dir`]).
 pub(crate) fn private_dir(dir: &Path) -> Result<(), String> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let meta = fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(format!(
-            "{} belongs to another user (uid {}); refusing to use it",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
-    }
-    Ok(())
+    carom_fs::ensure_private_dir(dir).map_err(|e| e.to_string())
 }

@@ -42,6 +42,10 @@ pub enum ClientError {
         /// Why.
         source: std::io::Error,
     },
+    /// The socket, its directory or the process listening on it is not ours: it may be
+    /// another local user impersonating `caromd`. Nothing was sent.
+    #[error("refusing to talk to the daemon's socket: {0}")]
+    Untrusted(#[from] carom_fs::NotPrivate),
     /// The daemon answered with an error.
     #[error("{0}")]
     Api(api::ErrorObject),
@@ -113,14 +117,38 @@ pub fn default_runtime_dir() -> PathBuf {
 }
 
 impl Client {
-    /// Connect to the daemon's socket and read its banner.
+    /// Connect to the daemon's socket, make sure it is our own user's daemon, and read its
+    /// banner.
+    ///
+    /// Before a byte is sent, the socket and its directory must belong to us and be closed to
+    /// other users (modes 0600 and 0700), and the listening process must run as our user
+    /// (`SO_PEERCRED`); otherwise this fails with [`ClientError::Untrusted`], naming the path
+    /// and its owner. This is what stops another local user who created `/tmp/carom-$UID/`
+    /// first from collecting a passphrase.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        match carom_fs::check_socket(path) {
+            Ok(()) => {}
+            // A missing socket is the usual "daemon not running"; say that, not "cannot inspect".
+            Err(carom_fs::NotPrivate::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(ClientError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let peer = stream.peer_cred().map_err(|e| {
+            ClientError::Disconnected(format!("cannot read the daemon's credentials: {e}"))
+        })?;
+        carom_fs::check_peer(path, peer.uid())?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
         let first = lines

@@ -197,28 +197,10 @@ impl ArtiConfig {
     }
 }
 
-/// Create `dir` (and missing parents) readable by us only, and tighten it if it exists.
+/// Create `dir` (and missing parents) readable by us only, and tighten it if it exists; a
+/// symbolic link or another user's directory is refused (see [`carom_fs::ensure_private_dir`]).
 pub(crate) fn private_dir(dir: &Path) -> Result<(), TransportError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| TransportError::io("create", dir, e))?;
-        let mode = std::fs::metadata(dir)
-            .map_err(|e| TransportError::io("inspect", dir, e))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| TransportError::io("restrict the permissions of", dir, e))?;
-        }
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir).map_err(|e| TransportError::io("create", dir, e))?;
-    Ok(())
+    carom_fs::ensure_private_dir(dir).map_err(|e| TransportError::Config(e.to_string()))
 }
 
 #[cfg(test)]
@@ -314,22 +296,5 @@ mod tests {
         c.admission.per_second = -1.0;
         assert!(c.validate().is_err());
         assert!(base.validate().is_ok());
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn private_dirs_are_0700_even_if_they_existed() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fresh = dir.path().join("a/b");
-        private_dir(&fresh).expect("create");
-        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
-        assert_eq!(mode(&fresh), 0o700);
-        assert_eq!(mode(&dir.path().join("a")), 0o700);
-        let loose = dir.path().join("loose");
-        std::fs::create_dir(&loose).expect("mkdir");
-        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        private_dir(&loose).expect("tighten");
-        assert_eq!(mode(&loose), 0o700);
     }
 }
