@@ -80,6 +80,11 @@ impl FrameReader {
         Some(body)
     }
 
+    /// The bytes received but not yet returned as frames: the start of the next frame.
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start

@@ -626,6 +626,12 @@ impl Session {
         }
         self.ensure_started();
         self.reader.push(data);
+        if matches!(self.state, State::AwaitHello)
+            && let Err(e) = check_hello_start(self.reader.pending())
+        {
+            self.fail(&e);
+            return Err(e);
+        }
         while let Some(frame) = self.reader.next_frame() {
             self.last_received = now;
             if let Err(e) = self.handle_frame(&frame, now) {
@@ -1343,6 +1349,31 @@ fn check_certificate(
         return Err(CertError::KeyMismatch.into());
     }
     cert.verify(unix_now)?;
+    Ok(())
+}
+
+/// Refuses, as soon as they arrive, the first bytes of a frame that cannot be a HELLO: an
+/// empty frame, another kind byte, or anything but the magic. Waiting for the whole frame
+/// would let any stranger hold up to 64 KiB for the handshake timeout with a few bytes (an
+/// HTTP request reads as a 18,245-byte frame). The verdict is the one the whole frame would
+/// get.
+fn check_hello_start(pending: &[u8]) -> Result<(), ProtocolError> {
+    if let [hi, lo, ..] = pending
+        && u16::from_be_bytes([*hi, *lo]) == 0
+    {
+        return Err(ProtocolError::NotCarom);
+    }
+    if pending
+        .get(2)
+        .is_some_and(|&kind| kind != HandshakeKind::Hello as u8)
+    {
+        return Err(ProtocolError::NotCarom);
+    }
+    let magic = pending.get(3..).unwrap_or_default();
+    let magic = &magic[..magic.len().min(MAGIC.len())];
+    if !MAGIC.starts_with(magic) {
+        return Err(ProtocolError::NotCarom);
+    }
     Ok(())
 }
 

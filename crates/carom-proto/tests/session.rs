@@ -467,6 +467,38 @@ fn garbage_is_not_carom() {
     assert!(session.is_closed());
 }
 
+/// A first frame that cannot be a HELLO is refused at its first telling byte, not held until
+/// its declared length arrives.
+#[test]
+fn a_first_frame_that_cannot_be_a_hello_is_refused_at_once() {
+    let bob = Peer::new(2);
+    let now = std::time::Instant::now();
+    let responder = || {
+        carom_proto::Session::responder(
+            std::sync::Arc::clone(&bob.config),
+            common::UNIX_NOW,
+            now,
+            &mut common::rng(3),
+        )
+    };
+    // An HTTP request: "GE" reads as an 18,245-byte frame; the third byte gives it away.
+    for prefix in [&b"GET"[..], b"GET / HTTP/1.1\r\n", b"\x00\x00", b"\x00\x40\x01CAX"] {
+        let mut session = responder();
+        assert_eq!(
+            session.handle_input(prefix, now),
+            Err(ProtocolError::NotCarom),
+            "{prefix:?}"
+        );
+        assert!(session.is_closed());
+    }
+    // Byte by byte, a HELLO's start is never refused early.
+    let mut session = responder();
+    for byte in b"\x40\x00\x01CAROM\x01" {
+        assert_eq!(session.handle_input(&[*byte], now), Ok(()));
+    }
+    assert!(!session.is_closed());
+}
+
 #[test]
 fn the_same_randomness_gives_the_same_bytes() {
     let run = || {
