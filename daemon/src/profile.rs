@@ -171,7 +171,7 @@ impl Profiles {
             return Err(err(ErrorKind::ProfileExists, "a profile exists already"));
         }
         let passphrase = match (&params.passphrase, params.no_passphrase) {
-            (Some(p), false) if !p.is_empty() => Some(Zeroizing::new(p.clone())),
+            (Some(p), false) if !p.expose().is_empty() => Some(p.clone()),
             (None, true) => None,
             (Some(_), true) => {
                 return Err(err(
@@ -201,7 +201,11 @@ impl Profiles {
             let paths = self.paths.clone();
             let config = self.engine_config.clone();
             tokio::task::spawn_blocking(move || {
-                create_on_disk(&paths, passphrase.as_deref().map(String::as_str), &config)
+                create_on_disk(
+                    &paths,
+                    passphrase.as_ref().map(api::Passphrase::expose),
+                    &config,
+                )
             })
             .await
             .map_err(|_| err(ErrorKind::Internal, "profile creation was interrupted"))??
@@ -275,7 +279,7 @@ impl Profiles {
             return Err(err(ErrorKind::NoProfile, "there is no profile yet"));
         }
         let new = match (&params.new, params.no_passphrase) {
-            (Some(p), false) if !p.is_empty() => Some(Zeroizing::new(p.clone())),
+            (Some(p), false) if !p.expose().is_empty() => Some(p.clone()),
             (None, true) => None,
             _ => {
                 return Err(err(
@@ -285,17 +289,17 @@ impl Profiles {
             }
         };
         let key_file = self.paths.key_file();
-        let old = Zeroizing::new(params.old.clone());
+        let old = params.old.clone();
         let now_protected = new.is_some();
         tokio::task::spawn_blocking(move || {
             let protected = KeyFile::is_protected(&key_file)?;
             let protection = match &new {
-                Some(p) => Protection::Passphrase(p.as_bytes()),
+                Some(p) => Protection::Passphrase(p.expose().as_bytes()),
                 None => Protection::Unprotected,
             };
             KeyFile::change_passphrase(
                 &key_file,
-                protected.then_some(old.as_bytes()),
+                protected.then_some(old.expose().as_bytes()),
                 protection,
                 KdfParams::default(),
             )

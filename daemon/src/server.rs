@@ -1,23 +1,29 @@
 //! The local API: newline-delimited JSON-RPC 2.0 over a Unix socket.
 //!
 //! Each connection: peer uid checked; banner first; requests handled in order (responses carry
-//! their ids, so clients may pipeline); a line that is not JSON closes the connection, as does a
-//! line longer than [`api::MAX_LINE_BYTES`]; events flow after `events.subscribe`, replayed from
-//! the durable log and then live, with an explicit gap event when the requested cursor fell
-//! out of retention. Subscriptions belong to their connection.
+//! their ids, so clients may pipeline); JSON-RPC 2.0 as written, batches and notifications
+//! included (see `docs/api.md` for the few documented differences). A line that is not UTF-8
+//! JSON closes the connection, as does a line longer than [`api::MAX_LINE_BYTES`]; events flow
+//! after `events.subscribe`, replayed from the durable log and then live, with an explicit gap
+//! event when the requested cursor fell out of retention. Subscriptions belong to their
+//! connection. At most [`api::MAX_CONNECTIONS`] frontends are served at once.
+//!
+//! Request lines may hold a passphrase: they are read into buffers that are wiped when
+//! dropped, and grow only as bytes arrive.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use carom_api::{self as api, ErrorKind, ErrorObject, method};
+use carom_api::{self as api, CheckLimits, ErrorKind, ErrorObject, method};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::profile::{Profiles, engine_error};
 
@@ -58,6 +64,14 @@ pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     connections.retain(|h: &JoinHandle<()>| !h.is_finished());
+                    if connections.len() >= api::MAX_CONNECTIONS {
+                        warn!(
+                            limit = api::MAX_CONNECTIONS,
+                            "refused a frontend: too many connected"
+                        );
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    }
                     connections.push(tokio::spawn(connection(Arc::clone(&server), stream)));
                 }
                 Err(e) => {
@@ -71,6 +85,172 @@ pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
     for c in connections {
         c.abort();
     }
+}
+
+/// Tell a frontend over the limit why it is disconnected, then do so.
+async fn refuse(mut stream: UnixStream) {
+    let e = ErrorObject::new(
+        ErrorKind::TooManyConnections,
+        format!(
+            "{} frontends are connected already; close one and try again",
+            api::MAX_CONNECTIONS
+        ),
+    );
+    let mut line = api::error_response(None, &e).to_string();
+    line.push('\n');
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Reads newline-terminated request lines. Its buffer grows only as bytes arrive, and every
+/// buffer that held request bytes is wiped when dropped (a line may carry a passphrase).
+struct LineReader<R> {
+    read: R,
+    pending: Zeroizing<Vec<u8>>,
+}
+
+/// What [`LineReader::next`] found.
+enum Line {
+    /// One line, without its newline.
+    Complete(Zeroizing<Vec<u8>>),
+    /// A line longer than [`api::MAX_LINE_BYTES`].
+    TooLong,
+    /// The connection ended (mid-line or between lines).
+    Closed,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    fn new(read: R) -> Self {
+        LineReader {
+            read,
+            pending: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    async fn next(&mut self) -> Line {
+        let mut chunk = Zeroizing::new([0u8; 8192]);
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                if end > api::MAX_LINE_BYTES {
+                    return Line::TooLong;
+                }
+                let line = Zeroizing::new(self.pending[..end].to_vec());
+                let held = self.pending.len();
+                self.pending.drain(..=end);
+                // Zero the bytes the drain left behind in the spare capacity.
+                let kept = self.pending.len();
+                self.pending.resize(held, 0);
+                self.pending.truncate(kept);
+                return Line::Complete(line);
+            }
+            if self.pending.len() > api::MAX_LINE_BYTES {
+                return Line::TooLong;
+            }
+            let n = match self.read.read(&mut chunk[..]).await {
+                Ok(0) | Err(_) => return Line::Closed,
+                Ok(n) => n,
+            };
+            append_wiping(&mut self.pending, &chunk[..n]);
+            chunk[..n].zeroize();
+        }
+    }
+}
+
+/// Appends `bytes` to `buf`; when it must grow, the old allocation is wiped, not just freed.
+fn append_wiping(buf: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    if buf.capacity() - buf.len() < bytes.len() {
+        let wanted = (buf.len() + bytes.len())
+            .max(buf.capacity().saturating_mul(2))
+            .max(1024);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(wanted));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(bytes);
+}
+
+/// What one request line holds.
+#[derive(Debug)]
+enum Parsed {
+    /// Blank: ignored.
+    Blank,
+    /// A JSON value: a request, a notification, a batch, or something invalid.
+    Json(Value),
+    /// Valid JSON that cannot be represented here (a number beyond 64-bit and double
+    /// range, e.g. `1e400`): answered with `invalid_request`; the connection stays.
+    Unrepresentable,
+    /// Not UTF-8: rejected rather than altered; the connection closes.
+    NotUtf8,
+    /// Not JSON: the connection closes (this also ends cross-protocol attempts).
+    NotJson,
+}
+
+fn parse_line(line: &[u8]) -> Parsed {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Parsed::NotUtf8;
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Parsed::Blank;
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => Parsed::Json(value),
+        // serde_json checks the grammar only when it ignores a value, so this tells "not
+        // JSON" from "JSON with a number we cannot hold".
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            Parsed::Unrepresentable
+        }
+        Err(_) => Parsed::NotJson,
+    }
+}
+
+/// One request, checked against JSON-RPC 2.0.
+#[derive(Debug)]
+struct Call {
+    /// `None` for a notification: it runs, and gets no response.
+    id: Option<Value>,
+    method: String,
+    params: Value,
+}
+
+/// Reads one request object; an invalid one yields the error response it gets.
+fn read_call(value: Value) -> Result<Call, Value> {
+    let invalid = |id: Option<&Value>, why: &str| {
+        api::error_response(id, &ErrorObject::new(ErrorKind::InvalidRequest, why))
+    };
+    let Value::Object(mut object) = value else {
+        return Err(invalid(None, "a request must be a JSON object"));
+    };
+    let id = object.remove("id");
+    if id
+        .as_ref()
+        .is_some_and(|id| !matches!(id, Value::Number(_) | Value::String(_) | Value::Null))
+    {
+        return Err(invalid(None, "`id` must be a number, a string or null"));
+    }
+    if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid(id.as_ref(), "`jsonrpc` must be \"2.0\""));
+    }
+    let method = match object.remove("method") {
+        Some(Value::String(method)) => method,
+        _ => return Err(invalid(id.as_ref(), "`method` must be a string")),
+    };
+    let params = match object.remove("params") {
+        None | Some(Value::Null) => Value::Null,
+        Some(params @ Value::Object(_)) => params,
+        Some(Value::Array(_)) => {
+            let e = ErrorObject::new(
+                ErrorKind::InvalidParams,
+                "`params` must be an object: every method takes named parameters",
+            );
+            return Err(api::error_response(id.as_ref(), &e));
+        }
+        Some(_) => return Err(invalid(id.as_ref(), "`params` must be an object")),
+    };
+    Ok(Call { id, method, params })
 }
 
 struct Conn {
@@ -152,16 +332,11 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
         out,
         events: None,
     };
-    let mut reader = BufReader::new(read);
-    let limit = u64::try_from(api::MAX_LINE_BYTES).unwrap_or(u64::MAX) + 1;
+    let mut reader = LineReader::new(read);
     loop {
-        let mut line = Vec::new();
-        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if line.last() != Some(&b'\n') {
-            if line.len() as u64 >= limit {
+        let line = match reader.next().await {
+            Line::Complete(line) => line,
+            Line::TooLong => {
                 let e = ErrorObject::new(
                     ErrorKind::LineTooLong,
                     format!("lines are limited to {} bytes", api::MAX_LINE_BYTES),
@@ -170,32 +345,37 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
                     .out
                     .send(api::error_response(None, &e).to_string())
                     .await;
-            }
-            break; // too long, or the connection ended mid-line
-        }
-        let text = String::from_utf8_lossy(&line);
-        if text.trim().is_empty() {
-            continue;
-        }
-        let request: api::RawRequest = match serde_json::from_str(text.trim()) {
-            Ok(r) => r,
-            Err(_) => {
-                // Not JSON: answer once, then hang up (this also stops cross-protocol abuse).
-                let e = ErrorObject::new(ErrorKind::ParseError, "the line is not valid JSON");
-                let _ = conn
-                    .out
-                    .send(api::error_response(None, &e).to_string())
-                    .await;
                 break;
             }
+            Line::Closed => break,
         };
-        let reply = handle(&server, &mut conn, request).await;
+        let (reply, close) = match parse_line(&line) {
+            Parsed::Blank => continue,
+            Parsed::Json(value) => (handle(&server, &mut conn, value).await, false),
+            Parsed::Unrepresentable => {
+                let e = ErrorObject::new(
+                    ErrorKind::InvalidRequest,
+                    "the line holds a number too large to represent; numbers must fit in a \
+                     64-bit integer or a double",
+                );
+                (Some(api::error_response(None, &e)), false)
+            }
+            Parsed::NotUtf8 => {
+                let e = ErrorObject::new(ErrorKind::ParseError, "the line is not valid UTF-8");
+                (Some(api::error_response(None, &e)), true)
+            }
+            Parsed::NotJson => {
+                let e = ErrorObject::new(ErrorKind::ParseError, "the line is not valid JSON");
+                (Some(api::error_response(None, &e)), true)
+            }
+        };
+        drop(line);
         if let Some(reply) = reply
             && conn.out.send(reply.to_string()).await.is_err()
         {
             break;
         }
-        if *server.stop.borrow() {
+        if close || *server.stop.borrow() {
             break;
         }
     }
@@ -213,31 +393,46 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
     let _ = writer.await;
 }
 
-/// Validate and dispatch one request; returns the response line.
-async fn handle(server: &Arc<Server>, conn: &mut Conn, request: api::RawRequest) -> Option<Value> {
-    let id = request.id.clone();
-    let valid_id = matches!(&id, Some(Value::Number(_) | Value::String(_)));
-    let method = match (&request.jsonrpc, &request.method, valid_id) {
-        (Some(v), Some(m), true) if v == "2.0" => m.clone(),
-        _ => {
-            let e = ErrorObject::new(
-                ErrorKind::InvalidRequest,
-                "expected {\"jsonrpc\":\"2.0\",\"id\":…,\"method\":…,\"params\":…}",
-            );
-            return Some(api::error_response(id.as_ref(), &e));
-        }
+/// Handle one line's value: a request, a notification or a batch. Returns what to answer
+/// (nothing for notifications, or for a batch of only notifications).
+async fn handle(server: &Arc<Server>, conn: &mut Conn, value: Value) -> Option<Value> {
+    let Value::Array(batch) = value else {
+        return handle_one(server, conn, value).await;
     };
-    let id = id.unwrap_or(Value::Null);
-    match dispatch(server, conn, &method, request.params).await {
-        Ok(result) => Some(api::response(&id, result)),
-        Err(e) => Some(api::error_response(Some(&id), &e)),
+    if batch.is_empty() {
+        let e = ErrorObject::new(ErrorKind::InvalidRequest, "an empty batch");
+        return Some(api::error_response(None, &e));
     }
+    let mut replies = Vec::new();
+    for value in batch {
+        if let Some(reply) = handle_one(server, conn, value).await {
+            replies.push(reply);
+        }
+    }
+    (!replies.is_empty()).then_some(Value::Array(replies))
 }
 
-fn params<T: DeserializeOwned>(value: Value) -> Result<T, ErrorObject> {
+async fn handle_one(server: &Arc<Server>, conn: &mut Conn, value: Value) -> Option<Value> {
+    let call = match read_call(value) {
+        Ok(call) => call,
+        Err(reply) => return Some(reply),
+    };
+    let result = dispatch(server, conn, &call.method, call.params).await;
+    let id = call.id?;
+    Some(match result {
+        Ok(result) => api::response(&id, result),
+        Err(e) => api::error_response(Some(&id), &e),
+    })
+}
+
+/// The method's parameters, within every documented limit (see [`CheckLimits`]).
+fn params<T: DeserializeOwned + CheckLimits>(value: Value) -> Result<T, ErrorObject> {
     let value = if value.is_null() { json!({}) } else { value };
-    serde_json::from_value(value)
-        .map_err(|e| ErrorObject::new(ErrorKind::InvalidParams, format!("invalid parameters: {e}")))
+    let params: T = serde_json::from_value(value).map_err(|e| {
+        ErrorObject::new(ErrorKind::InvalidParams, format!("invalid parameters: {e}"))
+    })?;
+    params.check_limits()?;
+    Ok(params)
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ErrorObject> {
@@ -280,7 +475,7 @@ async fn dispatch(
         method::PROFILE_CREATE => to_value(&profiles.create(&params(p)?).await?),
         method::PROFILE_UNLOCK => {
             let unlock: api::ProfileUnlock = params(p)?;
-            to_value(&profiles.unlock(&unlock.passphrase).await?)
+            to_value(&profiles.unlock(unlock.passphrase.expose()).await?)
         }
         method::PROFILE_CHANGE_PASSPHRASE => {
             profiles.change_passphrase(&params(p)?).await?;
@@ -373,9 +568,8 @@ async fn dispatch(
         }
         method::SESSION_HELLO => {
             let hello: api::SessionHello = params(p)?;
-            let client: String = hello.client.chars().take(64).collect();
             if let Some(f) = server.frontends().get_mut(&conn.id) {
-                f.client = Some(client);
+                f.client = Some(hello.client);
             }
             Ok(json!({}))
         }
@@ -494,4 +688,143 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(reply: &Value) -> &str {
+        reply["error"]["data"]["kind"].as_str().unwrap_or("")
+    }
+
+    #[test]
+    fn lines_are_classified_before_any_method_runs() {
+        assert!(matches!(parse_line(b"  \r"), Parsed::Blank));
+        assert!(matches!(parse_line(br#"{"a":1}"#), Parsed::Json(_)));
+        assert!(matches!(
+            parse_line(b"[1,2]"),
+            Parsed::Json(Value::Array(_))
+        ));
+        assert!(matches!(parse_line(b"5"), Parsed::Json(_)));
+        assert!(matches!(parse_line(b"1e400"), Parsed::Unrepresentable));
+        assert!(matches!(
+            parse_line(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"n":-1e999}}"#),
+            Parsed::Unrepresentable
+        ));
+        assert!(matches!(parse_line(b"GET / HTTP/1.1\r"), Parsed::NotJson));
+        assert!(matches!(parse_line(b"{\"a\":"), Parsed::NotJson));
+        // Invalid UTF-8 inside a string is refused, never replaced by U+FFFD.
+        assert!(matches!(
+            parse_line(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"message.send\",\"params\":{\"body\":\"a\xffb\"}}"),
+            Parsed::NotUtf8
+        ));
+    }
+
+    #[test]
+    fn requests_are_checked_against_json_rpc() {
+        let call = |text: &str| read_call(serde_json::from_str(text).unwrap());
+        let ok = call(r#"{"jsonrpc":"2.0","id":"a","method":"m","params":{"x":1}}"#).unwrap();
+        assert_eq!((ok.id, ok.method.as_str()), (Some(json!("a")), "m"));
+        // A notification: no id member. A null id is a request (answered with a null id).
+        assert_eq!(call(r#"{"jsonrpc":"2.0","method":"m"}"#).unwrap().id, None);
+        assert_eq!(
+            call(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#)
+                .unwrap()
+                .id,
+            Some(Value::Null)
+        );
+        for (text, kind, id) in [
+            ("5", "invalid_request", Value::Null),
+            (r#""m""#, "invalid_request", Value::Null),
+            (
+                r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#,
+                "invalid_request",
+                Value::Null,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":{},"method":"m"}"#,
+                "invalid_request",
+                Value::Null,
+            ),
+            (
+                r#"{"jsonrpc":"1.0","id":7,"method":"m"}"#,
+                "invalid_request",
+                json!(7),
+            ),
+            (r#"{"id":7,"method":"m"}"#, "invalid_request", json!(7)),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":5}"#,
+                "invalid_request",
+                json!(7),
+            ),
+            (r#"{"jsonrpc":"2.0","id":7}"#, "invalid_request", json!(7)),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"m","params":3}"#,
+                "invalid_request",
+                json!(7),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"m","params":[1]}"#,
+                "invalid_params",
+                json!(7),
+            ),
+        ] {
+            let reply = call(text).expect_err(text);
+            assert_eq!(kind_of(&reply), kind, "{text}");
+            assert_eq!(reply["id"], id, "{text}");
+            assert_eq!(reply["jsonrpc"], "2.0", "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_line_reader_splits_lines_bounds_them_and_grows_as_bytes_arrive() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = LineReader::new(server);
+        client.write_all(b"one\ntw").await.unwrap();
+        let Line::Complete(line) = reader.next().await else {
+            panic!("a line")
+        };
+        assert_eq!(&line[..], b"one");
+        // Nothing buffered beyond what arrived: a slow first frame costs what it sent.
+        assert!(reader.pending.capacity() <= 1024);
+        client.write_all(b"o\n\nthree").await.unwrap();
+        let Line::Complete(line) = reader.next().await else {
+            panic!("a line")
+        };
+        assert_eq!(&line[..], b"two");
+        let Line::Complete(line) = reader.next().await else {
+            panic!("a blank line")
+        };
+        assert!(line.is_empty());
+        drop(client);
+        assert!(matches!(reader.next().await, Line::Closed));
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut reader = LineReader::new(server);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'a'; 1 << 16];
+            for _ in 0..=(api::MAX_LINE_BYTES >> 16) {
+                if client.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = client.write_all(b"\n").await;
+        });
+        assert!(matches!(reader.next().await, Line::TooLong));
+        drop(reader);
+        writer.await.unwrap();
+    }
+
+    #[test]
+    fn growing_the_buffer_keeps_every_byte_in_order() {
+        let mut buf = Zeroizing::new(Vec::new());
+        let mut expected = Vec::new();
+        for n in 0..5000u32 {
+            let bytes = n.to_le_bytes();
+            append_wiping(&mut buf, &bytes);
+            expected.extend_from_slice(&bytes);
+        }
+        assert_eq!(&buf[..], &expected[..]);
+    }
 }

@@ -150,7 +150,7 @@ impl Daemon {
         if info.profile == api::ProfileState::None {
             let params = match &self.passphrase {
                 Some(p) => api::ProfileCreate {
-                    passphrase: Some(p.clone()),
+                    passphrase: Some(p.as_str().into()),
                     no_passphrase: false,
                 },
                 None => api::ProfileCreate {
@@ -548,6 +548,236 @@ fn raw(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
     (stream, reader)
 }
 
+/// Write `line` and read the reply.
+fn ask(
+    stream: &mut UnixStream,
+    reader: &mut BufReader<UnixStream>,
+    line: &str,
+) -> serde_json::Value {
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("write");
+    read_json(reader).unwrap_or_else(|| panic!("a reply to {line}"))
+}
+
+/// Batches, notifications, ids of every kind, and valid JSON that is not a request: each as
+/// JSON-RPC 2.0 says, and the connection stays open throughout.
+fn json_rpc_as_written(stream: &mut UnixStream, reader: &mut BufReader<UnixStream>) {
+    let batch = ask(
+        stream,
+        reader,
+        r#"[{"jsonrpc":"2.0","id":11,"method":"daemon.info"},{"jsonrpc":"2.0","method":"session.hello","params":{"client":"batched"}},5]"#,
+    );
+    let replies = batch.as_array().expect("a batch gets an array");
+    assert_eq!(replies.len(), 2, "no reply for the notification: {batch}");
+    assert_eq!(replies[0]["id"], 11);
+    assert!(replies[0]["result"]["daemon_version"].is_string());
+    assert_eq!(replies[1]["id"], serde_json::Value::Null);
+    assert_eq!(replies[1]["error"]["data"]["kind"], "invalid_request");
+
+    let empty = ask(stream, reader, "[]");
+    assert_eq!(empty["error"]["data"]["kind"], "invalid_request");
+
+    // A notification runs and gets no reply: the next reply is the next request's.
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"session.hello\",\"params\":{\"client\":\"quiet\"}}\n")
+        .expect("write");
+    let sessions = ask(
+        stream,
+        reader,
+        r#"{"jsonrpc":"2.0","id":12,"method":"session.list"}"#,
+    );
+    assert_eq!(sessions["id"], 12);
+    assert!(
+        sessions["result"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .any(|s| s["client"] == "quiet"),
+        "{sessions}"
+    );
+
+    let huge = ask(stream, reader, "1e400");
+    assert_eq!(huge["error"]["data"]["kind"], "invalid_request");
+    assert_eq!(huge["id"], serde_json::Value::Null);
+    let integer_method = ask(stream, reader, r#"{"jsonrpc":"2.0","id":13,"method":5}"#);
+    assert_eq!(integer_method["id"], 13);
+    assert_eq!(integer_method["error"]["data"]["kind"], "invalid_request");
+    let negative_id = ask(
+        stream,
+        reader,
+        r#"{"jsonrpc":"2.0","id":-1,"method":"daemon.info"}"#,
+    );
+    assert_eq!(negative_id["id"], -1);
+    assert!(negative_id["result"].is_object());
+    let negative_message = ask(
+        stream,
+        reader,
+        r#"{"jsonrpc":"2.0","id":14,"method":"message.get","params":{"id":-1}}"#,
+    );
+    assert_eq!(negative_message["id"], 14);
+    assert_eq!(negative_message["error"]["data"]["kind"], "invalid_params");
+    let null_id = ask(
+        stream,
+        reader,
+        r#"{"jsonrpc":"2.0","id":null,"method":"daemon.info"}"#,
+    );
+    assert_eq!(null_id["id"], serde_json::Value::Null);
+    assert!(null_id["result"].is_object(), "{null_id}");
+}
+
+/// Each documented field limit, in each method that takes the field, refuses one byte more
+/// with `too_large`, and stores nothing.
+fn every_documented_limit_is_enforced(
+    stream: &mut UnixStream,
+    reader: &mut BufReader<UnixStream>,
+    bob: &str,
+) {
+    let long = |n: usize| "x".repeat(n);
+    let stranger = carom_proto::IdentityKey::from_seed(&[77; 32])
+        .address()
+        .to_string();
+    let cases = [
+        (
+            "contact.respond",
+            serde_json::json!({"address": stranger, "response": "block", "nickname": long(900_000)}),
+        ),
+        (
+            "contact.respond",
+            serde_json::json!({"address": stranger, "response": "block", "nickname": long(api::MAX_NICKNAME_BYTES + 1)}),
+        ),
+        (
+            "contact.add",
+            serde_json::json!({"address": stranger, "nickname": long(api::MAX_NICKNAME_BYTES + 1)}),
+        ),
+        (
+            "contact.add",
+            serde_json::json!({"address": stranger, "offer_nickname": long(api::MAX_OFFERED_NICKNAME_BYTES + 1)}),
+        ),
+        (
+            "contact.add",
+            serde_json::json!({"address": stranger, "greeting": long(api::MAX_GREETING_BYTES + 1)}),
+        ),
+        (
+            "contact.rename",
+            serde_json::json!({"address": stranger, "nickname": long(api::MAX_NICKNAME_BYTES + 1)}),
+        ),
+        (
+            "message.send",
+            serde_json::json!({"to": bob, "body": long(api::MAX_BODY_BYTES + 1)}),
+        ),
+        (
+            "message.send",
+            serde_json::json!({"to": bob, "body": "hi", "client_token": long(api::MAX_CLIENT_TOKEN_BYTES + 1)}),
+        ),
+        (
+            "session.hello",
+            serde_json::json!({"client": long(api::MAX_CLIENT_NAME_BYTES + 1)}),
+        ),
+        (
+            "profile.unlock",
+            serde_json::json!({"passphrase": long(api::MAX_PASSPHRASE_BYTES + 1)}),
+        ),
+    ];
+    for (n, (method, params)) in cases.into_iter().enumerate() {
+        let request = serde_json::json!({"jsonrpc": "2.0", "id": 100 + n, "method": method, "params": params});
+        let reply = ask(stream, reader, &request.to_string());
+        assert_eq!(reply["id"], 100 + n);
+        assert_eq!(
+            reply["error"]["data"]["kind"], "too_large",
+            "{method}: {}",
+            reply["error"]
+        );
+    }
+    let contacts = ask(
+        stream,
+        reader,
+        r#"{"jsonrpc":"2.0","id":99,"method":"contact.list"}"#,
+    );
+    assert_eq!(
+        contacts["result"],
+        serde_json::json!([]),
+        "nothing was stored"
+    );
+}
+
+/// A body with invalid UTF-8 is refused (`parse_error`, then the connection closes), never
+/// stored with U+FFFD in place of the bad bytes.
+fn invalid_utf8_is_refused_not_altered(socket: &Path, bob: &str) {
+    let (mut stream, mut reader) = raw(socket);
+    let mut line = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"message.send","params":{{"to":"{bob}","body":"a"#
+    )
+    .into_bytes();
+    line.extend_from_slice(b"\xff\xfe");
+    line.extend_from_slice(b"b\"}}\n");
+    stream.write_all(&line).expect("write");
+    let reply = read_json(&mut reader).expect("an error reply");
+    assert_eq!(reply["error"]["data"]["kind"], "parse_error");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("UTF-8")),
+        "{reply}"
+    );
+    assert!(read_json(&mut reader).is_none(), "the connection is closed");
+}
+
+/// One frontend more than the limit is told why and disconnected; once one leaves, the next
+/// gets in.
+async fn connections_are_limited(socket: &Path) {
+    let mut open = Vec::new();
+    // Connections closed a moment ago may still be finishing on the daemon's side.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open.len() < api::MAX_CONNECTIONS {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let first = read_json(&mut reader).expect("a first line");
+        if first["method"] == api::method::BANNER {
+            open.push((stream, reader));
+        } else {
+            assert_eq!(first["error"]["data"]["kind"], "too_many_connections");
+            assert!(
+                Instant::now() < deadline,
+                "earlier connections never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stream = UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let refused = read_json(&mut reader).expect("told why");
+    assert_eq!(refused["error"]["data"]["kind"], "too_many_connections");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&api::MAX_CONNECTIONS.to_string())),
+        "{refused}"
+    );
+    assert!(read_json(&mut reader).is_none(), "then disconnected");
+    open.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reader = BufReader::new(stream);
+        let first = read_json(&mut reader).expect("a first line");
+        if first["method"] == api::method::BANNER {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a freed place was never reused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_bad_input_and_replays_missed_events() {
     let _serial = serial();
@@ -622,7 +852,11 @@ async fn the_api_refuses_bad_input_and_replays_missed_events() {
     let ident = read_json(&mut reader).expect("reply");
     assert_eq!(ident["id"], 10);
     assert_eq!(ident["result"]["address"], a.as_str());
-    drop(stream);
+    json_rpc_as_written(&mut stream, &mut reader);
+    every_documented_limit_is_enforced(&mut stream, &mut reader, &b);
+    drop((stream, reader));
+    invalid_utf8_is_refused_not_altered(&socket, &b);
+    connections_are_limited(&socket).await;
 
     // A frontend that reconnects with since_seq sees what it missed.
     let watcher = alice.client().await;
@@ -722,6 +956,82 @@ async fn events_pruned_before_a_frontend_returns_are_announced_as_a_gap() {
     assert_eq!(first.data["from_seq"], 1);
     let oldest = subscribed.oldest_seq.expect("some events kept");
     assert_eq!(first.data["to_seq"], oldest - 1);
+
+    // Frontend churn must not push other events out: a polling bot connects hundreds of
+    // times (each connection an attach and a detach event) after a few contact events. A
+    // retention of 50 holds those and the Tor status events of a restart, not 600 churn events.
+    drop(client);
+    dave.stop();
+    std::fs::write(
+        dave.dir.join("caromd.toml"),
+        "[messaging]\nevent_retention = 50\npresence = false\n",
+    )
+    .expect("config");
+    dave.start();
+    dave.up().await;
+    let mid = latest_seq(&dave).await;
+    let client = dave.client().await;
+    for seed in 7..=9u8 {
+        let address = carom_proto::IdentityKey::from_seed(&[seed; 32])
+            .address()
+            .to_string();
+        client
+            .add_contact(&api::ContactAdd {
+                address,
+                nickname: format!("n{seed}"),
+                offer_nickname: String::new(),
+                greeting: String::new(),
+                kind: api::PeerKind::Human,
+            })
+            .await
+            .expect("added");
+    }
+    let is_churn = |kind: &str| api::event::CHURN.contains(&kind);
+    let wanted = replayed_since(&client, mid, &is_churn).await;
+    assert!(!wanted.is_empty());
+    drop(client);
+    for _ in 0..300 {
+        let _ = raw(&dave.socket());
+    }
+    dave.stop();
+    dave.start(); // retention is applied at start
+    dave.up().await;
+    let client = dave.client().await;
+    let replayed = replayed_since(&client, mid, &is_churn).await;
+    assert!(
+        replayed.starts_with(&wanted),
+        "churn pushed events out of retention: wanted {wanted:?}, got {replayed:?}"
+    );
+}
+
+/// The kinds and sequence numbers of the events after `since` that are not churn, as a
+/// subscriber sees them, until the log's end; a gap fails the test.
+async fn replayed_since(
+    client: &Client,
+    since: u64,
+    is_churn: &dyn Fn(&str) -> bool,
+) -> Vec<(u64, String)> {
+    let subscribed = client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: Some(since),
+            kinds: None,
+        })
+        .await
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    let mut last = since;
+    while last < subscribed.latest_seq {
+        let event = tokio::time::timeout(Duration::from_secs(10), client.next_event())
+            .await
+            .expect("replayed events")
+            .expect("open");
+        assert_ne!(event.kind, api::event::GAP, "{event:?}");
+        last = event.seq;
+        if !is_churn(&event.kind) {
+            seen.push((event.seq, event.kind));
+        }
+    }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

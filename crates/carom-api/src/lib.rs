@@ -20,6 +20,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod limits;
+pub use limits::CheckLimits;
+
+/// The parameters of a method that takes none: `params` absent, `null` or `{}`. Unknown
+/// members are ignored, as everywhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoParams {}
+
 /// This API's version. Bumped on incompatible changes; additions keep it.
 pub const API_VERSION: u32 = 1;
 /// The oldest API version this daemon still serves.
@@ -28,6 +36,26 @@ pub const MIN_API_VERSION: u32 = 1;
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// Longest message body accepted by `message.send`, in bytes of UTF-8.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Longest nickname offered to a peer in a contact request (a protocol limit).
+pub const MAX_OFFERED_NICKNAME_BYTES: usize = 64;
+/// Longest greeting in a contact request (a protocol limit).
+pub const MAX_GREETING_BYTES: usize = 1024;
+/// Longest local nickname for a contact.
+pub const MAX_NICKNAME_BYTES: usize = 256;
+/// Longest `client_token` of `message.send`.
+pub const MAX_CLIENT_TOKEN_BYTES: usize = 256;
+/// Longest passphrase.
+pub const MAX_PASSPHRASE_BYTES: usize = 1024;
+/// Longest onion address or message id given as a parameter (a valid one is far shorter).
+pub const MAX_ADDRESS_BYTES: usize = 128;
+/// Longest frontend name in `session.hello`.
+pub const MAX_CLIENT_NAME_BYTES: usize = 64;
+/// Most event kinds one `events.subscribe` may filter on.
+pub const MAX_EVENT_KINDS: usize = 64;
+/// Longest event kind in that filter.
+pub const MAX_EVENT_KIND_BYTES: usize = 64;
+/// Frontends connected at once; one more is told so and disconnected.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Method names.
 pub mod method {
@@ -140,12 +168,53 @@ pub struct Stats {
     pub sessions: u64,
 }
 
+/// A passphrase as it crosses the API: wiped from memory when dropped, and never printed
+/// (`Debug` shows only its length).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Passphrase(zeroize::Zeroizing<String>);
+
+impl Passphrase {
+    /// Wraps `text` (which moves in without a copy).
+    pub fn new(text: String) -> Passphrase {
+        Passphrase(zeroize::Zeroizing::new(text))
+    }
+
+    /// The passphrase itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Passphrase {
+    fn from(text: &str) -> Passphrase {
+        Passphrase::new(text.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Passphrase({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Passphrase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Passphrase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Passphrase::new)
+    }
+}
+
 /// Parameters of `profile.create`. Give a passphrase, or set `no_passphrase` explicitly.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileCreate {
     /// Protects the profile's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passphrase: Option<String>,
+    pub passphrase: Option<Passphrase>,
     /// Store the key unprotected (anyone with the files can read them). Must be explicit.
     #[serde(default)]
     pub no_passphrase: bool,
@@ -155,17 +224,17 @@ pub struct ProfileCreate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileUnlock {
     /// The profile's passphrase (empty for an unprotected profile).
-    pub passphrase: String,
+    pub passphrase: Passphrase,
 }
 
 /// Parameters of `profile.change_passphrase`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileChangePassphrase {
     /// The current passphrase (empty if unprotected).
-    pub old: String,
+    pub old: Passphrase,
     /// The new passphrase; absent together with `no_passphrase` to remove protection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new: Option<String>,
+    pub new: Option<Passphrase>,
     /// Remove protection explicitly.
     #[serde(default)]
     pub no_passphrase: bool,
@@ -465,6 +534,12 @@ pub mod event {
     pub const FRONTEND_ATTACHED: &str = "frontend.attached";
     /// A frontend detached: `{session}`.
     pub const FRONTEND_DETACHED: &str = "frontend.detached";
+    /// Kinds that frontends cause by connecting: retained apart (the newest
+    /// [`CHURN_RETENTION`]), so a frontend that reconnects often cannot push message events
+    /// out of retention, and pruned without an [`GAP`] (`session.list` shows the present).
+    pub const CHURN: &[&str] = &[FRONTEND_ATTACHED, FRONTEND_DETACHED];
+    /// How many [`CHURN`] events are kept.
+    pub const CHURN_RETENTION: u64 = 1_000;
     /// Events were pruned before the subscriber caught up: `{from_seq, to_seq}` (inclusive)
     /// were lost to this subscriber. Not stored; sent in place of the missing events.
     pub const GAP: &str = "events.gap";
@@ -536,6 +611,9 @@ pub enum ErrorKind {
     InvalidState,
     /// Refused: too many requests.
     RateLimited,
+    /// Refused: [`MAX_CONNECTIONS`] frontends are connected already (the connection is then
+    /// closed).
+    TooManyConnections,
     /// The disk is full: nothing was stored.
     DiskFull,
     /// The profile's files are corrupt or unreadable (see the message for which file).
@@ -601,21 +679,6 @@ impl std::fmt::Display for ErrorObject {
 }
 
 impl std::error::Error for ErrorObject {}
-
-/// An incoming request line, as the server parses it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct RawRequest {
-    /// Must be `"2.0"`.
-    pub jsonrpc: Option<String>,
-    /// Absent for notifications (which we do not accept from clients).
-    #[serde(default)]
-    pub id: Option<Value>,
-    /// The method.
-    pub method: Option<String>,
-    /// The parameters.
-    #[serde(default)]
-    pub params: Value,
-}
 
 /// Build a response line's value.
 pub fn response(id: &Value, result: Value) -> Value {

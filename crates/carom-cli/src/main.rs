@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 let passphrase = read_passphrase(passphrase_file.as_ref(), true)?;
                 api::ProfileCreate {
-                    passphrase: Some(passphrase.to_string()),
+                    passphrase: Some(passphrase.as_str().into()),
                     no_passphrase: false,
                 }
             };
@@ -261,15 +261,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             let old = prompt("Current passphrase (empty if none): ")?;
             let params = if remove {
                 api::ProfileChangePassphrase {
-                    old: old.to_string(),
+                    old: old.as_str().into(),
                     new: None,
                     no_passphrase: true,
                 }
             } else {
                 let new = read_passphrase(None, true)?;
                 api::ProfileChangePassphrase {
-                    old: old.to_string(),
-                    new: Some(new.to_string()),
+                    old: old.as_str().into(),
+                    new: Some(new.as_str().into()),
                     no_passphrase: false,
                 }
             };
@@ -401,7 +401,7 @@ fn prompt(label: &str) -> Result<Zeroizing<String>, String> {
             .map(Zeroizing::new)
             .map_err(|e| format!("cannot read the passphrase: {e}"))
     } else {
-        let mut line = String::new();
+        let mut line = Zeroizing::new(String::new());
         std::io::stdin()
             .read_line(&mut line)
             .map_err(|e| format!("cannot read the passphrase from standard input: {e}"))?;

@@ -27,6 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,16 @@ impl ClientError {
             ClientError::Api(e) => Some(e.data.kind),
             _ => None,
         }
+    }
+}
+
+/// Overwrites every string inside `value` with zeros (for values that held a passphrase).
+fn wipe_strings(value: &mut Value) {
+    match value {
+        Value::String(text) => text.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe_strings),
+        Value::Object(members) => members.values_mut().for_each(wipe_strings),
+        _ => {}
     }
 }
 
@@ -206,9 +217,12 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let line =
+        let mut request =
             serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
-        self.send_line(&line.to_string()).await?;
+        // Parameters may hold a passphrase: wipe every copy we made once it is written.
+        let line = Zeroizing::new(request.to_string());
+        wipe_strings(&mut request);
+        self.send_line(&line).await?;
         match rx.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(ClientError::Api(error)),
@@ -221,7 +235,8 @@ impl Client {
     /// Write one raw line (for tests of malformed input).
     pub async fn send_line(&self, line: &str) -> Result<(), ClientError> {
         let mut writer = self.writer.lock().await;
-        let mut bytes = line.as_bytes().to_vec();
+        let mut bytes = Zeroizing::new(Vec::with_capacity(line.len() + 1));
+        bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         writer
             .write_all(&bytes)
@@ -262,7 +277,7 @@ impl Client {
     /// `profile.unlock`.
     pub async fn unlock(&self, passphrase: &str) -> Result<api::Identity, ClientError> {
         let params = api::ProfileUnlock {
-            passphrase: passphrase.to_owned(),
+            passphrase: passphrase.into(),
         };
         self.call(api::method::PROFILE_UNLOCK, &params).await
     }

@@ -874,7 +874,11 @@ impl<T: Transport> Core<T> {
                         }
                     }
                 }
-                tx.prune_events(retention)?;
+                tx.prune_events(
+                    retention,
+                    carom_api::event::CHURN,
+                    carom_api::event::CHURN_RETENTION,
+                )?;
                 Ok(())
             })
             .await;

@@ -362,7 +362,6 @@ impl Engine {
             &request.greeting,
             carom_proto::MAX_GREETING_BYTES,
         )?;
-        check_len("nickname", &request.nickname, 256)?;
         let key = peer.public_key();
         let contact = self
             .shared
@@ -537,7 +536,6 @@ impl Engine {
     /// `contact.rename`.
     pub async fn rename(&self, request: api::ContactRename) -> Result<api::Contact> {
         let peer = self.parse(&request.address)?;
-        check_len("nickname", &request.nickname, 256)?;
         let key = peer.public_key();
         let contact = self
             .shared
@@ -615,9 +613,6 @@ impl Engine {
                 request.body.len(),
                 api::MAX_BODY_BYTES
             )));
-        }
-        if let Some(token) = &request.client_token {
-            check_len("client_token", token, 256)?;
         }
         let reply_to = request
             .reply_to
@@ -760,7 +755,7 @@ impl Engine {
     pub async fn event_bounds(&self) -> Result<(u64, Option<u64>)> {
         self.shared
             .store
-            .read(|s| Ok((s.last_event_seq()?, s.oldest_event_seq()?)))
+            .read(|s| Ok((s.last_event_seq()?, s.oldest_event_seq(api::event::CHURN)?)))
             .await
     }
 
@@ -824,6 +819,13 @@ fn fail_outbox(
     Ok(())
 }
 
+// The API's limits on what goes into a contact request are the protocol's.
+const _: () = assert!(api::MAX_OFFERED_NICKNAME_BYTES == carom_proto::MAX_NICKNAME_BYTES);
+const _: () = assert!(api::MAX_GREETING_BYTES == carom_proto::MAX_GREETING_BYTES);
+const _: () = assert!(api::MAX_BODY_BYTES == carom_proto::MAX_BODY_BYTES);
+
+/// Protocol limits hold for every caller; the API's own limits are checked by the server for
+/// every method (`carom_api::CheckLimits`).
 fn check_len(field: &str, value: &str, limit: usize) -> Result<()> {
     if value.len() > limit {
         return Err(EngineError::TooLarge(format!(

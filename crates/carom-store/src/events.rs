@@ -12,12 +12,27 @@ pub(crate) const SELECT_SINCE: &str =
 /// AUTOINCREMENT's high-water mark survives deleting every row.
 pub(crate) const SELECT_LAST_SEQ: &str = "SELECT seq FROM sqlite_sequence WHERE name = 'events'";
 
-pub(crate) const SELECT_OLDEST_SEQ: &str = "SELECT min(seq) FROM events";
+/// The oldest event whose kind is not in the JSON array ?1 (the churn kinds).
+pub(crate) const SELECT_OLDEST_SEQ: &str = "SELECT min(seq) FROM events \
+     WHERE kind NOT IN (SELECT value FROM json_each(?1))";
 
-/// The (keep + 1)-th newest event and everything older go; with fewer events the subquery is
-/// NULL and nothing matches.
-pub(crate) const PRUNE: &str = "DELETE FROM events WHERE seq <= \
-     (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?1)";
+/// Among events whose kind is (?3 = 1) or is not (?3 = 0) in the JSON array ?2: the
+/// (keep + 1)-th newest and everything older go; with fewer the subquery is NULL and nothing
+/// matches.
+pub(crate) const PRUNE: &str = "DELETE FROM events \
+     WHERE (kind IN (SELECT value FROM json_each(?2))) = ?3 AND seq <= \
+     (SELECT seq FROM events WHERE (kind IN (SELECT value FROM json_each(?2))) = ?3 \
+      ORDER BY seq DESC LIMIT 1 OFFSET ?1)";
+
+/// `kinds` as the JSON array the queries above take. Kinds are plain identifiers
+/// (`frontend.attached`); quotes and backslashes are escaped all the same.
+fn kinds_json(kinds: &[&str]) -> String {
+    let quoted: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(","))
+}
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {
@@ -49,10 +64,10 @@ pub(crate) fn last_seq(db: Db<'_>) -> Result<u64> {
     Ok(seq.unwrap_or(0))
 }
 
-pub(crate) fn oldest_seq(db: Db<'_>) -> Result<Option<u64>> {
+pub(crate) fn oldest_seq(db: Db<'_>, churn: &[&str]) -> Result<Option<u64>> {
     db.conn
         .prepare_cached(SELECT_OLDEST_SEQ)
-        .and_then(|mut stmt| stmt.query_row([], |row| get_opt_u64(row, 0)))
+        .and_then(|mut stmt| stmt.query_row([kinds_json(churn)], |row| get_opt_u64(row, 0)))
         .at(db.path)
 }
 
@@ -87,12 +102,24 @@ impl WriteTx<'_> {
         })
     }
 
-    /// Deletes all but the `keep_newest` newest events; returns how many were deleted. The
-    /// sequence continues from where it was.
-    pub fn prune_events(&self, keep_newest: u64) -> Result<u64> {
+    /// Deletes all but the `keep_newest` newest events, not counting the `churn` kinds, and
+    /// all but the `keep_churn` newest of those; returns how many were deleted. The sequence
+    /// continues from where it was.
+    ///
+    /// Churn kinds (frontends attaching and detaching) are counted apart so that however
+    /// many of them there are, they never push other events out of retention.
+    pub fn prune_events(&self, keep_newest: u64, churn: &[&str], keep_churn: u64) -> Result<u64> {
         let db = self.db();
-        let keep = i64::try_from(keep_newest).unwrap_or(i64::MAX);
-        let removed = db.conn.execute(PRUNE, [keep]).at(db.path)?;
+        let kinds = kinds_json(churn);
+        let mut removed = 0;
+        for (keep, is_churn) in [(keep_newest, false), (keep_churn, true)] {
+            let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+            removed += db
+                .conn
+                .prepare_cached(PRUNE)
+                .and_then(|mut stmt| stmt.execute(rusqlite::params![keep, kinds, is_churn]))
+                .at(db.path)?;
+        }
         Ok(removed as u64)
     }
 }

@@ -399,9 +399,10 @@ pub trait StoreRead: sealed::Connected {
         events::last_seq(self.db())
     }
 
-    /// The oldest event still kept.
-    fn oldest_event_seq(&self) -> Result<Option<u64>> {
-        events::oldest_seq(self.db())
+    /// The oldest event still kept, not counting the `churn` kinds (see
+    /// [`WriteTx::prune_events`]): every other event after it is still there.
+    fn oldest_event_seq(&self, churn: &[&str]) -> Result<Option<u64>> {
+        events::oldest_seq(self.db(), churn)
     }
 
     /// A setting's value.

@@ -865,7 +865,7 @@ fn enqueue_checks_the_message_it_points_at() {
 fn event_log_is_sequenced_paged_and_pruned_without_reuse() {
     let mut store = memory();
     assert_eq!(store.last_event_seq().unwrap(), 0);
-    assert_eq!(store.oldest_event_seq().unwrap(), None);
+    assert_eq!(store.oldest_event_seq(&[]).unwrap(), None);
     let seqs: Vec<u64> = store
         .write(|tx| {
             (0..10)
@@ -875,7 +875,7 @@ fn event_log_is_sequenced_paged_and_pruned_without_reuse() {
         .unwrap();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(store.last_event_seq().unwrap(), seqs[9]);
-    assert_eq!(store.oldest_event_seq().unwrap(), Some(seqs[0]));
+    assert_eq!(store.oldest_event_seq(&[]).unwrap(), Some(seqs[0]));
 
     let page = store.events_since(seqs[2], 3).unwrap();
     let got: Vec<u64> = page.iter().map(|e| e.seq).collect();
@@ -887,16 +887,56 @@ fn event_log_is_sequenced_paged_and_pruned_without_reuse() {
     assert!(store.events_since(seqs[9], 100).unwrap().is_empty());
     assert!(store.events_since(u64::MAX, 100).unwrap().is_empty());
 
-    assert_eq!(store.write(|tx| tx.prune_events(4)).unwrap(), 6);
-    assert_eq!(store.oldest_event_seq().unwrap(), Some(seqs[6]));
-    assert_eq!(store.write(|tx| tx.prune_events(4)).unwrap(), 0);
-    assert_eq!(store.write(|tx| tx.prune_events(100)).unwrap(), 0);
-    assert_eq!(store.write(|tx| tx.prune_events(0)).unwrap(), 4);
-    assert_eq!(store.oldest_event_seq().unwrap(), None);
+    assert_eq!(store.write(|tx| tx.prune_events(4, &[], 0)).unwrap(), 6);
+    assert_eq!(store.oldest_event_seq(&[]).unwrap(), Some(seqs[6]));
+    assert_eq!(store.write(|tx| tx.prune_events(4, &[], 0)).unwrap(), 0);
+    assert_eq!(store.write(|tx| tx.prune_events(100, &[], 0)).unwrap(), 0);
+    assert_eq!(store.write(|tx| tx.prune_events(0, &[], 0)).unwrap(), 4);
+    assert_eq!(store.oldest_event_seq(&[]).unwrap(), None);
     // The sequence carries on after everything was pruned.
     assert_eq!(store.last_event_seq().unwrap(), seqs[9]);
     let next = store.write(|tx| tx.append_event("x", "null", 1)).unwrap();
     assert!(next > seqs[9]);
+}
+
+#[test]
+fn churn_events_are_retained_apart_and_never_push_others_out() {
+    const CHURN: &[&str] = &["frontend.attached", "frontend.detached"];
+    let mut store = Store::open_in_memory().unwrap();
+    let mut messages = Vec::new();
+    for n in 0..5 {
+        messages.push(
+            store
+                .write(|tx| tx.append_event("message.received", &format!("{{\"n\":{n}}}"), 1))
+                .unwrap(),
+        );
+        // A polling frontend: many attach/detach pairs between any two messages.
+        for _ in 0..20 {
+            store
+                .write(|tx| {
+                    tx.append_event("frontend.attached", "{}", 1)?;
+                    tx.append_event("frontend.detached", "{}", 1)
+                })
+                .unwrap();
+        }
+    }
+    // Keep 3 messages and 10 churn events: 2 messages and 190 churn events go.
+    assert_eq!(
+        store.write(|tx| tx.prune_events(3, CHURN, 10)).unwrap(),
+        192
+    );
+    let left = store.events_since(0, 1000).unwrap();
+    let kept: Vec<u64> = left
+        .iter()
+        .filter(|e| e.kind == "message.received")
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(kept, messages[2..]);
+    assert_eq!(left.len(), 3 + 10);
+    // The oldest kept event, for gap detection, ignores churn: every message after it is kept.
+    assert_eq!(store.oldest_event_seq(CHURN).unwrap(), Some(messages[2]));
+    // Nothing more to prune.
+    assert_eq!(store.write(|tx| tx.prune_events(3, CHURN, 10)).unwrap(), 0);
 }
 
 #[test]
@@ -908,7 +948,7 @@ fn event_sequence_survives_pruning_and_reopening() {
             tx.append_event("b", "[]", 2)
         })
         .unwrap();
-    store.write(|tx| tx.prune_events(0)).unwrap();
+    store.write(|tx| tx.prune_events(0, &[], 0)).unwrap();
     drop(store);
     let mut store = profile.open();
     assert_eq!(store.last_event_seq().unwrap(), last);
