@@ -166,6 +166,10 @@ pub struct Stats {
     pub connections: u64,
     /// Sessions that completed their handshake.
     pub sessions: u64,
+    /// Incoming connections whose peer has not authenticated yet (at most 128: beyond that
+    /// the oldest is dropped).
+    #[serde(default)]
+    pub handshakes_in_progress: u64,
 }
 
 /// A passphrase as it crosses the API: wiped from memory when dropped, and never printed

@@ -46,6 +46,14 @@ pub(crate) struct Ticket {
 
 /// Bytes read from the stream at a time (a little more than one frame).
 const READ_CHUNK: usize = 66 * 1024;
+/// … and before the peer has authenticated: a stranger's connection costs what it sent, not a
+/// frame-sized buffer up front.
+const PREAUTH_READ_CHUNK: usize = 4 * 1024;
+/// Incoming connections allowed in their handshake at once. Each holds at most one partial
+/// frame (64 KiB) and [`PREAUTH_READ_CHUNK`], so all of them together hold at most about
+/// 9 MiB. One more pushes out the oldest: a flood then costs the flooder fresh connections
+/// and, as a handshake takes a round trip or two, a genuine peer's completes among them.
+pub const MAX_PREAUTH: usize = 128;
 /// Stop producing new outbox frames while this much is waiting to be written (in the writer
 /// and in the session together)…
 const HIGH_WATER: usize = 256 * 1024;
@@ -150,8 +158,51 @@ async fn write_loop<W: AsyncWrite>(
     let _ = half.shutdown().await;
 }
 
+/// An incoming connection's place among those still in their handshake; leaving it (the peer
+/// authenticated, or the connection ended) frees the place.
+struct PreAuthSlot {
+    shared: Arc<Shared>,
+    conn: ConnId,
+}
+
+impl PreAuthSlot {
+    /// Takes a place, pushing out the oldest connection if all are taken.
+    fn take(shared: &Arc<Shared>, conn: ConnId, commands: mpsc::UnboundedSender<ConnCmd>) -> Self {
+        let mut waiting = shared.preauth.lock().unwrap_or_else(|e| e.into_inner());
+        while waiting.len() >= MAX_PREAUTH {
+            if let Some((oldest, close)) = waiting.pop_front() {
+                debug!(
+                    ?oldest,
+                    "too many unauthenticated connections: dropping the oldest"
+                );
+                let _ = close.send(ConnCmd::Close(CloseReason::RateLimited));
+            }
+        }
+        waiting.push_back((conn, commands));
+        PreAuthSlot {
+            shared: Arc::clone(shared),
+            conn,
+        }
+    }
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        self.shared
+            .preauth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(conn, _)| *conn != self.conn);
+    }
+}
+
 struct Conn<S> {
     shared: Arc<Shared>,
+    /// Held until the peer authenticates (incoming connections only).
+    preauth: Option<PreAuthSlot>,
+    /// Set while the session waits to show it is live before it may replace the contact's
+    /// registered one: the peer's static key and certificate expiry, to register it with.
+    probation: Option<([u8; 32], u64)>,
     reader: ReadHalf<S>,
     writer: Writer,
     /// Outbox delivery waits for the writer to drain.
@@ -204,6 +255,8 @@ pub(crate) async fn run_initiator<S>(
     let writer = Writer::spawn(writer, Arc::clone(&shared));
     let mut conn = Conn {
         shared,
+        preauth: None,
+        probation: None,
         reader,
         writer,
         paused: false,
@@ -242,10 +295,13 @@ where
         &mut OsRng,
     );
     let (tx, rx) = mpsc::unbounded_channel();
+    let preauth = Some(PreAuthSlot::take(&shared, conn, tx.clone()));
     let (reader, writer) = tokio::io::split(stream);
     let writer = Writer::spawn(writer, Arc::clone(&shared));
     let conn = Conn {
         shared,
+        preauth,
+        probation: None,
         reader,
         writer,
         paused: false,
@@ -274,7 +330,14 @@ where
 {
     async fn run(mut self) {
         Counters::add(&self.shared.counters.connections, 1);
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = vec![
+            0u8;
+            if self.preauth.is_some() {
+                PREAUTH_READ_CHUNK
+            } else {
+                READ_CHUNK
+            }
+        ];
         loop {
             if let Err(e) = self.handle_events().await {
                 warn!(error = %e, "closing a session after a local failure");
@@ -290,6 +353,9 @@ where
             }
             if self.session.is_closed() {
                 break;
+            }
+            if self.preauth.is_none() && buf.len() < READ_CHUNK {
+                buf.resize(READ_CHUNK, 0);
             }
             let deadline = self.session.poll_timeout();
             let sleep = async {
@@ -375,6 +441,7 @@ where
     /// wait for the peer's next bytes, which may never come.
     async fn handle_events(&mut self) -> Result<()> {
         loop {
+            self.end_probation_if_live().await?;
             let mut batch = Vec::new();
             while let Some(event) = self.session.poll_event() {
                 batch.push(event);
@@ -398,6 +465,7 @@ where
                     ..
                 } => {
                     deciding = true;
+                    self.preauth = None;
                     self.authenticated(peer, peer_static, certificate_expires)
                         .await?;
                 }
@@ -408,6 +476,7 @@ where
                     ..
                 } => {
                     Counters::add(&self.shared.counters.sessions, 1);
+                    self.preauth = None;
                     self.established(peer, peer_static, certificate_expires)
                         .await?;
                 }
@@ -488,22 +557,45 @@ where
     ) -> Result<()> {
         self.peer = Some(peer);
         let (conn, initiator) = (self.conn, self.initiator);
-        let state = self
+        let live = self.session.peer_is_live();
+        let registration = self
             .shared
             .ask(|reply| CoreMsg::Established {
                 conn,
                 peer,
                 initiator,
+                live,
                 peer_static,
                 expires,
                 reply,
             })
             .await?;
+        if registration.on_probation {
+            // Ask for an answer only the real peer can give; its first authenticated frame
+            // (this Pong, or anything it sends) ends the probation.
+            self.probation = Some((peer_static, expires));
+            let nonce = rand_core::RngCore::next_u64(&mut OsRng);
+            let _ = self
+                .session
+                .send(Message::Ping(carom_proto::Ping { nonce }), Instant::now());
+            return Ok(());
+        }
         if matches!(
-            state,
+            registration.state,
             Some(ContactState::Accepted | ContactState::Requesting)
         ) {
             self.deliver_outbox().await?;
+        }
+        Ok(())
+    }
+
+    /// A session on probation whose peer has now shown it is live is registered.
+    async fn end_probation_if_live(&mut self) -> Result<()> {
+        if let (Some((peer_static, expires)), Some(peer)) = (self.probation, self.peer)
+            && self.session.peer_is_live()
+        {
+            self.probation = None;
+            self.established(peer, peer_static, expires).await?;
         }
         Ok(())
     }
@@ -663,6 +755,10 @@ where
         let Some(contact_id) = self.contact_id else {
             return Ok(());
         };
+        if self.probation.is_some() {
+            // Not the contact's session (yet): what it sends might reach nobody.
+            return Ok(());
+        }
         self.paused = false;
         loop {
             if self.writer.unsent() + self.session.pending_output() > HIGH_WATER

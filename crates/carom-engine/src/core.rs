@@ -69,9 +69,11 @@ pub(crate) enum CoreMsg {
         conn: ConnId,
         peer: OnionAddress,
         initiator: bool,
+        /// The peer has shown it holds the session's keys (`Session::peer_is_live`).
+        live: bool,
         peer_static: [u8; 32],
         expires: u64,
-        reply: oneshot::Sender<Option<ContactState>>,
+        reply: oneshot::Sender<Registration>,
     },
     /// A contact request or response arrived.
     ContactMessage {
@@ -197,6 +199,15 @@ pub(crate) struct Core<T: Transport> {
     /// Outbox items past their expiry by the wall clock, and since when this run has seen
     /// them so (see [`EXPIRY_GRACE`]).
     expiring: HashMap<i64, Instant>,
+}
+
+/// The core's answer to a session that came up.
+#[derive(Debug, Default)]
+pub(crate) struct Registration {
+    /// The contact's state, if the session may carry anything.
+    pub(crate) state: Option<ContactState>,
+    /// The session must first show it is live; until then it is not the contact's session.
+    pub(crate) on_probation: bool,
 }
 
 /// Most dials at once (each builds Tor circuits).
@@ -330,12 +341,13 @@ impl<T: Transport> Core<T> {
                 conn,
                 peer,
                 initiator,
+                live,
                 peer_static,
                 expires,
                 reply,
             } => {
                 let state = self
-                    .established(conn, peer, initiator, peer_static, expires)
+                    .established(conn, peer, initiator, live, peer_static, expires)
                     .await;
                 let _ = reply.send(state);
             }
@@ -432,20 +444,43 @@ impl<T: Transport> Core<T> {
     }
 
     /// A session came up. Register it for its contact, resolving duplicates.
+    ///
+    /// A newcomer that has not shown it is live (an IK responder's session, which a replayed
+    /// message 1 also produces) never displaces a registered session: it waits on probation
+    /// until the peer sends an authenticated transport frame, and is registered then.
     async fn established(
         &mut self,
         conn: ConnId,
         peer: OnionAddress,
         initiator: bool,
+        live: bool,
         peer_static: [u8; 32],
         expires: u64,
-    ) -> Option<ContactState> {
-        let contact = self.contact_of(peer).await.ok().flatten()?;
+    ) -> Registration {
+        let Some(contact) = self.contact_of(peer).await.ok().flatten() else {
+            return Registration::default();
+        };
         if !matches!(
             contact.state,
             ContactState::Accepted | ContactState::Requesting
         ) {
-            return None;
+            return Registration::default();
+        }
+        let displaces = self
+            .contacts
+            .get(&peer)
+            .and_then(|rt| rt.session)
+            .is_some_and(|existing| existing != conn && self.conns.contains_key(&existing));
+        if displaces && !live {
+            debug!(peer = %peer.redacted(), conn, "a new session waits to show it is live");
+            if let Some(info) = self.conns.get_mut(&conn) {
+                info.peer = Some(peer);
+                info.initiator = initiator;
+            }
+            return Registration {
+                state: Some(contact.state),
+                on_probation: true,
+            };
         }
         self.cache_static(&contact, peer_static, expires).await;
         if let Some(info) = self.conns.get_mut(&conn) {
@@ -502,7 +537,10 @@ impl<T: Transport> Core<T> {
             }
             Some(_) => {}
         }
-        Some(contact.state)
+        Registration {
+            state: Some(contact.state),
+            on_probation: false,
+        }
     }
 
     /// An accepted contact with a session up is online: say so once.
@@ -1140,7 +1178,7 @@ impl<T: Transport> Core<T> {
                     let _ = reply.send(Admission::Refuse(CloseReason::ShuttingDown));
                 }
                 Ok(Some(CoreMsg::Established { reply, .. })) => {
-                    let _ = reply.send(None);
+                    let _ = reply.send(Registration::default());
                 }
                 Ok(Some(CoreMsg::ContactMessage { reply, .. })) => {
                     let _ = reply.send(ContactOutcome {

@@ -53,8 +53,9 @@ use tokio::task::JoinHandle;
 pub use config::EngineConfig;
 pub use err::{EngineError, Result, store_kind};
 
+pub use crate::conn::MAX_PREAUTH;
 use crate::conn::append;
-use crate::core::{Core, CoreMsg};
+use crate::core::{ConnId, Core, CoreMsg};
 use crate::store_actor::StoreHandle;
 use crate::view::{address_of, unix_ms, unix_secs};
 
@@ -152,6 +153,10 @@ pub(crate) struct Shared {
     online: Mutex<HashSet<OnionAddress>>,
     next_conn: AtomicU64,
     pub(crate) counters: Counters,
+    /// Incoming connections whose peer has not yet authenticated, oldest first (see
+    /// `conn::PreAuthSlot`).
+    pub(crate) preauth:
+        Mutex<std::collections::VecDeque<(ConnId, mpsc::UnboundedSender<conn::ConnCmd>)>>,
 }
 
 /// Traffic counters, updated by the connections.
@@ -269,6 +274,7 @@ impl Engine {
             online: Mutex::new(HashSet::new()),
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
+            preauth: Mutex::default(),
         });
         let transport = Arc::new(transport);
         let status = transport.status();
@@ -320,6 +326,11 @@ impl Engine {
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
+            handshakes_in_progress: self
+                .shared
+                .preauth
+                .lock()
+                .map_or(0, |waiting| waiting.len() as u64),
         }
     }
 

@@ -31,6 +31,8 @@ fn config() -> EngineConfig {
 
 struct Node {
     engine: Option<Engine>,
+    /// The keys, so a test can speak as this node without its engine.
+    profile: carom_engine::Profile,
     db: PathBuf,
     key: [u8; 32],
     config: EngineConfig,
@@ -48,6 +50,7 @@ impl Node {
         let engine = Engine::start(store, &profile, transport, config.clone()).expect("engine");
         Node {
             engine: Some(engine),
+            profile,
             db,
             key,
             config,
@@ -729,4 +732,143 @@ async fn a_running_engine_renews_its_device_key_before_the_certificate_expires()
     pair(&carol, &alice).await;
     let m = send(&alice, &carol, "still trusted").await;
     alice.wait_delivered(m.id).await;
+}
+
+/// Strangers that open connections and stall in the middle of a HELLO hold a bounded number of
+/// places: beyond [`MAX_PREAUTH`], the oldest is dropped, and a contact still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_bounded_and_a_contact_still_gets_through() {
+    use carom_engine::MAX_PREAUTH;
+    use carom_tor::Transport as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let mut alice = Node::create(&net, dir.path(), "alice", config()).await;
+    // Bob never dials: the session below must be one Bob accepts during the flood.
+    let quiet = EngineConfig {
+        presence: false,
+        ..config()
+    };
+    let bob = Node::create(&net, dir.path(), "bob", quiet).await;
+    pair(&alice, &bob).await;
+    alice.stop().await;
+
+    let flooder = LoopbackTransport::new(&net, &carom_proto::IdentityKey::from_seed(&[9; 32]))
+        .await
+        .expect("transport");
+    let target: carom_proto::OnionAddress = bob.address().parse().expect("address");
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_PREAUTH + 40 {
+        let mut stream = flooder.dial(&target).await.expect("dial");
+        // The start of a HELLO that announces 16 KiB and never sends them.
+        stream
+            .write_all(b"\x40\x00\x01CAROM\x01")
+            .await
+            .expect("write");
+        stalled.push(stream);
+    }
+    // The daemon never holds more than its bound …
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let waiting = bob.e().stats().handshakes_in_progress;
+        assert!(waiting <= MAX_PREAUTH as u64, "{waiting} handshakes held");
+        if waiting == MAX_PREAUTH as u64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {waiting} handshakes seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // … because the oldest were dropped: their streams end.
+    for stream in stalled.iter_mut().take(40) {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("the oldest stalled connection is closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // A contact's new session completes among the stalled ones and delivers.
+    alice.restart(&net).await;
+    let m = send(&alice, &bob, "through the flood").await;
+    alice.wait_delivered(m.id).await;
+    assert!(bob.e().stats().handshakes_in_progress <= MAX_PREAUTH as u64);
+    drop(stalled);
+}
+
+/// Someone who recorded Alice's IK message 1 replays it to Bob. Bob answers (he cannot tell a
+/// replay from a redial), but the replayer cannot read the answer; the session Alice really
+/// has with Bob must stay up, and carry on delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
+    use carom_tor::Transport as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let bob = Node::create(&net, dir.path(), "bob", config()).await;
+    pair(&alice, &bob).await;
+    let m = send(&alice, &bob, "before").await;
+    alice.wait_delivered(m.id).await;
+    let sessions_before = alice.e().stats().sessions;
+
+    // Alice's IK message 1 to Bob, as an eavesdropper would have recorded it.
+    let p = &alice.profile;
+    let session_config = std::sync::Arc::new(carom_proto::SessionConfig::new(
+        p.identity.clone(),
+        p.device.clone(),
+        p.certificate,
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut recorded = carom_proto::Session::initiator(
+        session_config,
+        bob.profile.identity.address(),
+        Some(bob.profile.device.public()),
+        now,
+        std::time::Instant::now(),
+        &mut rand_core::OsRng,
+    );
+    let message_1 = recorded.poll_transmit().expect("IK message 1");
+    let replayer = LoopbackTransport::new(&net, &carom_proto::IdentityKey::from_seed(&[7; 32]))
+        .await
+        .expect("transport");
+    let bob_address = bob.profile.identity.address();
+    let mut replays = Vec::new();
+    for _ in 0..3 {
+        let mut stream = replayer.dial(&bob_address).await.expect("dial");
+        stream.write_all(&message_1).await.expect("replay");
+        replays.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Alice's session was never closed under her, and still delivers.
+    let b = bob.address();
+    assert_eq!(
+        alice
+            .e()
+            .events_since(0, 100_000)
+            .await
+            .expect("events")
+            .iter()
+            .filter(|e| e.kind == api::event::CONTACT_PRESENCE
+                && e.data["address"] == b.as_str()
+                && e.data["online"] == false)
+            .count(),
+        0,
+        "Alice saw Bob go offline: her session was knocked off"
+    );
+    let m = send(&alice, &bob, "after").await;
+    alice.wait_delivered(m.id).await;
+    assert_eq!(
+        alice.e().stats().sessions,
+        sessions_before,
+        "Alice had to redial"
+    );
+    drop(replays);
 }

@@ -423,6 +423,8 @@ pub struct Session {
     unanswered_since: Option<Instant>,
     next_nonce: u64,
     rtt: Option<Duration>,
+    /// An authenticated transport frame from the peer has arrived (see [`Session::peer_is_live`]).
+    heard_transport: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -510,6 +512,7 @@ impl Session {
             unanswered_since: None,
             next_nonce: 1,
             rtt: None,
+            heard_transport: false,
         }
     }
 
@@ -534,6 +537,22 @@ impl Session {
     /// The peer's verified onion address, once authenticated.
     pub fn peer(&self) -> Option<OnionAddress> {
         self.peer.as_ref().map(|p| p.address)
+    }
+
+    /// Whether the peer has shown that it is live — that it holds this session's keys — and
+    /// not merely that someone sent its first handshake message.
+    ///
+    /// An IK message 1 can be replayed by anyone who recorded it: the responder decrypts it,
+    /// authenticates the initiator and answers, but the replayer cannot read the answer. So an
+    /// IK responder counts the peer live only once an authenticated transport frame from it
+    /// has arrived. Every other authenticated peer is live: an initiator's peer answered our
+    /// fresh ephemeral key, and an XX initiator's message 3 answers ours.
+    pub fn peer_is_live(&self) -> bool {
+        match (&self.role, &self.peer) {
+            (_, None) => false,
+            (Role::Initiator { .. }, Some(_)) => true,
+            (Role::Responder, Some(facts)) => facts.pattern == Pattern::XX || self.heard_transport,
+        }
     }
 
     /// The most recent keepalive round-trip time.
@@ -1184,6 +1203,7 @@ impl Session {
         let len = transport
             .read_message(frame, &mut plain)
             .map_err(|_| ProtocolError::Decrypt)?;
+        self.heard_transport = true;
         match Message::decode(&plain[..len]) {
             Ok(Decoded::Known(message)) => self.deliver_transport(message, now),
             Ok(Decoded::Unknown { message_type }) => {
