@@ -482,7 +482,12 @@ fn a_first_frame_that_cannot_be_a_hello_is_refused_at_once() {
         )
     };
     // An HTTP request: "GE" reads as an 18,245-byte frame; the third byte gives it away.
-    for prefix in [&b"GET"[..], b"GET / HTTP/1.1\r\n", b"\x00\x00", b"\x00\x40\x01CAX"] {
+    for prefix in [
+        &b"GET"[..],
+        b"GET / HTTP/1.1\r\n",
+        b"\x00\x00",
+        b"\x00\x40\x01CAX",
+    ] {
         let mut session = responder();
         assert_eq!(
             session.handle_input(prefix, now),
