@@ -507,6 +507,15 @@ async fn dispatch(
                 .await
                 .map_err(|e| engine_error(&e))?,
         ),
+        method::CONTACT_CLEAR_REQUESTS => {
+            let _: api::NoParams = params(p)?;
+            to_value(
+                &engine!()
+                    .clear_requests()
+                    .await
+                    .map_err(|e| engine_error(&e))?,
+            )
+        }
         method::CONTACT_RENAME => to_value(
             &engine!()
                 .rename(params(p)?)

@@ -91,6 +91,8 @@ pub mod method {
     pub const CONTACT_REMOVE: &str = "contact.remove";
     /// Rename a contact locally: [`crate::ContactRename`].
     pub const CONTACT_RENAME: &str = "contact.rename";
+    /// Forget every unanswered contact request from strangers: → [`crate::Cleared`].
+    pub const CONTACT_CLEAR_REQUESTS: &str = "contact.clear_requests";
     /// Queue a message: [`crate::MessageSend`] → [`crate::Message`] (status `queued`).
     pub const MESSAGE_SEND: &str = "message.send";
     /// Page a conversation: [`crate::MessageList`] → [`crate::MessagePage`].
@@ -373,6 +375,13 @@ pub struct ContactRespond {
     /// When accepting: our name for them (default: the one they offered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nickname: Option<String>,
+}
+
+/// Result of `contact.clear_requests`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleared {
+    /// How many requests were forgotten.
+    pub cleared: u64,
 }
 
 /// Parameters of `contact.rename`.

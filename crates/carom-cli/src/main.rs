@@ -179,6 +179,8 @@ enum ContactCommand {
         /// The contact (nickname or address)
         contact: String,
     },
+    /// Forget every unanswered request from strangers at once (e.g. after a flood)
+    ClearRequests,
 }
 
 fn main() -> ExitCode {
@@ -697,6 +699,12 @@ async fn contact(client: &Client, json: bool, command: ContactCommand) -> Result
                 .await
                 .map_err(|e| explain(&e))?;
             output(json, &serde_json::json!({}), || "removed".into());
+        }
+        ContactCommand::ClearRequests => {
+            let cleared = client.clear_requests().await.map_err(|e| explain(&e))?;
+            output(json, &cleared, || {
+                format!("forgot {} unanswered contact requests", cleared.cleared)
+            });
         }
     }
     Ok(())

@@ -335,6 +335,12 @@ impl Client {
         self.call(api::method::CONTACT_RESPOND, &params).await
     }
 
+    /// `contact.clear_requests`.
+    pub async fn clear_requests(&self) -> Result<api::Cleared, ClientError> {
+        self.call(api::method::CONTACT_CLEAR_REQUESTS, &Value::Null)
+            .await
+    }
+
     /// `contact.rename`.
     pub async fn rename(&self, address: &str, nickname: &str) -> Result<api::Contact, ClientError> {
         let params = api::ContactRename {

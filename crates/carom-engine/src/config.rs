@@ -33,8 +33,12 @@ pub struct EngineConfig {
     pub per_source_burst: u32,
     /// … refilled at this many per hour (default 6).
     pub per_source_per_hour: u32,
-    /// Most unanswered requests kept; more are refused until some are answered (default 1000).
+    /// Most unanswered requests kept; one more makes room by dropping the oldest (default
+    /// 1000), so the newest are always there to review.
     pub max_pending_requests: usize,
+    /// How long a rejected request is remembered, to answer the same person asking again with
+    /// a rejection; then it is forgotten (default 30 days). Blocked addresses stay blocked.
+    pub rejection_memory: Duration,
     /// Events kept in the durable log (default 100,000).
     pub event_retention: u64,
     /// Keepalive interval of sessions (default 60 s).
@@ -63,6 +67,7 @@ impl Default for EngineConfig {
             per_source_burst: 3,
             per_source_per_hour: 6,
             max_pending_requests: 1000,
+            rejection_memory: Duration::from_secs(30 * 24 * 3600),
             event_retention: 100_000,
             keepalive: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(180),

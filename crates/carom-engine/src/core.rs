@@ -878,6 +878,8 @@ impl<T: Transport> Core<T> {
     async fn housekeeping(&mut self) {
         let expiry = u64::try_from(self.config.message_expiry.as_millis()).unwrap_or(u64::MAX);
         let retention = self.config.event_retention;
+        let rejection_memory =
+            u64::try_from(self.config.rejection_memory.as_millis()).unwrap_or(u64::MAX);
         let cutoff = unix_ms().saturating_sub(expiry);
         let candidates = self
             .shared
@@ -917,11 +919,29 @@ impl<T: Transport> Core<T> {
                     carom_api::event::CHURN,
                     carom_api::event::CHURN_RETENTION,
                 )?;
-                Ok(())
+                // A rejection is remembered long enough to answer the same person asking
+                // again; after that their row (and its memory) goes, so rejected strangers
+                // cannot accumulate. Blocked contacts stay: that is what blocking is.
+                let forgotten = tx.oldest_contacts(
+                    ContactState::Rejected,
+                    now.saturating_sub(rejection_memory),
+                    EXPIRY_BATCH,
+                )?;
+                for c in &forgotten {
+                    tx.delete_contact(c.id)?;
+                }
+                Ok(forgotten)
             })
             .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "housekeeping failed");
+        match result {
+            Ok(forgotten) => {
+                for c in forgotten {
+                    if let Ok(peer) = address_of(&c.identity) {
+                        self.contacts.remove(&peer);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
     }
 
@@ -980,29 +1000,44 @@ impl<T: Transport> Core<T> {
         let mut outcome = ContactOutcome::default();
         match existing {
             None => {
-                let pending = self
-                    .shared
-                    .store
-                    .read(|s| {
-                        Ok(s.contacts()?
-                            .iter()
-                            .filter(|c| c.state == ContactState::Pending)
-                            .count())
-                    })
-                    .await?;
-                if pending >= self.config.max_pending_requests
-                    || !self.limiter.admit(peer, Instant::now())
-                {
+                // The limiter first: it is in memory, and a flood must not cost a read each.
+                if !self.limiter.admit(peer, Instant::now()) {
                     // No acknowledgement: they will try again later.
                     info!("refused a contact request: rate limit");
                     outcome.close = Some(CloseReason::RateLimited);
                     return Ok(outcome);
                 }
                 let key = peer.public_key();
-                let id = self
+                let max_pending =
+                    u64::try_from(self.config.max_pending_requests).unwrap_or(u64::MAX);
+                let (id, displaced) = self
                     .shared
                     .store
                     .write(move |tx| {
+                        // A full list of requests makes room by dropping the oldest, so the
+                        // newest are always there to review: refusing new ones instead would
+                        // let a flood of old ones lock every later request out.
+                        let pending = tx.count_contacts(ContactState::Pending)?;
+                        let excess = (pending + 1).saturating_sub(max_pending);
+                        let displaced = tx.oldest_contacts(
+                            ContactState::Pending,
+                            u64::MAX,
+                            u32::try_from(excess).unwrap_or(u32::MAX),
+                        )?;
+                        for old in &displaced {
+                            tx.delete_contact(old.id)?;
+                            append(
+                                tx,
+                                carom_api::event::CONTACT_STATE,
+                                &serde_json::json!({
+                                    "address": address_of(&old.identity)?.to_string(),
+                                    "state": "removed",
+                                    "by": "us",
+                                    "reason": "too_many_requests",
+                                }),
+                                now,
+                            )?;
+                        }
                         let id = tx.insert_contact(&NewContact {
                             identity: key,
                             state: ContactState::Pending,
@@ -1023,9 +1058,20 @@ impl<T: Transport> Core<T> {
                             }),
                             now,
                         )?;
-                        Ok(id)
+                        Ok((id, displaced))
                     })
                     .await?;
+                for old in &displaced {
+                    if let Ok(old) = address_of(&old.identity) {
+                        self.contacts.remove(&old);
+                    }
+                }
+                if !displaced.is_empty() {
+                    info!(
+                        dropped = displaced.len(),
+                        "the list of contact requests is full: dropped the oldest"
+                    );
+                }
                 self.contacts.entry(peer).or_default();
                 outcome.contact_id = Some(id);
                 outcome.send.push(ack);

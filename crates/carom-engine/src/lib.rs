@@ -587,6 +587,44 @@ impl Engine {
         Ok(())
     }
 
+    /// `contact.clear_requests`: forget every unanswered request from a stranger at once (a
+    /// flood of them is not something to reject one by one). The requesters are not told;
+    /// one who asks again is a new request.
+    pub async fn clear_requests(&self) -> Result<api::Cleared> {
+        let cleared = self
+            .shared
+            .store
+            .write(|tx| {
+                let pending = tx.oldest_contacts(ContactState::Pending, u64::MAX, u32::MAX)?;
+                let now = unix_ms();
+                let mut cleared = Vec::with_capacity(pending.len());
+                for c in pending {
+                    tx.delete_contact(c.id)?;
+                    let peer = address_of(&c.identity)?;
+                    append(
+                        tx,
+                        api::event::CONTACT_STATE,
+                        &serde_json::json!({
+                            "address": peer.to_string(),
+                            "state": "removed",
+                            "by": "us",
+                            "reason": "cleared",
+                        }),
+                        now,
+                    )?;
+                    cleared.push(peer);
+                }
+                Ok(cleared)
+            })
+            .await?;
+        for peer in &cleared {
+            self.notify(*peer);
+        }
+        Ok(api::Cleared {
+            cleared: cleared.len() as u64,
+        })
+    }
+
     /// `contact.list`.
     pub async fn contacts(&self) -> Result<Vec<api::Contact>> {
         let online = self.online().await;

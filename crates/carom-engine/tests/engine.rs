@@ -872,3 +872,119 @@ async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
     );
     drop(replays);
 }
+
+/// When the list of unanswered requests is full, the oldest makes room: the newest are always
+/// there to review (refusing new ones let a flood lock every later request out). Clearing
+/// forgets them all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_request_list_drops_the_oldest_and_can_be_cleared() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let bob_config = EngineConfig {
+        max_pending_requests: 3,
+        stranger_burst: 10,
+        ..config()
+    };
+    let bob = Node::create(&net, dir.path(), "bob", bob_config).await;
+    let mut strangers = Vec::new();
+    for n in 0..5 {
+        let stranger = Node::create(&net, dir.path(), &format!("s{n}"), config()).await;
+        stranger
+            .e()
+            .add_contact(api::ContactAdd {
+                address: bob.address(),
+                nickname: String::new(),
+                offer_nickname: format!("s{n}"),
+                greeting: "hello".into(),
+                kind: api::PeerKind::Human,
+            })
+            .await
+            .expect("request sent");
+        let a = stranger.address();
+        bob.wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
+            d["address"] == a.as_str()
+        })
+        .await;
+        strangers.push(stranger);
+    }
+    let pending: Vec<String> = bob
+        .e()
+        .contacts()
+        .await
+        .expect("contacts")
+        .into_iter()
+        .filter(|c| c.state == api::ContactState::Pending)
+        .map(|c| c.address)
+        .collect();
+    let newest: Vec<String> = strangers[2..].iter().map(Node::address).collect();
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    for address in &newest {
+        assert!(
+            pending.contains(address),
+            "{address} missing from {pending:?}"
+        );
+    }
+    for dropped in &strangers[..2] {
+        let a = dropped.address();
+        bob.wait_event(api::event::CONTACT_STATE, |d| {
+            d["address"] == a.as_str()
+                && d["state"] == "removed"
+                && d["reason"] == "too_many_requests"
+        })
+        .await;
+    }
+
+    let cleared = bob.e().clear_requests().await.expect("cleared");
+    assert_eq!(cleared.cleared, 3);
+    assert!(bob.e().contacts().await.expect("contacts").is_empty());
+}
+
+/// A rejected stranger is remembered (asking again gets a rejection) for a while, then
+/// forgotten: rejected rows cannot pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
+    let stranger = Node::create(&net, dir.path(), "stranger", config()).await;
+    stranger
+        .e()
+        .add_contact(api::ContactAdd {
+            address: bob.address(),
+            nickname: String::new(),
+            offer_nickname: "s".into(),
+            greeting: String::new(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("request sent");
+    let s = stranger.address();
+    bob.wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
+        d["address"] == s.as_str()
+    })
+    .await;
+    bob.e()
+        .respond(api::ContactRespond {
+            address: s.clone(),
+            response: api::Response::Reject,
+            nickname: None,
+        })
+        .await
+        .expect("rejected");
+    // Remembered across a restart with the default memory …
+    bob.restart(&net).await;
+    let c = bob.e().contact(&s).await.expect("still known");
+    assert_eq!(c.state, api::ContactState::Rejected);
+    // … and forgotten by the housekeeping at start once the memory is shorter than its age.
+    bob.config.rejection_memory = Duration::ZERO;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    bob.restart(&net).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bob.e().contact(&s).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rejection was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

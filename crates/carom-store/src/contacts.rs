@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
 use crate::messages::{self, message_columns};
-use crate::model::{Contact, ConversationSummary, NewContact};
+use crate::model::{Contact, ContactState, ConversationSummary, NewContact};
 use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
 
 /// The columns [`from_row`] reads, each prefixed with `$prefix`.
@@ -55,6 +55,12 @@ const SELECT_ALL: &str = concat!(
     "SELECT ",
     contact_columns!(""),
     " FROM contacts ORDER BY id"
+);
+
+const SELECT_OLDEST_IN_STATE: &str = concat!(
+    "SELECT ",
+    contact_columns!(""),
+    " FROM contacts WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at, id LIMIT ?3"
 );
 
 /// Each contact's newest message and message count are kept in the contact's row by triggers,
@@ -111,6 +117,32 @@ pub(crate) fn all(db: Db<'_>) -> Result<Vec<Contact>> {
         .and_then(|mut stmt| {
             stmt.query_map([], |row| from_row(row, 0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn count_in_state(db: Db<'_>, state: ContactState) -> Result<u64> {
+    db.conn
+        .prepare_cached("SELECT count(*) FROM contacts WHERE state = ?1")
+        .and_then(|mut stmt| stmt.query_row([state], |row| get_u64(row, 0)))
+        .at(db.path)
+}
+
+pub(crate) fn oldest_in_state(
+    db: Db<'_>,
+    state: ContactState,
+    updated_before: u64,
+    limit: u32,
+) -> Result<Vec<Contact>> {
+    // "Before the end of time" is a fine thing to ask for.
+    let before = i64::try_from(updated_before).unwrap_or(i64::MAX);
+    db.conn
+        .prepare_cached(SELECT_OLDEST_IN_STATE)
+        .and_then(|mut stmt| {
+            stmt.query_map(rusqlite::params![state, before, limit], |row| {
+                from_row(row, 0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .at(db.path)
 }

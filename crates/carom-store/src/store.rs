@@ -12,7 +12,8 @@ use crate::err::{Error, Result, SqlResultExt};
 use crate::fsutil::{self, Placement};
 use crate::keyfile::DbKey;
 use crate::model::{
-    Contact, ConversationSummary, Direction, Event, IdentityRecord, Message, OutboxItem, UnixMillis,
+    Contact, ContactState, ConversationSummary, Direction, Event, IdentityRecord, Message,
+    OutboxItem, UnixMillis,
 };
 use crate::{contacts, events, identity, messages, outbox, schema};
 
@@ -139,6 +140,48 @@ impl Store {
             conn,
             location: Location::Memory,
         })
+    }
+
+    /// Removes what [`Store::create`] calls for `path` left behind when they were
+    /// interrupted: their `.NAME.creating-*` files with SQLite's `-wal` and `-shm` beside them.
+    /// None of them is ever a database in use (one becomes `path` by a link, and that name is
+    /// not among them), so they may always go, as long as no `Store::create` for `path` is
+    /// running at the same time. Returns the paths removed.
+    pub fn remove_creation_leftovers(path: &Path) -> Result<Vec<PathBuf>> {
+        let leftovers = fsutil::temp_siblings(path, "creating")?;
+        for leftover in &leftovers {
+            fsutil::remove_durably(leftover)?;
+        }
+        Ok(leftovers)
+    }
+
+    /// Deletes the database at `path` with its `-wal` and `-shm` files, then flushes the
+    /// directory so the deletion is on disk before whatever the caller does next. Missing files
+    /// are not an error; returns whether the database itself was there.
+    ///
+    /// Irreversible: only for a database known to hold nothing anyone needs, such as the one
+    /// an interrupted profile creation left behind. The database must not be open.
+    pub fn delete_files(path: &Path) -> Result<bool> {
+        // The main file last: while it remains, the database is still recognisably there.
+        for suffix in ["-wal", "-shm"] {
+            fsutil::remove_durably(&sidecar(path, suffix))?;
+        }
+        let existed = fsutil::remove_durably(path)?;
+        if existed {
+            tracing::info!(path = %path.display(), "deleted a database");
+        }
+        Ok(existed)
+    }
+
+    /// Whether the connection is idle: no transaction open, as after every [`Store::write`]
+    /// and every read.
+    ///
+    /// A caller that caught a panic from inside a write or a read checks this before trusting
+    /// the connection again. Unwinding out of [`Store::write`] rolls its transaction back, but
+    /// should that rollback fail, the transaction would stay open and the next write would
+    /// fail or, worse, join it.
+    pub fn is_idle(&self) -> bool {
+        self.conn.is_autocommit()
     }
 
     /// The database file, or `None` for a RAM-only store.
@@ -307,6 +350,22 @@ pub trait StoreRead: sealed::Connected {
     /// Every contact, by id.
     fn contacts(&self) -> Result<Vec<Contact>> {
         contacts::all(self.db())
+    }
+
+    /// How many contacts are in `state` (counted, not listed).
+    fn count_contacts(&self, state: ContactState) -> Result<u64> {
+        contacts::count_in_state(self.db(), state)
+    }
+
+    /// Up to `limit` contacts in `state` last changed before `updated_before` (ms), least
+    /// recently changed first (for a pending request: the oldest request first).
+    fn oldest_contacts(
+        &self,
+        state: ContactState,
+        updated_before: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<Contact>> {
+        contacts::oldest_in_state(self.db(), state, updated_before, limit)
     }
 
     /// One summary per contact, most recent activity first: the newest message's `stored_at`,
