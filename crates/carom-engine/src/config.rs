@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// Most unanswered requests kept; one more makes room by dropping the oldest (default
     /// 1000), so the newest are always there to review.
     pub max_pending_requests: usize,
+    /// Bytes of messages one accepted contact may make us store per day (each message counts
+    /// at least 1 KiB); beyond, their messages are refused with a negative acknowledgement
+    /// (`over_quota`) and fail at their end (default 64 MiB).
+    pub incoming_bytes_per_day: u32,
     /// How long a rejected request is remembered, to answer the same person asking again with
     /// a rejection; then it is forgotten (default 30 days). Blocked addresses stay blocked.
     pub rejection_memory: Duration,
@@ -68,6 +72,7 @@ impl Default for EngineConfig {
             per_source_per_hour: 6,
             max_pending_requests: 1000,
             rejection_memory: Duration::from_secs(30 * 24 * 3600),
+            incoming_bytes_per_day: 64 << 20,
             event_retention: 100_000,
             keepalive: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(180),

@@ -20,7 +20,7 @@ use rand_core::OsRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::core::{Admission, ConnId, CoreMsg};
 use crate::err::{EngineError, Result};
@@ -613,6 +613,10 @@ where
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
                     self.acknowledged(peer, ack.ids).await?;
                 }
+                Message::Reject(reject) => {
+                    self.store_chats(peer, std::mem::take(&mut chats)).await?;
+                    self.rejected(peer, reject).await?;
+                }
                 Message::ContactRequest(_) | Message::ContactResponse(_) => {
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
                     let outcome = self
@@ -660,7 +664,8 @@ where
             return Ok(());
         };
         let now = unix_ms();
-        let stored = self
+        let shared = Arc::clone(&self.shared);
+        let (stored, refused) = self
             .shared
             .store
             .write(move |tx| {
@@ -668,10 +673,29 @@ where
                 // session counts at once, and a block or removal committed just before wins.
                 match tx.contact(contact_id)? {
                     Some(c) if c.state == ContactState::Accepted => {}
-                    _ => return Ok(Vec::new()),
+                    _ => return Ok((Vec::new(), Vec::new())),
                 }
                 let mut ids = Vec::with_capacity(chats.len());
+                let mut refused = Vec::new();
+                let clock = Instant::now();
                 for chat in &chats {
+                    // A copy we already have is acknowledged again, whatever the quota: the
+                    // sender only missed our first acknowledgement.
+                    let known = tx
+                        .message_by_id(contact_id, Direction::Incoming, &chat.id.0)?
+                        .is_some();
+                    if !known {
+                        // (A body over its limit never gets here: the decoder refuses it.)
+                        let admitted = shared
+                            .quota
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .admit(contact_id, chat.body.len(), clock);
+                        if !admitted {
+                            refused.push((chat.id, carom_proto::reject::OVER_QUOTA));
+                            continue;
+                        }
+                    }
                     let received = tx.store_incoming(&NewIncoming {
                         contact_id,
                         msg_id: chat.id.0,
@@ -695,7 +719,7 @@ where
                     }
                     ids.push(chat.id);
                 }
-                Ok(ids)
+                Ok((ids, refused))
             })
             .await?;
         trace!(count = stored.len(), "stored chats; acknowledging");
@@ -705,7 +729,47 @@ where
                 .session
                 .send(Message::Ack(Ack { ids: ids.to_vec() }), now);
         }
+        if !refused.is_empty() {
+            debug!(peer = %peer.redacted(), count = refused.len(), "refused chats");
+        }
+        for (id, reason) in refused {
+            // A refusal must reach the sender or it retries for ever: never dropped for room.
+            let _ = self.session.send(
+                Message::Reject(carom_proto::Reject {
+                    ids: vec![id],
+                    reason,
+                    text: None,
+                }),
+                now,
+            );
+        }
         Ok(())
+    }
+
+    /// The peer refused messages for good: they fail here, with its reason, and leave the
+    /// outbox.
+    async fn rejected(&mut self, peer: OnionAddress, reject: carom_proto::Reject) -> Result<()> {
+        let Some(contact_id) = self.contact_id else {
+            return Ok(());
+        };
+        let now = unix_ms();
+        let failure = carom_proto::reject::name(reject.reason);
+        info!(peer = %peer.redacted(), count = reject.ids.len(), failure, "the peer refused messages");
+        self.shared
+            .store
+            .write(move |tx| {
+                let raw: Vec<[u8; 16]> = reject.ids.iter().map(|id| id.0).collect();
+                for m in tx.mark_rejected(contact_id, &raw, failure, now)? {
+                    append(
+                        tx,
+                        carom_api::event::MESSAGE_STATUS,
+                        &view::status_event(&m, &peer),
+                        now,
+                    )?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// The peer acknowledged messages: mark them delivered and clear the outbox.

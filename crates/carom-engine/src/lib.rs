@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     /// `conn::PreAuthSlot`).
     pub(crate) preauth:
         Mutex<std::collections::VecDeque<(ConnId, mpsc::UnboundedSender<conn::ConnCmd>)>>,
+    /// What each contact may still make us store today.
+    pub(crate) quota: Mutex<limits::IncomingQuota>,
 }
 
 /// Traffic counters, updated by the connections.
@@ -275,6 +277,7 @@ impl Engine {
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
             preauth: Mutex::default(),
+            quota: Mutex::new(limits::IncomingQuota::new(config.incoming_bytes_per_day)),
         });
         let transport = Arc::new(transport);
         let status = transport.status();

@@ -1,4 +1,5 @@
-//! Token buckets for contact requests from strangers.
+//! Token buckets: for contact requests from strangers, and for what each contact may make us
+//! store.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,11 +27,16 @@ impl Bucket {
 
     /// Take a token if one is available.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
+        self.take_amount(1.0, now)
+    }
+
+    /// Take `amount` tokens if that many are available.
+    fn take_amount(&mut self, amount: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
         self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= amount {
+            self.tokens -= amount;
             true
         } else {
             false
@@ -122,5 +128,61 @@ mod tests {
         let admitted = (0..100u8).filter(|n| l.admit(addr(*n), t)).count();
         assert_eq!(admitted, 20);
         assert!(l.admit(addr(200), t + Duration::from_secs(6)));
+    }
+}
+
+/// What one accepted contact may make us store: a bucket of bytes per contact, refilled over
+/// a day. Without it one contact could fill the disk, after which every operation fails.
+pub(crate) struct IncomingQuota {
+    per_contact: HashMap<i64, Bucket>,
+    bytes_per_day: u32,
+}
+
+/// Every message costs at least this much of the quota, so that tiny messages cannot add
+/// rows without bound either (a day's quota of 64 MiB is then at most 65,536 messages).
+pub(crate) const MIN_MESSAGE_COST: usize = 1024;
+
+impl IncomingQuota {
+    pub(crate) fn new(bytes_per_day: u32) -> IncomingQuota {
+        IncomingQuota {
+            per_contact: HashMap::new(),
+            bytes_per_day,
+        }
+    }
+
+    /// Whether `contact` may make us store a message of `bytes` now (charged if so).
+    pub(crate) fn admit(&mut self, contact: i64, bytes: usize, now: Instant) -> bool {
+        let per_day = self.bytes_per_day;
+        let bucket = self
+            .per_contact
+            .entry(contact)
+            .or_insert_with(|| Bucket::new(per_day, per_day, Duration::from_secs(24 * 3600), now));
+        // Precision is irrelevant here: sizes are far below 2^52.
+        #[allow(clippy::cast_precision_loss, reason = "sizes are far below 2^52")]
+        let cost = bytes.max(MIN_MESSAGE_COST) as f64;
+        bucket.take_amount(cost, now)
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_gets_its_daily_bytes_and_no_more_and_others_are_unaffected() {
+        let start = Instant::now();
+        let mut quota = IncomingQuota::new(10 * 1024);
+        for _ in 0..10 {
+            assert!(quota.admit(1, 10, start), "tiny messages cost 1 KiB each");
+        }
+        assert!(!quota.admit(1, 10, start));
+        assert!(
+            quota.admit(2, 10 * 1024, start),
+            "another contact has its own"
+        );
+        // A tenth of a day later, a tenth of the quota is back.
+        let later = start + Duration::from_secs(24 * 3600 / 10);
+        assert!(quota.admit(1, 1024, later));
+        assert!(!quota.admit(1, 1024, later));
     }
 }

@@ -988,3 +988,47 @@ async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A contact may make us store only so much a day. Beyond that their messages are refused
+/// with a negative acknowledgement, and fail at their end with the reason: the sender stops
+/// retrying, and its user sees why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_a_contacts_quota_are_refused_and_fail_at_the_sender() {
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let stingy = EngineConfig {
+        // Four messages of up to 1 KiB a day.
+        incoming_bytes_per_day: 4 * 1024,
+        ..config()
+    };
+    let bob = Node::create(&net, dir.path(), "bob", stingy).await;
+    pair(&alice, &bob).await;
+    let mut sent = Vec::new();
+    for n in 0..6 {
+        sent.push(send(&alice, &bob, &format!("message {n}")).await);
+    }
+    for m in &sent[..4] {
+        alice.wait_delivered(m.id).await;
+    }
+    for m in &sent[4..] {
+        let event = alice
+            .wait_event(api::event::MESSAGE_STATUS, |d| {
+                d["id"] == m.id && d["status"] == "failed"
+            })
+            .await;
+        assert_eq!(event.data["failure"], "rejected: over_quota", "{event:?}");
+        let failed = alice.e().message(m.id).await.expect("message");
+        assert_eq!(failed.status, api::MessageStatus::Failed);
+    }
+    let received: Vec<String> = bodies(&bob, &alice)
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        received,
+        ["message 0", "message 1", "message 2", "message 3"],
+        "exactly the admitted ones were stored, in order"
+    );
+}

@@ -39,7 +39,7 @@ pub use identity::{
 pub use message::{
     Ack, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision, Decoded, MAX_ACK_IDS,
     MAX_BODY_BYTES, MAX_CLOSE_TEXT_BYTES, MAX_GREETING_BYTES, MAX_NICKNAME_BYTES, Message,
-    MessageError, MessageId, PeerKind, Ping, Pong, Rekey, types,
+    MessageError, MessageId, PeerKind, Ping, Pong, Reject, Rekey, reject, types,
 };
 pub use noise::{MAX_TRANSPORT_PLAINTEXT, NOISE_IK, NOISE_XX, PROLOGUE_LABEL, Pattern};
 pub use session::{

@@ -147,6 +147,42 @@ pub struct Ack {
     pub ids: Vec<MessageId>,
 }
 
+/// "I will never store these messages; stop sending them." The negative acknowledgement:
+/// without it a sender that retries until acknowledged would retry for ever.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Reject {
+    /// The refused messages (chat ids).
+    #[n(0)]
+    pub ids: Vec<MessageId>,
+    /// Why: one of [`reject`]'s codes; a code this version does not know means "refused".
+    #[n(1)]
+    pub reason: u32,
+    /// Optional human-readable detail (never secret).
+    #[n(2)]
+    pub text: Option<String>,
+}
+
+/// Codes of [`Reject::reason`].
+pub mod reject {
+    /// A field is over its limit (e.g. a body over [`super::MAX_BODY_BYTES`]).
+    pub const TOO_LARGE: u32 = 1;
+    /// The receiver could not decode the message.
+    pub const MALFORMED: u32 = 2;
+    /// The receiver's storage limit for this sender is reached for now.
+    pub const OVER_QUOTA: u32 = 3;
+
+    /// The stable name of `code`, as the sender reports it (`"rejected"` for unknown codes).
+    pub fn name(code: u32) -> &'static str {
+        match code {
+            TOO_LARGE => "rejected: too_large",
+            MALFORMED => "rejected: malformed",
+            OVER_QUOTA => "rejected: over_quota",
+            _ => "rejected",
+        }
+    }
+}
+
 /// Keepalive probe; answered with a [`Pong`] carrying the same nonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
@@ -258,6 +294,8 @@ pub enum Message {
     Close(Close),
     /// Type 8 (handled by the session).
     Rekey(Rekey),
+    /// Type 9.
+    Reject(Reject),
 }
 
 /// Wire numbers of the message types.
@@ -278,6 +316,8 @@ pub mod types {
     pub const CLOSE: u32 = 7;
     /// Rekey.
     pub const REKEY: u32 = 8;
+    /// Negative acknowledgement.
+    pub const REJECT: u32 = 9;
 }
 
 /// Why a message of a known type was refused.
@@ -323,6 +363,7 @@ impl Message {
             Message::Pong(_) => types::PONG,
             Message::Close(_) => types::CLOSE,
             Message::Rekey(_) => types::REKEY,
+            Message::Reject(_) => types::REJECT,
         }
     }
 
@@ -346,6 +387,14 @@ impl Message {
             }
             Message::Chat(c) => limit("body", c.body.len(), MAX_BODY_BYTES),
             Message::Ack(a) => limit("ack ids", a.ids.len(), MAX_ACK_IDS),
+            Message::Reject(r) => {
+                limit("reject ids", r.ids.len(), MAX_ACK_IDS)?;
+                limit(
+                    "reject text",
+                    r.text.as_ref().map_or(0, String::len),
+                    MAX_CLOSE_TEXT_BYTES,
+                )
+            }
             Message::Close(c) => limit(
                 "close text",
                 c.text.as_ref().map_or(0, String::len),
@@ -373,6 +422,7 @@ impl Message {
             Message::Pong(m) => e.encode(m)?,
             Message::Close(m) => e.encode(m)?,
             Message::Rekey(m) => e.encode(m)?,
+            Message::Reject(m) => e.encode(m)?,
         };
         Ok(())
     }
@@ -383,6 +433,26 @@ impl Message {
         // Writing to a Vec cannot fail.
         let _ = self.encode_into(&mut e);
         e.into_writer()
+    }
+
+    /// For an envelope that does not decode: its type and, if one can be read, the message
+    /// id under key 0 of its body — so that a receiver can refuse it by id (a [`Reject`])
+    /// instead of leaving its sender to retry for ever.
+    pub fn salvage_id(bytes: &[u8]) -> Option<(u32, MessageId)> {
+        let mut d = Decoder::new(bytes);
+        if d.array().ok()? != Some(2) {
+            return None;
+        }
+        let message_type = d.u32().ok()?;
+        let entries = d.map().ok()??;
+        for _ in 0..entries {
+            if d.u32().ok()? == 0 {
+                let id: [u8; 16] = d.bytes().ok()?.try_into().ok()?;
+                return Some((message_type, MessageId(id)));
+            }
+            d.skip().ok()?;
+        }
+        None
     }
 
     /// Decode exactly one envelope occupying all of `bytes`.
@@ -415,6 +485,7 @@ impl Message {
             types::PONG => Message::Pong(d.decode().map_err(malformed)?),
             types::CLOSE => Message::Close(d.decode().map_err(malformed)?),
             types::REKEY => Message::Rekey(d.decode().map_err(malformed)?),
+            types::REJECT => Message::Reject(d.decode().map_err(malformed)?),
             _ => {
                 d.skip().map_err(malformed)?;
                 return Ok(Decoded::Unknown { message_type });
@@ -456,12 +527,38 @@ mod tests {
             }),
             Message::Ping(Ping { nonce: 7 }),
             Message::Pong(Pong { nonce: 7 }),
+            Message::Reject(Reject {
+                ids: vec![id(8)],
+                reason: reject::OVER_QUOTA,
+                text: Some("try tomorrow".into()),
+            }),
             Message::Close(Close {
                 code: CloseReason::Refused.code(),
                 text: None,
             }),
             Message::Rekey(Rekey {}),
         ]
+    }
+
+    #[test]
+    fn the_id_of_a_message_that_does_not_decode_can_be_salvaged() {
+        // A chat over the body limit: the encoder does not check, the decoder refuses.
+        let big = Message::Chat(Chat {
+            id: id(9),
+            sent_at: 1,
+            body: "x".repeat(MAX_BODY_BYTES + 1),
+            reply_to: None,
+        })
+        .encode();
+        assert!(matches!(
+            Message::decode(&big),
+            Err(MessageError::TooLong { .. })
+        ));
+        assert_eq!(Message::salvage_id(&big), Some((types::CHAT, id(9))));
+        // Nothing to salvage from garbage or from a body without an id.
+        assert_eq!(Message::salvage_id(b"\xff\x00"), None);
+        let ping = Message::Ping(Ping { nonce: 1 }).encode();
+        assert_eq!(Message::salvage_id(&ping), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Instant;
 use carom_proto::{
     Ack, AddressError, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision,
     Decoded, DeviceCertificate, DeviceKey, Event, IdentityKey, Message, MessageId, OnionAddress,
-    PeerKind, Phase, Ping, Pong, Rekey, Session, SessionConfig, types,
+    PeerKind, Phase, Ping, Pong, Reject, Rekey, Session, SessionConfig, reject, types,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -185,6 +185,14 @@ fn fields(m: &Message) -> Value {
             }
         }
         Message::Rekey(_) => {}
+        Message::Reject(r) => {
+            let ids: Vec<String> = r.ids.iter().map(|id| h(&id.0)).collect();
+            f.insert("ids".into(), json!(ids));
+            f.insert("reason".into(), json!(r.reason));
+            if let Some(text) = &r.text {
+                f.insert("text".into(), json!(text));
+            }
+        }
         other => panic!("a message type the vectors do not know: {other:?}"),
     }
     Value::Object(f)
@@ -1402,6 +1410,14 @@ fn generate() -> Value {
             }),
         ),
         ("rekey", Message::Rekey(Rekey {})),
+        (
+            "reject",
+            Message::Reject(Reject {
+                ids: vec![MessageId([5; 16])],
+                reason: reject::OVER_QUOTA,
+                text: Some("64 MiB a day".into()),
+            }),
+        ),
     ]
     .into_iter()
     .map(|(name, m)| json!({ "name": name, "cbor": h(&m.encode()), "fields": fields(&m) }))
@@ -1522,6 +1538,16 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
         5 | 6 => vec![(0, u("nonce"))],
         7 => vec![(0, u("code"))],
         8 => vec![],
+        9 => {
+            let ids = f["ids"].as_array().expect("ids");
+            vec![
+                (
+                    0,
+                    Item::A(ids.iter().map(|id| Item::B(unhex(id))).collect()),
+                ),
+                (1, u("reason")),
+            ]
+        }
         other => panic!("type {other}"),
     };
     if message_type == 3 && f.get("reply_to").is_some() {
@@ -1529,6 +1555,9 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
     }
     if message_type == 7 && f.get("text").is_some() {
         body.push((1, t("text")));
+    }
+    if message_type == 9 && f.get("text").is_some() {
+        body.push((2, t("text")));
     }
     let mut out = Vec::new();
     put(

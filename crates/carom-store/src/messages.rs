@@ -76,7 +76,15 @@ const UPDATE_STATUS: &str = concat!(
 );
 
 pub(crate) const MARK_DELIVERED: &str = concat!(
-    "UPDATE messages SET status = 'delivered', failure = NULL, status_at = ?3 \
+    "UPDATE messages SET status = 'delivered', failure = ?4, status_at = ?3 \
+     WHERE contact_id = ?1 AND direction = 'outgoing' AND msg_id = ?2 \
+     AND status IN ('queued', 'sent') RETURNING ",
+    message_columns!("")
+);
+
+/// An outgoing message the peer refused for good: failed, with the peer's reason.
+pub(crate) const MARK_REJECTED: &str = concat!(
+    "UPDATE messages SET status = 'failed', failure = ?4, status_at = ?3 \
      WHERE contact_id = ?1 AND direction = 'outgoing' AND msg_id = ?2 \
      AND status IN ('queued', 'sent') RETURNING ",
     message_columns!("")
@@ -332,17 +340,43 @@ impl WriteTx<'_> {
         msg_ids: &[[u8; 16]],
         now: UnixMillis,
     ) -> Result<Vec<Message>> {
+        self.settle_outgoing(MARK_DELIVERED, contact_id, msg_ids, None, now)
+    }
+
+    /// Marks outgoing messages to `contact_id` with these protocol ids `failed` with
+    /// `failure` (the peer refused them for good: a negative acknowledgement) and removes
+    /// their outbox items; returns the messages that changed. Delivered ones stay delivered.
+    pub fn mark_rejected(
+        &self,
+        contact_id: i64,
+        msg_ids: &[[u8; 16]],
+        failure: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Message>> {
+        self.settle_outgoing(MARK_REJECTED, contact_id, msg_ids, Some(failure), now)
+    }
+
+    /// Runs `update` (?1 contact, ?2 msg id, ?3 now, ?4 failure) for each id, and removes the
+    /// outbox item of each message it changed.
+    fn settle_outgoing(
+        &self,
+        update: &str,
+        contact_id: i64,
+        msg_ids: &[[u8; 16]],
+        failure: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<Vec<Message>> {
         let db = self.db();
         let now = to_sql_int(now, "now")?;
         let mut changed = Vec::new();
-        let mut update = db.conn.prepare_cached(MARK_DELIVERED).at(db.path)?;
+        let mut update = db.conn.prepare_cached(update).at(db.path)?;
         let mut remove = db
             .conn
             .prepare_cached(DELETE_OUTBOX_OF_MESSAGE)
             .at(db.path)?;
         for msg_id in msg_ids {
             let updated = update
-                .query_row(rusqlite::params![contact_id, msg_id, now], |r| {
+                .query_row(rusqlite::params![contact_id, msg_id, now, failure], |r| {
                     from_row(r, 0)
                 })
                 .optional()
