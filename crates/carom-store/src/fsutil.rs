@@ -75,11 +75,50 @@ pub(crate) fn write_atomically(target: &Path, bytes: &[u8], placement: Placement
     result
 }
 
-fn write_durably(temp: &Path, bytes: &[u8]) -> Result<()> {
+/// Creates `temp` exclusively and privately, writes `bytes` and flushes the file (not its
+/// directory entry: see [`sync_dir_of`]).
+pub(crate) fn write_durably(temp: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = create_private(temp).map_err(|e| Error::io("create", temp, e))?;
     file.write_all(bytes)
         .map_err(|e| Error::io("write", temp, e))?;
     file.sync_all().map_err(|e| Error::io("flush", temp, e))
+}
+
+/// Removes `path` if it is there and flushes its directory, so the removal is on disk before
+/// anything that must come after it. Returns whether there was something to remove.
+pub(crate) fn remove_durably(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("remove", path, e)),
+    }
+    sync_dir_of(path)?;
+    Ok(true)
+}
+
+/// The entries beside `path` that [`temp_sibling`] named for `purpose`, whatever their random
+/// part (and whatever SQLite appended to them, such as `-wal`).
+pub(crate) fn temp_siblings(path: &Path, purpose: &str) -> Result<Vec<PathBuf>> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.{purpose}-");
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Moves the durable file `temp` to `target` and flushes the directory.
@@ -155,6 +194,41 @@ mod tests {
         write_atomically(&target, b"new", Placement::Replace).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temp_siblings_finds_only_that_purpose_of_that_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f.db");
+        let mine = temp_sibling(&target, "creating").unwrap();
+        fs::write(&mine, b"x").unwrap();
+        let mut wal = mine.as_os_str().to_owned();
+        wal.push("-wal");
+        fs::write(&wal, b"x").unwrap();
+        fs::write(temp_sibling(&target, "tmp").unwrap(), b"x").unwrap();
+        fs::write(
+            temp_sibling(&dir.path().join("g.db"), "creating").unwrap(),
+            b"x",
+        )
+        .unwrap();
+        fs::write(&target, b"x").unwrap();
+        let found = temp_siblings(&target, "creating").unwrap();
+        assert_eq!(found, [mine, PathBuf::from(wal)]);
+        assert!(
+            temp_siblings(&dir.path().join("missing").join("f"), "creating")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn remove_durably_reports_whether_there_was_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        fs::write(&target, b"x").unwrap();
+        assert!(remove_durably(&target).unwrap());
+        assert!(!target.exists());
+        assert!(!remove_durably(&target).unwrap());
     }
 
     #[test]

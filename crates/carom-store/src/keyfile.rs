@@ -8,11 +8,13 @@
 //!
 //! The file is written atomically (private temporary file, fsync, rename or link, fsync of the
 //! directory): after a crash it holds either the old or the new content, never a mixture.
+//! [`KeyFile::stage`] splits creation in two, for a caller that makes the key file's
+//! appearance the commit point of a larger creation (the daemon's profile).
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -222,16 +224,73 @@ impl KeyFile {
                 e
             }
         })?;
-        match protection {
-            Protection::Passphrase(_) => {
-                tracing::info!(path = %path.display(), "created a passphrase-protected key file");
-            }
-            Protection::Unprotected => tracing::warn!(
-                path = %path.display(),
-                "created an UNPROTECTED key file: anyone who can read it can decrypt the database"
-            ),
-        }
+        log_created(path, matches!(protection, Protection::Passphrase(_)));
         Ok(key)
+    }
+
+    /// Like [`KeyFile::create`], except that the new key file is left complete and durable at
+    /// [`KeyFile::staging_path`]`(path)`, and becomes the key file at `path` only when
+    /// [`StagedKeyFile::commit`] links it there.
+    ///
+    /// This is for a caller that creates more than the key file (a database keyed with it) and
+    /// wants one atomic step, the key file's appearance, to be what makes the whole exist. Until
+    /// then the staged file marks the creation as unfinished: a caller that finds one after a
+    /// crash knows that what it created beside it belongs to a creation that never completed.
+    /// The staged file is on disk, directory entry included, before this returns, so nothing
+    /// created afterwards can survive a crash without it.
+    ///
+    /// Fails with [`Error::KeyFileExists`] if `path` exists, or naming the staging path if a
+    /// staged file is already there (the caller decides what a leftover means and removes it
+    /// with [`KeyFile::remove_staged`]; this never does).
+    pub fn stage(
+        path: &Path,
+        protection: Protection<'_>,
+        params: KdfParams,
+    ) -> Result<StagedKeyFile> {
+        if path.symlink_metadata().is_ok() {
+            return Err(Error::KeyFileExists {
+                path: path.to_owned(),
+            });
+        }
+        let key = DbKey::generate()?;
+        let bytes = seal(&key, protection, params)?;
+        let staged = KeyFile::staging_path(path);
+        let written =
+            fsutil::write_durably(&staged, &bytes[..]).and_then(|()| fsutil::sync_dir_of(&staged));
+        if let Err(e) = written {
+            if fsutil::is_already_exists(&e) {
+                // Someone else's leftover: not ours to remove.
+                return Err(Error::KeyFileExists { path: staged });
+            }
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+        Ok(StagedKeyFile {
+            key,
+            staged,
+            target: path.to_owned(),
+            protected: matches!(protection, Protection::Passphrase(_)),
+        })
+    }
+
+    /// Where [`KeyFile::stage`] leaves the key file for `path`: `.<name>.staged` beside it.
+    pub fn staging_path(path: &Path) -> PathBuf {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fsutil::parent_dir(path).join(format!(".{name}.staged"))
+    }
+
+    /// Removes the staged key file for `path` (see [`KeyFile::stage`]) if there is one, and
+    /// flushes the directory. Returns whether there was one.
+    ///
+    /// The caller must know it is a leftover: of a creation that never committed (then
+    /// remove what that creation made *before* this, or a crash in between leaves those
+    /// without their marker), or a second name of a committed key file (a crash between the
+    /// commit's link and its removal of the staged name).
+    pub fn remove_staged(path: &Path) -> Result<bool> {
+        fsutil::remove_durably(&KeyFile::staging_path(path))
     }
 
     /// Reads the key file at `path` and unwraps the database key.
@@ -314,6 +373,74 @@ impl KeyFile {
     pub fn is_protected(path: &Path) -> Result<bool> {
         let file = read(path)?;
         Ok(matches!(parse(path, &file)?.mode, Mode::Passphrase(_)))
+    }
+}
+
+/// A key file written by [`KeyFile::stage`], complete and durable under its staging name and
+/// not yet the key file.
+///
+/// Dropping it leaves the staged file where it is, as a crash would: the caller removes what
+/// it created with the key first, then the staged file ([`StagedKeyFile::discard`]), so that
+/// a crash in between still leaves the marker.
+pub struct StagedKeyFile {
+    key: DbKey,
+    staged: PathBuf,
+    target: PathBuf,
+    /// For the log line of the commit.
+    protected: bool,
+}
+
+impl fmt::Debug for StagedKeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedKeyFile")
+            .field("staged", &self.staged)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StagedKeyFile {
+    /// The database key the staged file holds.
+    pub fn key(&self) -> &DbKey {
+        &self.key
+    }
+
+    /// The staged file.
+    pub fn staged_path(&self) -> &Path {
+        &self.staged
+    }
+
+    /// Links the staged file to the key file's path (never overwriting: [`Error::KeyFileExists`]
+    /// if something is there, and the staged file stays), removes the staging name and
+    /// flushes the directory. The link is the one atomic step after which the key file exists.
+    pub fn commit(self) -> Result<()> {
+        fsutil::place(&self.staged, &self.target, Placement::NoClobber).map_err(|e| {
+            if fsutil::is_already_exists(&e) {
+                Error::KeyFileExists {
+                    path: self.target.clone(),
+                }
+            } else {
+                e
+            }
+        })?;
+        log_created(&self.target, self.protected);
+        Ok(())
+    }
+
+    /// Removes the staged file: the creation it belonged to is abandoned.
+    pub fn discard(self) -> Result<()> {
+        fsutil::remove_durably(&self.staged).map(drop)
+    }
+}
+
+fn log_created(path: &Path, protected: bool) {
+    if protected {
+        tracing::info!(path = %path.display(), "created a passphrase-protected key file");
+    } else {
+        tracing::warn!(
+            path = %path.display(),
+            "created an UNPROTECTED key file: anyone who can read it can decrypt the database"
+        );
     }
 }
 

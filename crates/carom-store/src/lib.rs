@@ -112,7 +112,7 @@ mod store;
 mod tests;
 
 pub use err::{Error, ErrorKind, Result};
-pub use keyfile::{DB_KEY_LEN, DbKey, KdfParams, KeyFile, Protection};
+pub use keyfile::{DB_KEY_LEN, DbKey, KdfParams, KeyFile, Protection, StagedKeyFile};
 pub use model::{
     Contact, ContactState, ConversationSummary, Direction, Event, IdentityRecord, Message,
     MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind, Queued,

@@ -62,7 +62,7 @@ impl Store {
     /// Creation is atomic: the database is built under a temporary name in the same directory
     /// and linked into place only when complete, so a crash leaves either no database or a
     /// complete, empty one (and possibly a stray `.NAME.creating-*` file, which may be
-    /// deleted).
+    /// deleted: [`Store::remove_creation_leftovers`]).
     pub fn create(path: &Path, key: &DbKey) -> Result<Store> {
         initialise_sqlite_once();
         if path.symlink_metadata().is_ok() {

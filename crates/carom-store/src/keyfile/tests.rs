@@ -441,3 +441,82 @@ fn debug_output_never_shows_secrets() {
         "{shown}"
     );
 }
+
+fn names(dir: &tempfile::TempDir) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_staged_key_file_is_durable_under_its_staging_name_until_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_path(&dir);
+    let staged = KeyFile::stage(&path, Protection::Passphrase(b"pw"), CHEAP).unwrap();
+    assert_eq!(staged.staged_path(), KeyFile::staging_path(&path));
+    assert_eq!(names(&dir), [".carom.key.staged"]);
+    // Complete before the commit: it unlocks to the same key.
+    let early = KeyFile::unlock(staged.staged_path(), Some(b"pw")).unwrap();
+    assert_eq!(early.as_bytes(), staged.key().as_bytes());
+    let key = *staged.key().as_bytes();
+    staged.commit().unwrap();
+    assert_eq!(names(&dir), ["carom.key"]);
+    assert_eq!(
+        KeyFile::unlock(&path, Some(b"pw")).unwrap().as_bytes(),
+        &key
+    );
+}
+
+#[test]
+fn staging_refuses_an_existing_key_file_or_staged_file_and_removes_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_path(&dir);
+    KeyFile::create(&path, Protection::Unprotected, CHEAP).unwrap();
+    let before = fs::read(&path).unwrap();
+    let error = KeyFile::stage(&path, Protection::Unprotected, CHEAP).unwrap_err();
+    assert!(matches!(error, Error::KeyFileExists { .. }), "{error}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert_eq!(names(&dir), ["carom.key"]);
+
+    let other = dir.path().join("other.key");
+    fs::write(KeyFile::staging_path(&other), b"leftover").unwrap();
+    let error = KeyFile::stage(&other, Protection::Unprotected, CHEAP).unwrap_err();
+    assert!(
+        matches!(&error, Error::KeyFileExists { path } if *path == KeyFile::staging_path(&other)),
+        "{error}"
+    );
+    assert_eq!(
+        fs::read(KeyFile::staging_path(&other)).unwrap(),
+        b"leftover"
+    );
+}
+
+#[test]
+fn a_commit_never_overwrites_a_key_file_and_keeps_the_staged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_path(&dir);
+    let staged = KeyFile::stage(&path, Protection::Unprotected, CHEAP).unwrap();
+    fs::write(&path, b"someone else's").unwrap();
+    let error = staged.commit().unwrap_err();
+    assert!(matches!(error, Error::KeyFileExists { .. }), "{error}");
+    assert_eq!(fs::read(&path).unwrap(), b"someone else's");
+    assert!(KeyFile::staging_path(&path).exists());
+    assert!(KeyFile::remove_staged(&path).unwrap());
+    assert!(!KeyFile::remove_staged(&path).unwrap());
+    assert_eq!(names(&dir), ["carom.key"]);
+}
+
+#[test]
+fn discarding_a_staged_key_file_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_path(&dir);
+    let staged = KeyFile::stage(&path, Protection::Passphrase(b"pw"), CHEAP).unwrap();
+    staged.discard().unwrap();
+    assert!(names(&dir).is_empty());
+    // An empty passphrase is refused before anything is written.
+    assert!(KeyFile::stage(&path, Protection::Passphrase(b""), CHEAP).is_err());
+    assert!(names(&dir).is_empty());
+}

@@ -1015,6 +1015,7 @@ fn panicking_write_rolls_back_and_the_store_stays_usable() {
         });
     }));
     assert!(outcome.is_err());
+    assert!(store.is_idle(), "the unwinding rolled the transaction back");
     assert!(store.history(alice, None, 10).unwrap().is_empty());
     assert!(receive(&mut store, alice, 1, "again").is_new());
 }

@@ -127,3 +127,51 @@ fn an_unprotected_profile_opens_without_a_passphrase() {
     let store = Store::open(&db_path, &key).unwrap();
     assert_eq!(store.history(alice, None, 10).unwrap().len(), 1);
 }
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn delete_files_removes_the_database_and_its_sidecars_and_nothing_else() {
+    let (profile, mut store) = Profile::new(b"pw");
+    let alice = add_contact(&mut store, 1);
+    receive(&mut store, alice, 1, "doomed");
+    // While open the WAL holds the message: deleting must take it too.
+    assert!(listing(profile.dir.path()).contains(&"carom.db-wal".to_owned()));
+    drop(store);
+    // As a killed process would have left them.
+    fs::write(profile.db_path.with_file_name("carom.db-wal"), b"wal").unwrap();
+    fs::write(profile.db_path.with_file_name("carom.db-shm"), b"shm").unwrap();
+    assert!(Store::delete_files(&profile.db_path).unwrap());
+    assert_eq!(listing(profile.dir.path()), ["carom.key"]);
+    assert!(!Store::delete_files(&profile.db_path).unwrap());
+}
+
+#[test]
+fn creation_leftovers_are_removed_and_the_database_is_not() {
+    let (profile, store) = Profile::new(b"pw");
+    drop(store);
+    let dir = profile.dir.path();
+    for name in [
+        ".carom.db.creating-0123456789abcdef",
+        ".carom.db.creating-0123456789abcdef-wal",
+        ".carom.db.creating-0123456789abcdef-shm",
+    ] {
+        fs::write(dir.join(name), b"half-built").unwrap();
+    }
+    let removed = Store::remove_creation_leftovers(&profile.db_path).unwrap();
+    assert_eq!(removed.len(), 3);
+    assert_eq!(listing(dir), ["carom.db", "carom.key"]);
+    assert!(
+        Store::remove_creation_leftovers(&profile.db_path)
+            .unwrap()
+            .is_empty()
+    );
+    profile.open().check_integrity().unwrap();
+}
