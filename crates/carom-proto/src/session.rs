@@ -115,7 +115,9 @@ impl SessionConfig {
 #[non_exhaustive]
 pub enum Event {
     /// (Responder) The initiator proved its identity. Any messages that rode in the handshake
-    /// follow as [`Event::Message`]. Call [`Session::accept`] or [`Session::close`].
+    /// follow as [`Event::Message`]. Call [`Session::accept`] or [`Session::close`] — unless
+    /// an [`Event::Closed`] follows them: the initiator put a Close in its handshake message,
+    /// the session is over, and both calls do nothing.
     PeerAuthenticated {
         /// The verified onion address of the peer.
         peer: OnionAddress,
@@ -593,7 +595,8 @@ impl Session {
     }
 
     /// (Responder) Keep the session: complete the handshake (writing IK message 2 with any
-    /// queued messages) and let messages flow. Does nothing in other phases.
+    /// queued messages) and let messages flow. Does nothing in other phases, a session the
+    /// initiator closed during its handshake included.
     pub fn accept(&mut self, now: Instant) {
         let State::AwaitDecision { pending } = std::mem::replace(&mut self.state, State::Closed)
         else {
@@ -937,7 +940,11 @@ impl Session {
                 };
                 let (payload, unknown) = HandshakePayload::decode(&payload_bytes[..len])?;
                 self.authenticate_initiator(&handshake, &payload, Pattern::IK)?;
-                self.deliver_early(payload.messages, &unknown);
+                if self.deliver_early(payload.messages, &unknown) {
+                    // The initiator closed: no decision, and no message 2.
+                    self.state = State::Closed;
+                    return Ok(());
+                }
                 self.state = State::AwaitDecision {
                     pending: Pending::IkResponse(Box::new(handshake)),
                 };
@@ -993,7 +1000,11 @@ impl Session {
         let transport = handshake
             .into_transport_mode()
             .map_err(|e| ProtocolError::Handshake(e.to_string()))?;
-        self.deliver_early(payload.messages, &unknown);
+        if self.deliver_early(payload.messages, &unknown) {
+            // The initiator closed: no decision, and frames after message 3 are ignored.
+            self.state = State::Closed;
+            return Ok(());
+        }
         self.state = State::AwaitDecision {
             pending: Pending::Transport(Box::new(transport)),
         };
@@ -1083,6 +1094,28 @@ impl Session {
             });
         }
         drop(early); // delivered: the responder could decrypt message 1
+        let facts = PeerFacts {
+            address: cert.identity(),
+            static_key: remote,
+            expires: cert.expires_at(),
+            pattern,
+            features: payload.features,
+        };
+        if pattern == Pattern::XX
+            && payload
+                .messages
+                .iter()
+                .any(|m| matches!(m, Message::Close(_)))
+        {
+            // A responder that closes in XX message 2 (the reference never puts messages
+            // there) gets no message 3: the session ends unestablished, and who we are stays
+            // unsaid.
+            self.peer = Some(facts);
+            let closed = self.deliver_early(payload.messages, &unknown);
+            debug_assert!(closed, "the payload holds a Close");
+            self.state = State::Closed;
+            return Ok(());
+        }
         if pattern == Pattern::XX {
             // Message 3: our certificate and as many queued messages as fit.
             let room = MAX_FRAME_BODY - 1 - XX3_OVERHEAD;
@@ -1094,18 +1127,15 @@ impl Session {
         let transport = handshake
             .into_transport_mode()
             .map_err(|e| ProtocolError::Handshake(e.to_string()))?;
-        self.peer = Some(PeerFacts {
-            address: cert.identity(),
-            static_key: remote,
-            expires: cert.expires_at(),
-            pattern,
-            features: payload.features,
-        });
+        self.peer = Some(facts);
         self.state = State::Established {
             transport: Box::new(transport),
         };
         self.emit_established();
-        self.deliver_early(payload.messages, &unknown);
+        // IK message 2: established just long enough to deliver what came before a Close.
+        if self.deliver_early(payload.messages, &unknown) {
+            self.state = State::Closed;
+        }
         Ok(())
     }
 
@@ -1156,18 +1186,31 @@ impl Session {
         self.start_handshake()
     }
 
-    fn deliver_early(&mut self, messages: Vec<Message>, unknown: &[u32]) {
-        // Keepalive and rekeying belong to the transport phase; in a handshake they mean
-        // nothing and are dropped.
+    /// Hand over the messages that rode in a handshake payload, in order, up to the first
+    /// `Close`. Returns whether there was one: the session is then over (closed, reported,
+    /// its queue dropped), and the caller must neither move it to another state nor write
+    /// anything in answer. Nothing after the Close is delivered.
+    #[must_use = "a Close in the payload ends the session: the caller must stop"]
+    fn deliver_early(&mut self, messages: Vec<Message>, unknown: &[u32]) -> bool {
         for m in messages {
-            if !matches!(m, Message::Ping(_) | Message::Pong(_) | Message::Rekey(_)) {
-                self.deliver(m);
+            match m {
+                // Keepalive and rekeying belong to the transport phase; in a handshake they
+                // mean nothing and are dropped.
+                Message::Ping(_) | Message::Pong(_) | Message::Rekey(_) => {}
+                Message::Close(_) => {
+                    self.deliver(m);
+                    // The payload decoder does not keep the position of unknown types among
+                    // the messages, so none is reported: any may have followed the Close.
+                    return true;
+                }
+                other => self.deliver(other),
             }
         }
         for &message_type in unknown {
             self.events
                 .push_back(Event::UnknownMessage { message_type });
         }
+        false
     }
 
     fn emit_established(&mut self) {
@@ -1243,7 +1286,9 @@ impl Session {
         }
     }
 
-    /// Hand a message to the application (a `Close` ends the session).
+    /// Hand a message to the application (a `Close` ends the session). While a handshake
+    /// frame is handled the state is a placeholder, so the handshake handlers learn of a Close
+    /// from [`Self::deliver_early`]'s answer, not from the state.
     fn deliver(&mut self, message: Message) {
         if let Message::Close(Close { code, .. }) = message {
             self.state = State::Closed;

@@ -274,6 +274,250 @@ fn a_refusal_is_authenticated_and_follows_the_acknowledgement() {
     );
 }
 
+/// Run until both sides are closed and nothing is in flight (bounded in virtual time).
+fn settle(pair: &mut Pair) {
+    while pair.step() {
+        assert!(
+            pair.elapsed() < Duration::from_secs(600),
+            "{}",
+            pair.summary()
+        );
+    }
+}
+
+fn close_message(reason: CloseReason) -> Message {
+    Message::Close(carom_proto::Close {
+        code: reason.code(),
+        text: None,
+    })
+}
+
+fn is_peer_authenticated(e: &Event) -> bool {
+    matches!(e, Event::PeerAuthenticated { .. })
+}
+
+/// Alice queues a chat, a Close and another chat before the handshake, so all three ride in
+/// her first handshake message that carries messages (IK message 1 or XX message 3). Bob must
+/// stop at the Close: the first chat is his, the Close ends his session, the second chat is
+/// never delivered, and nothing he or his application does afterwards writes a byte or
+/// revives the session.
+fn a_close_in_the_initiators_handshake_ends_the_responders_session(cached: bool) {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    let mut pair = Pair::new(&alice, &bob, cached.then(|| bob.device.public()), LATENCY);
+    pair.policy = Policy::Manual;
+    let now = pair.now;
+    pair.a.send(chat(1, "before"), now).expect("queued");
+    pair.a
+        .send(close_message(CloseReason::Normal), now)
+        .expect("queued");
+    pair.a.send(chat(2, "after"), now).expect("queued");
+    if !cached {
+        // Alice is established once she has written XX message 3; what she writes next goes
+        // out as transport frames right behind it. They come after the Close too.
+        pair.run_until(LIMIT, |p| p.a.phase() == Phase::Established);
+        let now = pair.now;
+        pair.a
+            .send(chat(3, "after, in transport"), now)
+            .expect("queued");
+    }
+    pair.run_until(LIMIT, |p| p.b_saw(is_peer_authenticated).is_some());
+    pair.pump();
+    let written = pair.bytes_sent.1;
+    let events: Vec<Event> = pair.b_events.iter().map(|(_, e)| e.clone()).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::PeerAuthenticated { peer, .. },
+                Event::Message(Message::Chat(c)),
+                Event::Closed {
+                    reason: CloseReason::Normal,
+                    by_peer: true
+                },
+            ] if *peer == alice.address() && c.id == MessageId([1; 16])
+        ),
+        "cached {cached}: {events:?}"
+    );
+    assert!(pair.b.is_closed(), "cached {cached}: {:?}", pair.b.phase());
+    assert_eq!(pair.b.phase(), Phase::Closed);
+    assert_eq!(pair.b.poll_timeout(), None, "no timer on a closed session");
+
+    // An application that decides anyway changes nothing.
+    let now = pair.now;
+    assert_eq!(
+        pair.b.send(chat(4, "too late"), now),
+        Err(SendError::Closed)
+    );
+    pair.b.accept(now);
+    assert!(pair.b.is_closed());
+    pair.b.close(CloseReason::Refused, now);
+    assert!(pair.b.is_closed());
+    assert_eq!(pair.b.poll_transmit(), None, "cached {cached}");
+
+    // Whatever Alice sends later (keepalives, until she gives up) is ignored.
+    pair.run_until(Duration::from_secs(600), |p| p.a.is_closed());
+    settle(&mut pair);
+    assert_eq!(
+        pair.bytes_sent.1, written,
+        "cached {cached}: Bob wrote more"
+    );
+    if cached {
+        assert_eq!(written, 0, "no IK message 2");
+    }
+    assert_eq!(
+        pair.b_events.len(),
+        3,
+        "cached {cached}: {}",
+        pair.summary()
+    );
+    for id in [2, 3] {
+        assert!(pair.b_saw(is_chat(id)).is_none(), "chat {id} delivered");
+    }
+    assert!(pair.errors.is_empty(), "{:?}", pair.errors);
+}
+
+#[test]
+fn a_close_in_ik_message_1_ends_the_responders_session() {
+    a_close_in_the_initiators_handshake_ends_the_responders_session(true);
+}
+
+#[test]
+fn a_close_in_xx_message_3_ends_the_responders_session() {
+    a_close_in_the_initiators_handshake_ends_the_responders_session(false);
+}
+
+/// The initiator stops at a Close in IK message 2 the same way: what comes after it in the
+/// payload is not delivered, and what Alice had queued is dropped unwritten.
+#[test]
+fn nothing_after_a_close_in_ik_message_2_is_delivered() {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    let mut pair = Pair::new(&alice, &bob, Some(bob.device.public()), LATENCY);
+    pair.policy = Policy::Manual;
+    pair.a.send(chat(1, "hello"), pair.now).expect("queued");
+    pair.pump();
+    // Written after the HELLO left: it waits for the handshake.
+    pair.a.send(chat(5, "queued"), pair.now).expect("queued");
+    let hello = pair.bytes_sent.0;
+    pair.run_until(LIMIT, |p| p.b.phase() == Phase::AwaitingDecision);
+    // A peer that puts messages after its Close (the reference's `close` never does).
+    let now = pair.now;
+    pair.b
+        .send(
+            Message::Ack(carom_proto::Ack {
+                ids: vec![MessageId([1; 16])],
+            }),
+            now,
+        )
+        .expect("ack");
+    pair.b
+        .send(close_message(CloseReason::RequestReceived), now)
+        .expect("close");
+    pair.b.send(chat(9, "after the close"), now).expect("chat");
+    pair.b.accept(now);
+    pair.run_until(LIMIT, |p| p.a.is_closed());
+    settle(&mut pair);
+    let events: Vec<&Event> = pair.a_events.iter().map(|(_, e)| e).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::Established { .. },
+                Event::Message(Message::Ack(_)),
+                Event::Closed {
+                    reason: CloseReason::RequestReceived,
+                    by_peer: true
+                },
+            ]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(pair.bytes_sent.0, hello, "Alice wrote after the Close");
+    assert!(pair.errors.is_empty(), "{:?}", pair.errors);
+}
+
+/// XX message 2 never carries messages from a reference responder, but if one carries a
+/// Close, the initiator stops there too: it delivers what came before the Close, is never
+/// established, and does not answer with message 3 (which would reveal who it is to a peer
+/// that has already closed).
+#[test]
+fn a_close_in_xx_message_2_ends_the_initiators_session_without_message_3() {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    let now = std::time::Instant::now();
+    let mut a = carom_proto::Session::initiator(
+        std::sync::Arc::clone(&alice.config),
+        bob.address(),
+        None,
+        common::UNIX_NOW,
+        now,
+        &mut common::rng(1),
+    );
+    a.send(chat(1, "who are you?"), now).expect("queued");
+    let hello = a.poll_transmit().expect("a HELLO");
+    // Play Bob by hand: read XX message 1 from the HELLO, answer with message 2.
+    let body = &hello[2..];
+    assert_eq!(
+        usize::from(u16::from_be_bytes([hello[0], hello[1]])),
+        body.len()
+    );
+    assert_eq!(body[0], 1, "a HELLO");
+    let magic = carom_proto::MAGIC.len();
+    let header_len = magic + 1 + usize::from(body[1 + magic]) + 2;
+    let (header, noise) = body[1..].split_at(header_len);
+    let mut prologue = carom_proto::PROLOGUE_LABEL.to_vec();
+    prologue.extend_from_slice(header);
+    prologue.extend_from_slice(&bob.address().public_key());
+    let secret = bob.device.secret();
+    let mut responder = snow::Builder::new(carom_proto::NOISE_XX.parse().expect("params"))
+        .local_private_key(secret.as_ref())
+        .and_then(|b| b.prologue(&prologue))
+        .and_then(snow::Builder::build_responder)
+        .expect("a responder");
+    let mut scratch = vec![0u8; carom_proto::MAX_FRAME_BODY];
+    assert_eq!(
+        responder
+            .read_message(noise, &mut scratch)
+            .expect("message 1"),
+        0
+    );
+    // {0: cert_R, 2: [ack, close, chat, a message of an unknown type]}
+    let mut payload = vec![0xa2, 0x00, 0x58, 137];
+    payload.extend_from_slice(&bob.config.certificate.encode());
+    payload.extend_from_slice(&[0x02, 0x84]);
+    let ack = Message::Ack(carom_proto::Ack {
+        ids: vec![MessageId([1; 16])],
+    });
+    for m in [ack, close_message(CloseReason::Refused), chat(9, "after")] {
+        payload.extend_from_slice(&m.encode());
+    }
+    payload.extend_from_slice(&[0x82, 0x19, 0x0f, 0xa0, 0xa0]); // [4000, {}]
+    let mut message_2 = vec![0u8; carom_proto::MAX_FRAME_BODY];
+    let n = responder
+        .write_message(&payload, &mut message_2)
+        .expect("message 2");
+    let mut frame = u16::try_from(n + 1).expect("fits").to_be_bytes().to_vec();
+    frame.push(2); // RESPONSE
+    frame.extend_from_slice(&message_2[..n]);
+
+    assert_eq!(a.handle_input(&frame, now), Ok(()));
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::Message(Message::Ack(_)),
+                Event::Closed {
+                    reason: CloseReason::Refused,
+                    by_peer: true
+                },
+            ]
+        ),
+        "{events:?}"
+    );
+    assert!(a.is_closed());
+    assert_eq!(a.poll_transmit(), None, "no XX message 3");
+    assert_eq!(a.poll_timeout(), None);
+}
+
 #[test]
 fn versions_are_negotiated_down_on_the_same_stream() {
     let alice = Peer::new(1).configured(|c| c.versions = vec![1, 2]);
