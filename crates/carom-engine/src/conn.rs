@@ -484,8 +484,33 @@ where
                 Event::UnknownMessage { message_type } => {
                     debug!(message_type, "ignored a message of an unknown type");
                 }
-                Event::MalformedMessage { reason } => {
+                Event::MalformedMessage {
+                    reason,
+                    salvaged,
+                    too_large,
+                } => {
                     debug!(%reason, "dropped a malformed message");
+                    // A chat we can name but never store is refused by id, or its sender
+                    // would retry it for ever.
+                    if let Some((carom_proto::types::CHAT, id)) = salvaged
+                        && self.contact_id.is_some()
+                        && !self.refused
+                        && !self.request_only
+                    {
+                        let reason = if too_large {
+                            carom_proto::reject::TOO_LARGE
+                        } else {
+                            carom_proto::reject::MALFORMED
+                        };
+                        let _ = self.session.send(
+                            Message::Reject(carom_proto::Reject {
+                                ids: vec![id],
+                                reason,
+                                text: None,
+                            }),
+                            Instant::now(),
+                        );
+                    }
                 }
                 Event::Closed { reason, by_peer } => {
                     debug!(?reason, by_peer, peer = ?self.peer.map(|p| p.redacted()), "session closed");

@@ -27,7 +27,9 @@ use zeroize::Zeroizing;
 use crate::cert::{CertError, DeviceCertificate, DeviceKey};
 use crate::frame::{FrameReader, HandshakeKind, MAGIC, MAX_FRAME_BODY, write_frame};
 use crate::identity::{IdentityKey, OnionAddress};
-use crate::message::{Close, CloseReason, Decoded, Message, MessageError, Ping, Pong, Rekey};
+use crate::message::{
+    Close, CloseReason, Decoded, Message, MessageError, MessageId, Ping, Pong, Rekey,
+};
 use crate::noise::{
     EphemeralResolver, HandshakePayload, MAX_TRANSPORT_PLAINTEXT, Pattern, PayloadError, TAG_LEN,
     prologue,
@@ -157,6 +159,12 @@ pub enum Event {
     MalformedMessage {
         /// What was wrong.
         reason: String,
+        /// The message's type and id, when they could still be read
+        /// ([`Message::salvage_id`]): enough to refuse it by id with a [`crate::Reject`].
+        salvaged: Option<(u32, MessageId)>,
+        /// It decoded but a field is over its limit (reject reason `too_large`, not
+        /// `malformed`).
+        too_large: bool,
     },
     /// The session ended.
     Closed {
@@ -1255,6 +1263,8 @@ impl Session {
             }
             Err(e) => self.events.push_back(Event::MalformedMessage {
                 reason: e.to_string(),
+                salvaged: Message::salvage_id(&plain[..len]),
+                too_large: matches!(e, MessageError::TooLong { .. }),
             }),
         }
         Ok(())
@@ -1510,7 +1520,7 @@ fn needs_answer(message: &Message) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Chat, MessageId, types};
+    use crate::message::{Chat, types};
 
     fn config(seed: u8) -> Arc<SessionConfig> {
         let identity = IdentityKey::from_seed(&[seed; 32]);
@@ -1573,7 +1583,15 @@ mod tests {
             .unwrap()
             .map(0)
             .unwrap();
-        for plain in [future.into_writer(), broken.into_writer()] {
+        // A chat over the body limit: its id can still be read, so it can be refused by id.
+        let oversized = Message::Chat(Chat {
+            id: MessageId([2; 16]),
+            sent_at: 0,
+            body: "x".repeat(crate::MAX_BODY_BYTES + 1),
+            reply_to: None,
+        })
+        .encode();
+        for plain in [future.into_writer(), broken.into_writer(), oversized] {
             let State::Established { transport } = &mut a.state else {
                 panic!("a is established");
             };
@@ -1596,8 +1614,23 @@ mod tests {
             eb[0],
             Event::UnknownMessage { message_type: 4000 }
         ));
-        assert!(matches!(eb[1], Event::MalformedMessage { .. }));
-        assert!(matches!(&eb[2], Event::Message(Message::Chat(c)) if c.body == "still here"));
+        assert!(matches!(
+            eb[1],
+            Event::MalformedMessage {
+                salvaged: None,
+                too_large: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            eb[2],
+            Event::MalformedMessage {
+                salvaged: Some((types::CHAT, MessageId(id))),
+                too_large: true,
+                ..
+            } if id == [2; 16]
+        ));
+        assert!(matches!(&eb[3], Event::Message(Message::Chat(c)) if c.body == "still here"));
         assert_eq!(b.phase(), Phase::Established);
     }
 }
