@@ -3,11 +3,11 @@
 //! Tor and the engine start only once the profile is unlocked, because the onion service runs
 //! under the identity key kept in the encrypted store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use carom_api::{self as api, ErrorKind, ErrorObject, ProfileState};
 use carom_engine::{Engine, EngineConfig, Profile};
-use carom_store::{DbKey, KdfParams, KeyFile, Protection, Store};
+use carom_store::{KdfParams, KeyFile, Protection, Store};
 use carom_tor::{ArtiConfig, ArtiTransport, TorNetwork};
 use tokio::sync::{RwLock, RwLockReadGuard};
 use zeroize::Zeroizing;
@@ -103,6 +103,9 @@ impl Profiles {
                 .map(drop)
                 .map_err(|e| e.message);
         }
+        // Before anything reads the profile: only the daemon holding the lock gets here, and
+        // no creation can be under way yet.
+        recover_interrupted_creation(&self.paths)?;
         if !matches!(*self.state.read().await, State::Locked) {
             return Ok(());
         }
@@ -187,7 +190,7 @@ impl Profiles {
             }
         };
         let protected = passphrase.is_some();
-        let (store, profile) = if self.ephemeral {
+        let created = if self.ephemeral {
             let config = self.engine_config.clone();
             tokio::task::spawn_blocking(move || {
                 let mut store = Store::open_in_memory().map_err(|e| store_error(&e))?;
@@ -196,7 +199,8 @@ impl Profiles {
                 Ok::<_, ErrorObject>((store, profile))
             })
             .await
-            .map_err(|_| err(ErrorKind::Internal, "profile creation was interrupted"))??
+            .map_err(|_| err(ErrorKind::Internal, "profile creation was interrupted"))
+            .flatten()
         } else {
             let paths = self.paths.clone();
             let config = self.engine_config.clone();
@@ -208,18 +212,37 @@ impl Profiles {
                 )
             })
             .await
-            .map_err(|_| err(ErrorKind::Internal, "profile creation was interrupted"))??
+            .map_err(|_| err(ErrorKind::Internal, "profile creation was interrupted"))
+            .flatten()
         };
+        let (store, profile) = created.map_err(|e| self.after_failed_creation(&mut state, e))?;
         if !protected && !self.ephemeral {
             tracing::warn!(
                 "created a profile WITHOUT a passphrase: anyone who can read its files can read it"
             );
         }
-        let engine = self.start_engine(store, &profile).await?;
+        let engine = self
+            .start_engine(store, &profile)
+            .await
+            .map_err(|e| self.after_failed_creation(&mut state, e))?;
         let identity = engine.identity();
         *state = State::Running { engine, protected };
         tracing::info!(address = %profile.identity.address().redacted(), "profile created");
         Ok(identity)
+    }
+
+    /// A creation that failed after its commit point (Tor did not start, say) left a complete
+    /// profile on disk: the state says so, so that `profile.unlock` opens it, instead of
+    /// claiming there is none while `profile.create` refuses to overwrite it.
+    fn after_failed_creation(&self, state: &mut State, error: ErrorObject) -> ErrorObject {
+        if !self.ephemeral && self.paths.key_file().exists() {
+            *state = State::Locked;
+            tracing::warn!(
+                error = %error.message,
+                "the profile was created but could not be started: unlock it to try again"
+            );
+        }
+        error
     }
 
     /// `profile.unlock`.
@@ -354,15 +377,73 @@ impl Profiles {
     }
 }
 
-/// Create the key file, then the database and the identity. If the database cannot be
-/// created, the new key file is removed again so that a retry starts clean (nothing was
-/// stored yet).
+/// The steps of [`create_on_disk`], in order. Each is on disk when it is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CreationStep {
+    /// The key file is written and flushed under its staging name, which marks a creation
+    /// under way.
+    KeyStaged,
+    /// The empty database is in place under its own name.
+    DatabaseCreated,
+    /// The identity is committed in it.
+    IdentitySaved,
+    /// The key file is linked to its own name: the profile exists.
+    KeyPlaced,
+}
+
+impl CreationStep {
+    fn name(self) -> &'static str {
+        match self {
+            CreationStep::KeyStaged => "key-staged",
+            CreationStep::DatabaseCreated => "database-created",
+            CreationStep::IdentitySaved => "identity-saved",
+            CreationStep::KeyPlaced => "key-placed",
+        }
+    }
+}
+
+/// In debug builds, `CAROMD_CRASH_AFTER=<step>` (a [`CreationStep::name`]) makes the daemon
+/// kill itself with SIGKILL the moment that step of profile creation is done, as a crash or a
+/// `kill -9` would at that moment. It is how `daemon/tests/profile_crash.rs` stops the real
+/// creation code after each of its steps. Release builds have no such hook.
+#[cfg(debug_assertions)]
+const CRASH_AFTER_VAR: &str = "CAROMD_CRASH_AFTER";
+
+fn step_done(step: CreationStep) {
+    tracing::debug!(step = step.name(), "profile creation step done");
+    #[cfg(debug_assertions)]
+    if std::env::var_os(CRASH_AFTER_VAR).is_some_and(|v| v == step.name()) {
+        tracing::warn!(
+            step = step.name(),
+            "{CRASH_AFTER_VAR} is set: killing the daemon after this step of profile creation"
+        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort();
+    }
+}
+
+/// Create the profile on disk so that a crash at any moment leaves either no profile (once
+/// the next start has tidied up) or the complete profile, never a key file without its
+/// database or a database without its identity:
+///
+/// 1. the key file is written and flushed under its staging name ([`KeyFile::stage`]); from
+///    now on the staged file marks an unfinished creation;
+/// 2. the database is created under its own name (atomically, by [`Store::create`]),
+/// 3. the identity is committed in it,
+/// 4. the staged key file is linked to its own name ([`carom_store::StagedKeyFile::commit`]):
+///    the one atomic step after which the profile exists.
+///
+/// A crash before step 4 leaves the marker, and the next start removes the rest
+/// ([`recover_interrupted_creation`]). A failure is cleaned up the same way at once.
 fn create_on_disk(
     paths: &Paths,
     passphrase: Option<&str>,
     config: &EngineConfig,
 ) -> Result<(Store, Profile), ErrorObject> {
     private_dir(&paths.data_dir).map_err(|e| err(ErrorKind::Storage, e))?;
+    // The start tidied up already; this covers a leftover of a failed clean-up since.
+    recover_interrupted_creation(paths).map_err(|e| err(ErrorKind::Storage, e))?;
     if paths.database().exists() {
         return Err(err(
             ErrorKind::ProfileExists,
@@ -376,18 +457,192 @@ fn create_on_disk(
         Some(p) => Protection::Passphrase(p.as_bytes()),
         None => Protection::Unprotected,
     };
-    let key: DbKey = KeyFile::create(&paths.key_file(), protection, KdfParams::default())
+    let staged = KeyFile::stage(&paths.key_file(), protection, KdfParams::default())
         .map_err(|e| store_error(&e))?;
-    let built = Store::create(&paths.database(), &key)
+    step_done(CreationStep::KeyStaged);
+    let built = Store::create(&paths.database(), staged.key())
         .map_err(|e| store_error(&e))
         .and_then(|mut store| {
+            step_done(CreationStep::DatabaseCreated);
             let profile =
                 carom_engine::create_profile(&mut store, config).map_err(|e| engine_error(&e))?;
+            step_done(CreationStep::IdentitySaved);
             Ok((store, profile))
         });
-    if built.is_err() {
-        let _ = std::fs::remove_file(paths.key_file());
-        let _ = std::fs::remove_file(paths.database());
+    let committed = built.and_then(|(store, profile)| {
+        staged
+            .commit()
+            .map(|()| (store, profile))
+            .map_err(|e| store_error(&e))
+    });
+    match committed {
+        Ok(created) => {
+            step_done(CreationStep::KeyPlaced);
+            Ok(created)
+        }
+        Err(error) => {
+            // The store is closed by now (dropped with the error), so its files can go. The
+            // rule that tidies up after a crash decides what goes: should the commit have
+            // linked the key file before failing, the profile is complete and stays.
+            if let Err(e) = recover_interrupted_creation(paths) {
+                tracing::warn!(error = %e, "could not tidy up after a failed profile creation");
+            }
+            Err(error)
+        }
     }
-    built
+}
+
+/// Whether something is at `path` (a dangling symbolic link counts). Only "not found" means
+/// no: an error that hides the answer must not pass for absence.
+fn is_there(path: &Path) -> Result<bool, String> {
+    match path.symlink_metadata() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot look at {}: {e}", path.display())),
+    }
+}
+
+/// Removes what an interrupted [`create_on_disk`] left behind, so that the data directory
+/// reads as "no profile" and a new creation can start. Returns whether there was anything.
+///
+/// The rule follows from the order of creation. The staged key file is on disk before
+/// anything else is made, and the key file's own name appears only once everything else is
+/// complete. So with the key file in place the profile is complete, and only a second name of
+/// it may be left (a crash between the commit's link and its removal of the staging name);
+/// without it, a staged key file says that the database beside it belongs to the unfinished
+/// creation. A database with neither is not known to be ours to delete and stays
+/// ([`create_on_disk`] then refuses to overwrite it). Half-built databases under temporary
+/// names are never a profile's and always go.
+///
+/// Runs only under the daemon's single-instance lock, with no creation in progress.
+fn recover_interrupted_creation(paths: &Paths) -> Result<bool, String> {
+    let key = paths.key_file();
+    let database = paths.database();
+    let failed = |e: carom_store::Error| {
+        format!(
+            "cannot remove what an interrupted profile creation left in {}: {e}",
+            paths.data_dir.display()
+        )
+    };
+    let temporaries = Store::remove_creation_leftovers(&database).map_err(failed)?;
+    if !is_there(&KeyFile::staging_path(&key))? {
+        return Ok(!temporaries.is_empty());
+    }
+    if is_there(&key)? {
+        KeyFile::remove_staged(&key).map_err(failed)?;
+        tracing::info!(
+            "removed a second name of the key file left by a crash just after it was created"
+        );
+        return Ok(true);
+    }
+    // The database first, the marker last: a crash in between leaves the marker, and the next
+    // start finishes the job.
+    Store::delete_files(&database).map_err(failed)?;
+    KeyFile::remove_staged(&key).map_err(failed)?;
+    tracing::warn!(
+        "removed the remains of a profile creation that was interrupted: there is no profile; \
+         create one with `carom init`"
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(dir: &tempfile::TempDir) -> Paths {
+        Paths {
+            data_dir: dir.path().join("data"),
+            runtime_dir: dir.path().join("run"),
+        }
+    }
+
+    fn names(paths: &Paths) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&paths.data_dir)
+            .expect("data directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn write(paths: &Paths, name: &str) {
+        std::fs::write(paths.data_dir.join(name), name).expect("write");
+    }
+
+    /// A complete profile, as `create_on_disk` leaves it (with the daemon's own key
+    /// derivation parameters, a fraction of a second with the optimised Argon2).
+    fn complete(paths: &Paths) {
+        let (store, _profile) =
+            create_on_disk(paths, Some("pw"), &EngineConfig::default()).expect("created");
+        store.close().expect("closed");
+    }
+
+    #[test]
+    fn a_creation_leaves_only_the_profile_and_unlocks() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = paths(&dir);
+        complete(&paths);
+        assert_eq!(names(&paths), ["profile.db", "profile.key"]);
+        let key = KeyFile::unlock(&paths.key_file(), Some(b"pw")).expect("unlock");
+        let mut store = Store::open(&paths.database(), &key).expect("open");
+        carom_engine::load_profile(&mut store, &EngineConfig::default()).expect("identity");
+        // An open profile is as safe as a closed one.
+        assert!(!recover_interrupted_creation(&paths).expect("nothing to do"));
+        store.close().expect("closed");
+        assert_eq!(names(&paths), ["profile.db", "profile.key"]);
+    }
+
+    #[test]
+    fn a_staged_key_file_without_the_key_file_takes_the_database_with_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = paths(&dir);
+        private_dir(&paths.data_dir).expect("data directory");
+        for name in [
+            ".profile.key.staged",
+            "profile.db",
+            "profile.db-wal",
+            "profile.db-shm",
+            ".profile.db.creating-0011223344556677",
+            ".profile.db.creating-0011223344556677-wal",
+            "caromd.lock",
+        ] {
+            write(&paths, name);
+        }
+        assert!(recover_interrupted_creation(&paths).expect("recovered"));
+        assert_eq!(names(&paths), ["caromd.lock"]);
+        // And then a creation works.
+        complete(&paths);
+    }
+
+    #[test]
+    fn with_the_key_file_in_place_only_the_second_name_goes() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = paths(&dir);
+        complete(&paths);
+        // A crash between the commit's link and its removal of the staging name.
+        std::fs::hard_link(paths.key_file(), KeyFile::staging_path(&paths.key_file()))
+            .expect("second name");
+        write(&paths, ".profile.db.creating-0011223344556677");
+        assert!(recover_interrupted_creation(&paths).expect("recovered"));
+        assert_eq!(names(&paths), ["profile.db", "profile.key"]);
+        let key = KeyFile::unlock(&paths.key_file(), Some(b"pw")).expect("unlock");
+        Store::open(&paths.database(), &key).expect("open");
+    }
+
+    #[test]
+    fn a_database_without_any_key_file_is_never_deleted() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = paths(&dir);
+        private_dir(&paths.data_dir).expect("data directory");
+        write(&paths, "profile.db");
+        assert!(!recover_interrupted_creation(&paths).expect("nothing to do"));
+        let refused = create_on_disk(&paths, None, &EngineConfig::default()).expect_err("refused");
+        assert_eq!(refused.data.kind, ErrorKind::ProfileExists);
+        assert_eq!(names(&paths), ["profile.db"]);
+        assert_eq!(
+            std::fs::read(paths.database()).expect("kept"),
+            b"profile.db"
+        );
+    }
 }
