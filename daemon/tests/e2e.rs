@@ -921,21 +921,7 @@ async fn events_pruned_before_a_frontend_returns_are_announced_as_a_gap() {
     );
     dave.up().await;
     let client = dave.client().await;
-    for seed in 1..=6u8 {
-        let address = carom_proto::IdentityKey::from_seed(&[seed; 32])
-            .address()
-            .to_string();
-        client
-            .add_contact(&api::ContactAdd {
-                address,
-                nickname: format!("n{seed}"),
-                offer_nickname: String::new(),
-                greeting: String::new(),
-                kind: api::PeerKind::Human,
-            })
-            .await
-            .expect("added");
-    }
+    ask_strangers(&client, 1..=6).await;
     drop(client);
     dave.stop();
     dave.start(); // retention is applied at start
@@ -971,21 +957,7 @@ async fn events_pruned_before_a_frontend_returns_are_announced_as_a_gap() {
     dave.up().await;
     let mid = latest_seq(&dave).await;
     let client = dave.client().await;
-    for seed in 7..=9u8 {
-        let address = carom_proto::IdentityKey::from_seed(&[seed; 32])
-            .address()
-            .to_string();
-        client
-            .add_contact(&api::ContactAdd {
-                address,
-                nickname: format!("n{seed}"),
-                offer_nickname: String::new(),
-                greeting: String::new(),
-                kind: api::PeerKind::Human,
-            })
-            .await
-            .expect("added");
-    }
+    ask_strangers(&client, 7..=9).await;
     let is_churn = |kind: &str| api::event::CHURN.contains(&kind);
     let wanted = replayed_since(&client, mid, &is_churn).await;
     assert!(!wanted.is_empty());
@@ -1002,6 +974,25 @@ async fn events_pruned_before_a_frontend_returns_are_announced_as_a_gap() {
         replayed.starts_with(&wanted),
         "churn pushed events out of retention: wanted {wanted:?}, got {replayed:?}"
     );
+}
+
+/// Send a contact request to made-up addresses (one per seed): each adds events to the log.
+async fn ask_strangers(client: &Client, seeds: std::ops::RangeInclusive<u8>) {
+    for seed in seeds {
+        let address = carom_proto::IdentityKey::from_seed(&[seed; 32])
+            .address()
+            .to_string();
+        client
+            .add_contact(&api::ContactAdd {
+                address,
+                nickname: format!("n{seed}"),
+                offer_nickname: String::new(),
+                greeting: String::new(),
+                kind: api::PeerKind::Human,
+            })
+            .await
+            .expect("added");
+    }
 }
 
 /// The kinds and sequence numbers of the events after `since` that are not churn, as a

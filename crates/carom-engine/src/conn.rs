@@ -784,15 +784,8 @@ where
             .store
             .write(move |tx| {
                 let raw: Vec<[u8; 16]> = reject.ids.iter().map(|id| id.0).collect();
-                for m in tx.mark_rejected(contact_id, &raw, failure, now)? {
-                    append(
-                        tx,
-                        carom_api::event::MESSAGE_STATUS,
-                        &view::status_event(&m, &peer),
-                        now,
-                    )?;
-                }
-                Ok(())
+                let failed = tx.mark_rejected(contact_id, &raw, failure, now)?;
+                status_events(tx, &failed, peer, now)
             })
             .await
     }
@@ -813,14 +806,8 @@ where
             .store
             .write(move |tx| {
                 let raw: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
-                for m in tx.mark_delivered(contact_id, &raw, now)? {
-                    append(
-                        tx,
-                        carom_api::event::MESSAGE_STATUS,
-                        &view::status_event(&m, &peer),
-                        now,
-                    )?;
-                }
+                let delivered = tx.mark_delivered(contact_id, &raw, now)?;
+                status_events(tx, &delivered, peer, now)?;
                 for &(item, kind) in &control {
                     if tx.remove_outbox(item)? && kind == OutboxKind::ContactRequest {
                         append(
@@ -972,6 +959,24 @@ async fn mark_sent(shared: &Shared, peer: OnionAddress, rows: Vec<i64>) -> Resul
             Ok(())
         })
         .await
+}
+
+/// A `message.status` event for each message whose status changed.
+fn status_events(
+    tx: &WriteTx<'_>,
+    messages: &[carom_store::Message],
+    peer: OnionAddress,
+    now: u64,
+) -> Result<()> {
+    for m in messages {
+        append(
+            tx,
+            carom_api::event::MESSAGE_STATUS,
+            &view::status_event(m, &peer),
+            now,
+        )?;
+    }
+    Ok(())
 }
 
 /// Append an event inside a transaction.
