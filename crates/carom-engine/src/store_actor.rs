@@ -8,6 +8,15 @@
 //! does), the batch is rolled back and each job is retried alone, so one bad job never fails
 //! another.
 //!
+//! A job that panics (a bug) is caught on its own: its caller gets an internal error, its
+//! transaction is rolled back (by the unwinding, as [`Store::write`] promises), the panic is
+//! logged, and the thread carries on with the next job. In a batch, the others are retried
+//! alone, without the one that panicked. (Uncaught, one panic ended the thread, and every
+//! later call answered `shutting_down` while the daemon looked alive.) Should the connection
+//! be left inside a transaction all the same (its rollback failed), it cannot be trusted with
+//! another job: the thread closes it, logs why, and answers every later job with an internal
+//! error that says to restart the daemon.
+//!
 //! After every write the thread publishes the newest event sequence number, which is how event
 //! subscribers learn there is something new.
 //!
@@ -18,6 +27,7 @@
 //! must imply "the database is closed".
 
 use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -30,13 +40,20 @@ use crate::err::{EngineError, Result};
 const MAX_BATCH: usize = 512;
 
 type AnyBox = Box<dyn Any + Send>;
+type ReadFn = Box<dyn FnOnce(&Store) -> Result<AnyBox> + Send>;
 type WriteFn = Box<dyn FnMut(&WriteTx<'_>) -> Result<AnyBox> + Send>;
+type Reply = oneshot::Sender<Result<AnyBox>>;
 
 enum Job {
-    Read(Box<dyn FnOnce(&Store) + Send>),
+    // The reply travels beside the closure, not inside it, so that a job that panics can still
+    // be answered.
+    Read {
+        run: ReadFn,
+        reply: Reply,
+    },
     Write {
         run: WriteFn,
-        reply: oneshot::Sender<Result<AnyBox>>,
+        reply: Reply,
     },
     /// Close the database and end the thread (with a reply, or silently from a drop).
     Close(Option<oneshot::Sender<Result<()>>>),
@@ -106,11 +123,9 @@ impl StoreHandle {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        let job = Job::Read(Box::new(move |store| {
-            let _ = tx.send(f(store));
-        }));
-        self.send(job)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)?
+        let run: ReadFn = Box::new(move |store| f(store).map(|v| Box::new(v) as AnyBox));
+        self.send(Job::Read { run, reply: tx })?;
+        downcast(rx.await.map_err(|_| EngineError::ShuttingDown)??)
     }
 
     /// Run a write in a transaction; returns after COMMIT. `f` may run more than once (if its
@@ -122,11 +137,7 @@ impl StoreHandle {
         let (tx, rx) = oneshot::channel();
         let run: WriteFn = Box::new(move |wtx| f(wtx).map(|v| Box::new(v) as AnyBox));
         self.send(Job::Write { run, reply: tx })?;
-        let value = rx.await.map_err(|_| EngineError::ShuttingDown)??;
-        value
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| EngineError::Internal("store reply of the wrong type".into()))
+        downcast(rx.await.map_err(|_| EngineError::ShuttingDown)??)
     }
 
     /// The newest event sequence number, updated after each commit.
@@ -142,11 +153,45 @@ impl StoreHandle {
     }
 }
 
-fn run(mut store: Store, mut jobs: mpsc::UnboundedReceiver<Job>, seq: &watch::Sender<u64>) {
+fn downcast<T: 'static>(value: AnyBox) -> Result<T> {
+    value
+        .downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| EngineError::Internal("store reply of the wrong type".into()))
+}
+
+fn run(store: Store, mut jobs: mpsc::UnboundedReceiver<Job>, seq: &watch::Sender<u64>) {
+    if let Some(untrusted) = serve(store, &mut jobs, seq) {
+        // Closing rolls back whatever transaction is still open; everything committed before
+        // is on disk.
+        if let Err(e) = untrusted.close() {
+            tracing::warn!(error = %e, "closing the store after the failure failed too");
+        }
+        refuse(&mut jobs);
+    }
+}
+
+/// Runs jobs until a `Close` (or the last sender is gone), then returns `None` with the store
+/// closed; or, should a panic leave the connection in a state it cannot be trusted in, returns
+/// the store at once, every job answered that was taken from the queue.
+fn serve(
+    mut store: Store,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    seq: &watch::Sender<u64>,
+) -> Option<Store> {
     let mut next = jobs.blocking_recv();
     while let Some(job) = next.take() {
-        match job {
-            Job::Read(f) => f(&store),
+        let trusted = match job {
+            Job::Read { run, reply } => match catch_unwind(AssertUnwindSafe(|| run(&store))) {
+                Ok(result) => {
+                    let _ = reply.send(result);
+                    true
+                }
+                Err(payload) => {
+                    let _ = reply.send(Err(panicked("read", payload.as_ref())));
+                    still_trusted(&store)
+                }
+            },
             Job::Close(reply) => {
                 let closed = store.close().map_err(EngineError::from);
                 match reply {
@@ -159,7 +204,7 @@ fn run(mut store: Store, mut jobs: mpsc::UnboundedReceiver<Job>, seq: &watch::Se
                         }
                     }
                 }
-                return;
+                return None;
             }
             Job::Write { run, reply } => {
                 let mut batch = vec![(run, reply)];
@@ -173,49 +218,339 @@ fn run(mut store: Store, mut jobs: mpsc::UnboundedReceiver<Job>, seq: &watch::Se
                         Err(_) => break,
                     }
                 }
-                commit_batch(&mut store, batch);
-                if let Ok(last) = store.last_event_seq() {
+                let trusted = commit_batch(&mut store, batch);
+                if trusted && let Ok(last) = store.last_event_seq() {
                     seq.send_if_modified(|current| {
                         let changed = last > *current;
                         *current = (*current).max(last);
                         changed
                     });
                 }
+                trusted
             }
+        };
+        if !trusted {
+            tracing::error!(
+                "after a panic the store's connection is still inside a transaction, so it \
+                 cannot be trusted with more work: closing the store; every further request \
+                 fails until caromd is restarted (everything committed before is safe)"
+            );
+            if let Some(job) = next.take() {
+                answer_refused(job);
+            }
+            return Some(store);
         }
         if next.is_none() {
             next = jobs.blocking_recv();
         }
     }
+    None
 }
 
-fn commit_batch(store: &mut Store, mut batch: Vec<(WriteFn, oneshot::Sender<Result<AnyBox>>)>) {
+/// Runs a batch of writes; returns whether the connection can still be trusted (if not, every
+/// job of the batch has been answered).
+fn commit_batch(store: &mut Store, mut batch: Vec<(WriteFn, Reply)>) -> bool {
     if batch.len() > 1 {
         let mut results = Vec::with_capacity(batch.len());
-        let together = store.write_with(|tx| {
-            for (run, _) in &mut batch {
-                results.push(run(tx)?);
+        // Which job is running, so that a panic is pinned on it; none once all have run.
+        let mut running = None;
+        let together = catch_unwind(AssertUnwindSafe(|| {
+            store.write_with(|tx| {
+                for (index, (run, _)) in batch.iter_mut().enumerate() {
+                    running = Some(index);
+                    results.push(run(tx)?);
+                }
+                running = None;
+                Ok::<(), EngineError>(())
+            })
+        }));
+        match together {
+            Ok(Ok(())) => {
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+                return true;
             }
-            Ok::<(), EngineError>(())
-        });
-        if together.is_ok() {
-            for ((_, reply), result) in batch.into_iter().zip(results) {
-                let _ = reply.send(Ok(result));
+            // Something in the batch failed: everything was rolled back. Run each job alone.
+            Ok(Err(_)) => {}
+            Err(payload) => {
+                // Rolled back by the unwinding. The job that panicked is answered and not run
+                // again (it would most likely panic again); the others run alone below.
+                let error = panicked("write", payload.as_ref());
+                if let Some(index) = running {
+                    let (_, reply) = batch.remove(index);
+                    let _ = reply.send(Err(error));
+                }
+                if !still_trusted(store) {
+                    refuse_all(batch);
+                    return false;
+                }
             }
+        }
+    }
+    let mut batch = batch.into_iter();
+    while let Some((mut run, reply)) = batch.next() {
+        match catch_unwind(AssertUnwindSafe(|| store.write_with(|tx| run(tx)))) {
+            Ok(result) => {
+                let _ = reply.send(result);
+            }
+            Err(payload) => {
+                let _ = reply.send(Err(panicked("write", payload.as_ref())));
+                if !still_trusted(store) {
+                    refuse_all(batch);
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Logs a job's panic and makes the error its caller gets.
+fn panicked(job: &str, payload: &(dyn Any + Send)) -> EngineError {
+    // Only a literal message is repeated here: a formatted one could carry data from the job
+    // (a message body, say). The panic hook printed it to standard error already, with where
+    // it happened.
+    let literal = payload.downcast_ref::<&'static str>().copied();
+    tracing::error!(
+        job,
+        panic = literal.unwrap_or("(a formatted message, not repeated in the log)"),
+        "a store job panicked, which is a bug: its transaction was rolled back and its caller \
+         got an internal error; the store carries on"
+    );
+    EngineError::Internal(
+        "a bug interrupted this storage operation, and none of it was saved (the daemon's log \
+         says more)"
+            .into(),
+    )
+}
+
+/// Whether the connection is as a job found it after one panicked: outside any transaction.
+fn still_trusted(store: &Store) -> bool {
+    #[cfg(test)]
+    if tests::CONNECTION_UNTRUSTED.with(|flag| flag.replace(false)) {
+        return false;
+    }
+    store.is_idle()
+}
+
+/// The error of every job after the store was closed on a failure.
+fn out_of_service() -> EngineError {
+    EngineError::Internal(
+        "the store was closed after a bug left its connection in an unknown state; restart \
+         caromd (everything saved before is safe)"
+            .into(),
+    )
+}
+
+fn answer_refused(job: Job) {
+    match job {
+        Job::Read { reply, .. } | Job::Write { reply, .. } => {
+            let _ = reply.send(Err(out_of_service()));
+        }
+        Job::Close(Some(reply)) => {
+            let _ = reply.send(Err(out_of_service()));
+        }
+        Job::Close(None) => {}
+    }
+}
+
+fn refuse_all(batch: impl IntoIterator<Item = (WriteFn, Reply)>) {
+    for (_, reply) in batch {
+        let _ = reply.send(Err(out_of_service()));
+    }
+}
+
+/// After the store was closed on a failure: answer every job with the reason until the last
+/// handle goes (or a `Close` comes), so that callers learn what happened instead of
+/// `shutting_down`.
+fn refuse(jobs: &mut mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = jobs.blocking_recv() {
+        let last = matches!(job, Job::Close(_));
+        answer_refused(job);
+        if last {
             return;
         }
-        // Something in the batch failed: everything was rolled back. Run each job alone.
-    }
-    for (mut run, reply) in batch {
-        let _ = reply.send(store.write_with(|tx| run(tx)));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use carom_store::DbKey;
 
     use super::*;
+
+    thread_local! {
+        /// Set on the store thread by a test job: the next check after a panic finds the
+        /// connection untrusted, as it would if a rollback had failed (which no job can cause
+        /// through the store's API).
+        pub(super) static CONNECTION_UNTRUSTED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn memory_store() -> StoreHandle {
+        StoreHandle::spawn(Store::open_in_memory().expect("store")).expect("store thread")
+    }
+
+    fn is_internal(result: &Result<impl std::fmt::Debug>) -> bool {
+        matches!(result, Err(EngineError::Internal(_)))
+    }
+
+    async fn append(store: &StoreHandle, kind: &'static str) -> Result<u64> {
+        store
+            .write(move |tx| Ok(tx.append_event(kind, "{}", 1)?))
+            .await
+    }
+
+    async fn kinds(store: &StoreHandle) -> Vec<String> {
+        store
+            .read(|s| Ok(s.events_since(0, 100)?))
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_read_is_answered_and_the_store_carries_on() {
+        let store = memory_store();
+        let answer = store
+            .read(|_| -> Result<()> { panic!("a bug in a read") })
+            .await;
+        assert!(is_internal(&answer), "{answer:?}");
+        append(&store, "after").await.expect("a write still works");
+        assert_eq!(kinds(&store).await, ["after"], "and so does a read");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_write_is_rolled_back_and_the_store_carries_on() {
+        let store = memory_store();
+        append(&store, "before").await.expect("write");
+        let mut seq = store.event_seq();
+        seq.borrow_and_update();
+        let answer = store
+            .write(|tx| -> Result<()> {
+                tx.append_event("lost", "{}", 2)?;
+                panic!("a bug in a write");
+            })
+            .await;
+        assert!(is_internal(&answer), "{answer:?}");
+        assert_eq!(
+            kinds(&store).await,
+            ["before"],
+            "the panicking write left nothing"
+        );
+        append(&store, "after").await.expect("a write still works");
+        assert_eq!(kinds(&store).await, ["before", "after"]);
+        assert!(
+            seq.has_changed().expect("open"),
+            "subscribers still hear of new events"
+        );
+    }
+
+    /// Sends a write job at once (as `StoreHandle::write` does on its first poll).
+    fn queue_write(
+        store: &StoreHandle,
+        run: impl FnMut(&WriteTx<'_>) -> Result<AnyBox> + Send + 'static,
+    ) -> oneshot::Receiver<Result<AnyBox>> {
+        let (reply, answer) = oneshot::channel();
+        store
+            .send(Job::Write {
+                run: Box::new(run),
+                reply,
+            })
+            .expect("queued");
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_in_a_batch_fails_only_itself_and_runs_once() {
+        let store = memory_store();
+        // Hold the thread in a read until every write is queued, so that they form one batch.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (reply, holding) = oneshot::channel();
+        store
+            .send(Job::Read {
+                run: Box::new(move |_| {
+                    let _ = held.recv();
+                    Ok(Box::new(()) as AnyBox)
+                }),
+                reply,
+            })
+            .expect("queued");
+        let first_runs = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&first_runs);
+        let first = queue_write(&store, move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(tx.append_event("first", "{}", 1)?) as AnyBox)
+        });
+        let panics = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&panics);
+        let bad = queue_write(&store, move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tx.append_event("lost", "{}", 2)?;
+            panic!("a bug in a batched write");
+        });
+        let last = queue_write(&store, |tx| {
+            Ok(Box::new(tx.append_event("last", "{}", 3)?) as AnyBox)
+        });
+        release.send(()).expect("release");
+        assert!(holding.await.expect("answered").is_ok());
+        assert!(first.await.expect("answered").is_ok());
+        let bad = bad.await.expect("answered");
+        assert!(is_internal(&bad), "{:?}", bad.err());
+        assert!(last.await.expect("answered").is_ok());
+        assert_eq!(
+            first_runs.load(Ordering::SeqCst),
+            2,
+            "the first job ran in the batch, then again alone"
+        );
+        assert_eq!(
+            panics.load(Ordering::SeqCst),
+            1,
+            "the panicking job was not run again"
+        );
+        assert_eq!(kinds(&store).await, ["first", "last"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_untrusted_connection_is_closed_and_every_later_job_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("store.db");
+        let key = DbKey::generate().expect("key");
+        let store = StoreHandle::spawn(Store::create(&db, &key).expect("store")).expect("thread");
+        append(&store, "kept").await.expect("write");
+        let answer = store
+            .read(|_| -> Result<()> {
+                CONNECTION_UNTRUSTED.with(|flag| flag.set(true));
+                panic!("a bug that leaves the connection in doubt");
+            })
+            .await;
+        assert!(is_internal(&answer), "{answer:?}");
+        let later = append(&store, "refused").await;
+        assert!(
+            matches!(&later, Err(EngineError::Internal(m)) if m.contains("restart")),
+            "{later:?}"
+        );
+        // Refusals come only after the close.
+        assert!(
+            !dir.path().join("store.db-wal").exists(),
+            "the store was closed at once"
+        );
+        let read = store.read(|s| Ok(s.last_event_seq()?)).await;
+        assert!(is_internal(&read), "{read:?}");
+        assert!(store.close().await.is_err(), "closing reports the failure");
+        drop(store);
+        let reopened = Store::open(&db, &key).expect("reopen");
+        assert_eq!(
+            reopened.last_event_seq().expect("seq"),
+            1,
+            "what was committed is there"
+        );
+    }
 
     /// SQLite removes a database's `-wal` file when its last connection closes, so its absence
     /// right after the drop shows the database was closed before the drop returned.
