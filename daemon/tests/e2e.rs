@@ -536,13 +536,19 @@ fn read_json(reader: &mut BufReader<UnixStream>) -> Option<serde_json::Value> {
     }
 }
 
-fn raw(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
+/// A raw connection to the daemon's socket and the first line it sent.
+fn connect_raw(socket: &Path) -> (UnixStream, BufReader<UnixStream>, serde_json::Value) {
     let stream = UnixStream::connect(socket).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let banner = read_json(&mut reader).expect("banner first");
+    let first = read_json(&mut reader).expect("a first line");
+    (stream, reader, first)
+}
+
+fn raw(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
+    let (stream, reader, banner) = connect_raw(socket);
     assert_eq!(banner["method"], api::method::BANNER);
     assert_eq!(banner["params"]["api_version"], api::API_VERSION);
     (stream, reader)
@@ -730,12 +736,7 @@ async fn connections_are_limited(socket: &Path) {
     // Connections closed a moment ago may still be finishing on the daemon's side.
     let deadline = Instant::now() + Duration::from_secs(10);
     while open.len() < api::MAX_CONNECTIONS {
-        let stream = UnixStream::connect(socket).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let first = read_json(&mut reader).expect("a first line");
+        let (stream, reader, first) = connect_raw(socket);
         if first["method"] == api::method::BANNER {
             open.push((stream, reader));
         } else {
@@ -747,12 +748,7 @@ async fn connections_are_limited(socket: &Path) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream);
-    let refused = read_json(&mut reader).expect("told why");
+    let (_stream, mut reader, refused) = connect_raw(socket);
     assert_eq!(refused["error"]["data"]["kind"], "too_many_connections");
     assert!(
         refused["error"]["message"]
@@ -764,12 +760,7 @@ async fn connections_are_limited(socket: &Path) {
     open.pop();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stream = UnixStream::connect(socket).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut reader = BufReader::new(stream);
-        let first = read_json(&mut reader).expect("a first line");
+        let (_stream, _reader, first) = connect_raw(socket);
         if first["method"] == api::method::BANNER {
             break;
         }

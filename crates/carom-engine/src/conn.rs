@@ -979,6 +979,24 @@ fn status_events(
     Ok(())
 }
 
+/// Delete a contact and tell frontends: `contact.state` `removed` by us, with why if given.
+pub(crate) fn forget_contact(
+    tx: &WriteTx<'_>,
+    contact: &carom_store::Contact,
+    reason: Option<&str>,
+    now: u64,
+) -> Result<OnionAddress> {
+    let peer = view::address_of(&contact.identity)?;
+    tx.delete_contact(contact.id)?;
+    let mut data =
+        serde_json::json!({ "address": peer.to_string(), "state": "removed", "by": "us" });
+    if let Some(reason) = reason {
+        data["reason"] = reason.into();
+    }
+    append(tx, carom_api::event::CONTACT_STATE, &data, now)?;
+    Ok(peer)
+}
+
 /// Append an event inside a transaction.
 pub(crate) fn append(
     tx: &WriteTx<'_>,

@@ -17,7 +17,7 @@ use tracing::{debug, info};
 
 use crate::Shared;
 use crate::config::EngineConfig;
-use crate::conn::{self, ConnCmd, Ticket, append};
+use crate::conn::{self, ConnCmd, Ticket, append, forget_contact};
 use crate::err::Result;
 use crate::limits::RequestLimiter;
 use crate::view::{self, address_of, unix_ms};
@@ -1025,18 +1025,7 @@ impl<T: Transport> Core<T> {
                             u32::try_from(excess).unwrap_or(u32::MAX),
                         )?;
                         for old in &displaced {
-                            tx.delete_contact(old.id)?;
-                            append(
-                                tx,
-                                carom_api::event::CONTACT_STATE,
-                                &serde_json::json!({
-                                    "address": address_of(&old.identity)?.to_string(),
-                                    "state": "removed",
-                                    "by": "us",
-                                    "reason": "too_many_requests",
-                                }),
-                                now,
-                            )?;
+                            forget_contact(tx, old, Some("too_many_requests"), now)?;
                         }
                         let id = tx.insert_contact(&NewContact {
                             identity: key,

@@ -54,7 +54,7 @@ pub use config::EngineConfig;
 pub use err::{EngineError, Result, store_kind};
 
 pub use crate::conn::MAX_PREAUTH;
-use crate::conn::append;
+use crate::conn::{append, forget_contact};
 use crate::core::{ConnId, Core, CoreMsg};
 use crate::store_actor::StoreHandle;
 use crate::view::{address_of, unix_ms, unix_secs};
@@ -333,7 +333,8 @@ impl Engine {
                 .shared
                 .preauth
                 .lock()
-                .map_or(0, |waiting| waiting.len() as u64),
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64,
         }
     }
 
@@ -574,14 +575,10 @@ impl Engine {
         self.shared
             .store
             .write(move |tx| {
-                let c = tx.contact_by_identity(&key)?.ok_or(EngineError::NoSuchContact)?;
-                tx.delete_contact(c.id)?;
-                append(
-                    tx,
-                    api::event::CONTACT_STATE,
-                    &serde_json::json!({ "address": peer.to_string(), "state": "removed", "by": "us" }),
-                    unix_ms(),
-                )?;
+                let c = tx
+                    .contact_by_identity(&key)?
+                    .ok_or(EngineError::NoSuchContact)?;
+                forget_contact(tx, &c, None, unix_ms())?;
                 Ok(())
             })
             .await?;
@@ -602,20 +599,7 @@ impl Engine {
                 let now = unix_ms();
                 let mut cleared = Vec::with_capacity(pending.len());
                 for c in pending {
-                    tx.delete_contact(c.id)?;
-                    let peer = address_of(&c.identity)?;
-                    append(
-                        tx,
-                        api::event::CONTACT_STATE,
-                        &serde_json::json!({
-                            "address": peer.to_string(),
-                            "state": "removed",
-                            "by": "us",
-                            "reason": "cleared",
-                        }),
-                        now,
-                    )?;
-                    cleared.push(peer);
+                    cleared.push(forget_contact(tx, &c, Some("cleared"), now)?);
                 }
                 Ok(cleared)
             })

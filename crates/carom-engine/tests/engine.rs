@@ -163,6 +163,25 @@ async fn pair(alice: &Node, bob: &Node) {
         .await;
 }
 
+/// `from`, a stranger to `to`, asks to become a contact; returns once `to` has the request.
+async fn ask(from: &Node, to: &Node) {
+    from.e()
+        .add_contact(api::ContactAdd {
+            address: to.address(),
+            nickname: String::new(),
+            offer_nickname: "stranger".into(),
+            greeting: "hello".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("request sent");
+    let a = from.address();
+    to.wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
+        d["address"] == a.as_str()
+    })
+    .await;
+}
+
 async fn send(from: &Node, to: &Node, body: &str) -> api::Message {
     send_to(from, &to.address(), body).await
 }
@@ -918,22 +937,7 @@ async fn a_full_request_list_drops_the_oldest_and_can_be_cleared() {
     let mut strangers = Vec::new();
     for n in 0..5 {
         let stranger = Node::create(&net, dir.path(), &format!("s{n}"), config()).await;
-        stranger
-            .e()
-            .add_contact(api::ContactAdd {
-                address: bob.address(),
-                nickname: String::new(),
-                offer_nickname: format!("s{n}"),
-                greeting: "hello".into(),
-                kind: api::PeerKind::Human,
-            })
-            .await
-            .expect("request sent");
-        let a = stranger.address();
-        bob.wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
-            d["address"] == a.as_str()
-        })
-        .await;
+        ask(&stranger, &bob).await;
         strangers.push(stranger);
     }
     let pending: Vec<String> = bob
@@ -976,22 +980,8 @@ async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
     let net = LoopbackNetwork::new();
     let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
     let stranger = Node::create(&net, dir.path(), "stranger", config()).await;
-    stranger
-        .e()
-        .add_contact(api::ContactAdd {
-            address: bob.address(),
-            nickname: String::new(),
-            offer_nickname: "s".into(),
-            greeting: String::new(),
-            kind: api::PeerKind::Human,
-        })
-        .await
-        .expect("request sent");
+    ask(&stranger, &bob).await;
     let s = stranger.address();
-    bob.wait_event(api::event::CONTACT_REQUEST_RECEIVED, |d| {
-        d["address"] == s.as_str()
-    })
-    .await;
     bob.e()
         .respond(api::ContactRespond {
             address: s.clone(),
