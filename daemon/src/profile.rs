@@ -54,11 +54,6 @@ pub(crate) fn store_error(e: &carom_store::Error) -> ErrorObject {
     err(carom_engine::store_kind(e), e.to_string())
 }
 
-/// An API error for an engine failure.
-pub(crate) fn engine_error(e: &carom_engine::EngineError) -> ErrorObject {
-    err(e.kind(), e.to_string())
-}
-
 impl Profiles {
     pub(crate) fn new(
         paths: Paths,
@@ -194,8 +189,8 @@ impl Profiles {
             let config = self.engine_config.clone();
             tokio::task::spawn_blocking(move || {
                 let mut store = Store::open_in_memory().map_err(|e| store_error(&e))?;
-                let profile = carom_engine::create_profile(&mut store, &config)
-                    .map_err(|e| engine_error(&e))?;
+                let profile =
+                    carom_engine::create_profile(&mut store, &config).map_err(ErrorObject::from)?;
                 Ok::<_, ErrorObject>((store, profile))
             })
             .await
@@ -274,7 +269,7 @@ impl Profiles {
                 .map_err(|e| store_error(&e))?;
             let mut store = Store::open(&paths.database(), &key).map_err(|e| store_error(&e))?;
             let profile =
-                carom_engine::load_profile(&mut store, &config).map_err(|e| engine_error(&e))?;
+                carom_engine::load_profile(&mut store, &config).map_err(ErrorObject::from)?;
             Ok::<_, ErrorObject>((store, profile, protected))
         })
         .await
@@ -348,7 +343,7 @@ impl Profiles {
             .await
             .map_err(|e| err(ErrorKind::Internal, format!("Tor could not start: {e}")))?;
         Engine::start(store, profile, transport, self.engine_config.clone())
-            .map_err(|e| engine_error(&e))
+            .map_err(ErrorObject::from)
     }
 
     /// arti's state and cache: under the data directory, or (RAM-only) under the runtime
@@ -465,7 +460,7 @@ fn create_on_disk(
         .and_then(|mut store| {
             step_done(CreationStep::DatabaseCreated);
             let profile =
-                carom_engine::create_profile(&mut store, config).map_err(|e| engine_error(&e))?;
+                carom_engine::create_profile(&mut store, config).map_err(ErrorObject::from)?;
             step_done(CreationStep::IdentitySaved);
             Ok((store, profile))
         });

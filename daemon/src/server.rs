@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use carom_api::{self as api, CheckLimits, ErrorKind, ErrorObject, method};
-use serde::de::DeserializeOwned;
+use carom_api::{self as api, ErrorKind, ErrorObject, EventData, Method, Request, method};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -25,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::profile::{Profiles, engine_error};
+use crate::profile::Profiles;
 
 /// Lines waiting to be written to one frontend; a slow reader slows only its own events.
 const OUTBOX_LINES: usize = 1024;
@@ -319,12 +318,12 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
         .send(api::notification(method::BANNER, json!(banner)).to_string())
         .await;
     if let Ok(engine) = server.profiles.engine().await {
-        let _ = engine
-            .append_event(
-                api::event::FRONTEND_ATTACHED,
-                json!({ "session": id, "pid": pid, "process": process }),
-            )
-            .await;
+        let attached = api::event::Attached {
+            session: id,
+            pid,
+            process,
+        };
+        let _ = engine.append_event(EventData::Attached(attached)).await;
     }
 
     let mut conn = Conn {
@@ -385,9 +384,8 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
     }
     server.frontends().remove(&id);
     if let Ok(engine) = server.profiles.engine().await {
-        let _ = engine
-            .append_event(api::event::FRONTEND_DETACHED, json!({ "session": id }))
-            .await;
+        let detached = api::event::Detached { session: id };
+        let _ = engine.append_event(EventData::Detached(detached)).await;
     }
     drop(conn);
     let _ = writer.await;
@@ -425,37 +423,31 @@ async fn handle_one(server: &Arc<Server>, conn: &mut Conn, value: Value) -> Opti
     })
 }
 
-/// The method's parameters, within every documented limit (see [`CheckLimits`]).
-fn params<T: DeserializeOwned + CheckLimits>(value: Value) -> Result<T, ErrorObject> {
-    let value = if value.is_null() { json!({}) } else { value };
-    let params: T = serde_json::from_value(value).map_err(|e| {
-        ErrorObject::new(ErrorKind::InvalidParams, format!("invalid parameters: {e}"))
-    })?;
-    params.check_limits()?;
-    Ok(params)
-}
-
-fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ErrorObject> {
-    serde_json::to_value(value)
+/// The JSON of a method's result, its type fixed by the method's description.
+fn reply<M: Method>(result: M::Result) -> Result<Value, ErrorObject> {
+    serde_json::to_value(result)
         .map_err(|_| ErrorObject::new(ErrorKind::Internal, "could not encode the result"))
 }
 
+/// Runs one request. The match is exhaustive over [`Request`]: a method described in
+/// `carom-api` and not served here does not compile.
 async fn dispatch(
     server: &Arc<Server>,
     conn: &mut Conn,
     method: &str,
-    p: Value,
+    params: Value,
 ) -> Result<Value, ErrorObject> {
+    use api::method as m;
     let profiles = &server.profiles;
     macro_rules! engine {
         () => {
             profiles.engine().await?
         };
     }
-    match method {
-        method::DAEMON_INFO => {
+    match Request::parse(method, params)? {
+        Request::DaemonInfo(_) => {
             let (profile, protected) = profiles.info().await;
-            to_value(&api::DaemonInfo {
+            reply::<m::DaemonInfo>(api::DaemonInfo {
                 daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
                 api_version: api::API_VERSION,
                 min_api_version: api::MIN_API_VERSION,
@@ -466,129 +458,65 @@ async fn dispatch(
                     .then(|| profiles.paths().data_dir.display().to_string()),
             })
         }
-        method::DAEMON_STATS => to_value(&engine!().stats()),
-        method::DAEMON_SHUTDOWN => {
+        Request::DaemonStats(_) => reply::<m::DaemonStats>(engine!().stats()),
+        Request::DaemonShutdown(_) => {
             info!("shutdown requested through the API");
             let _ = server.stop.send(true);
-            Ok(json!({}))
+            reply::<m::DaemonShutdown>(api::Empty {})
         }
-        method::PROFILE_CREATE => to_value(&profiles.create(&params(p)?).await?),
-        method::PROFILE_UNLOCK => {
-            let unlock: api::ProfileUnlock = params(p)?;
-            to_value(&profiles.unlock(unlock.passphrase.expose()).await?)
+        Request::ProfileCreate(p) => reply::<m::ProfileCreate>(profiles.create(&p).await?),
+        Request::ProfileUnlock(p) => {
+            reply::<m::ProfileUnlock>(profiles.unlock(p.passphrase.expose()).await?)
         }
-        method::PROFILE_CHANGE_PASSPHRASE => {
-            profiles.change_passphrase(&params(p)?).await?;
-            Ok(json!({}))
+        Request::ProfileChangePassphrase(p) => {
+            profiles.change_passphrase(&p).await?;
+            reply::<m::ProfileChangePassphrase>(api::Empty {})
         }
-        method::IDENTITY_GET => to_value(&engine!().identity()),
-        method::TOR_STATUS => to_value(&engine!().tor_status()),
-        method::CONTACT_ADD => to_value(
-            &engine!()
-                .add_contact(params(p)?)
-                .await
-                .map_err(|e| engine_error(&e))?,
-        ),
-        method::CONTACT_LIST => {
-            to_value(&engine!().contacts().await.map_err(|e| engine_error(&e))?)
+        Request::IdentityGet(_) => reply::<m::IdentityGet>(engine!().identity()),
+        Request::TorStatus(_) => reply::<m::TorStatus>(engine!().tor_status()),
+        Request::ContactAdd(p) => reply::<m::ContactAdd>(engine!().add_contact(p).await?),
+        Request::ContactList(_) => reply::<m::ContactList>(engine!().contacts().await?),
+        Request::ContactGet(p) => reply::<m::ContactGet>(engine!().contact(&p.address).await?),
+        Request::ContactRespond(p) => reply::<m::ContactRespond>(engine!().respond(p).await?),
+        Request::ContactClearRequests(_) => {
+            reply::<m::ContactClearRequests>(engine!().clear_requests().await?)
         }
-        method::CONTACT_GET => {
-            let a: api::AddressParams = params(p)?;
-            to_value(
-                &engine!()
-                    .contact(&a.address)
-                    .await
-                    .map_err(|e| engine_error(&e))?,
-            )
+        Request::ContactRename(p) => reply::<m::ContactRename>(engine!().rename(p).await?),
+        Request::ContactRemove(p) => {
+            engine!().remove_contact(&p.address).await?;
+            reply::<m::ContactRemove>(api::Empty {})
         }
-        method::CONTACT_RESPOND => to_value(
-            &engine!()
-                .respond(params(p)?)
-                .await
-                .map_err(|e| engine_error(&e))?,
-        ),
-        method::CONTACT_CLEAR_REQUESTS => {
-            let _: api::NoParams = params(p)?;
-            to_value(
-                &engine!()
-                    .clear_requests()
-                    .await
-                    .map_err(|e| engine_error(&e))?,
-            )
+        Request::MessageSend(p) => reply::<m::MessageSend>(engine!().send_message(p).await?),
+        Request::MessageList(p) => reply::<m::MessageList>(engine!().history(p).await?),
+        Request::MessageGet(p) => reply::<m::MessageGet>(engine!().message(p.id).await?),
+        Request::MessageDelete(p) => {
+            engine!().delete_message(p.id).await?;
+            reply::<m::MessageDelete>(api::Empty {})
         }
-        method::CONTACT_RENAME => to_value(
-            &engine!()
-                .rename(params(p)?)
-                .await
-                .map_err(|e| engine_error(&e))?,
-        ),
-        method::CONTACT_REMOVE => {
-            let a: api::AddressParams = params(p)?;
-            engine!()
-                .remove_contact(&a.address)
-                .await
-                .map_err(|e| engine_error(&e))?;
-            Ok(json!({}))
+        Request::EventsSubscribe(p) => {
+            reply::<m::EventsSubscribe>(subscribe(server, conn, p).await?)
         }
-        method::MESSAGE_SEND => to_value(
-            &engine!()
-                .send_message(params(p)?)
-                .await
-                .map_err(|e| engine_error(&e))?,
-        ),
-        method::MESSAGE_LIST => to_value(
-            &engine!()
-                .history(params(p)?)
-                .await
-                .map_err(|e| engine_error(&e))?,
-        ),
-        method::MESSAGE_GET => {
-            let m: api::MessageIdParams = params(p)?;
-            to_value(
-                &engine!()
-                    .message(m.id)
-                    .await
-                    .map_err(|e| engine_error(&e))?,
-            )
-        }
-        method::MESSAGE_DELETE => {
-            let m: api::MessageIdParams = params(p)?;
-            engine!()
-                .delete_message(m.id)
-                .await
-                .map_err(|e| engine_error(&e))?;
-            Ok(json!({}))
-        }
-        method::EVENTS_SUBSCRIBE => subscribe(server, conn, params(p)?).await,
-        method::EVENTS_UNSUBSCRIBE => {
+        Request::EventsUnsubscribe(_) => {
             if let Some(events) = conn.events.take() {
                 events.abort();
             }
             if let Some(f) = server.frontends().get_mut(&conn.id) {
                 f.subscribed = false;
             }
-            Ok(json!({}))
+            reply::<m::EventsUnsubscribe>(api::Empty {})
         }
-        method::SESSION_LIST => {
+        Request::SessionList(_) => {
             let mut list: Vec<api::FrontendSession> =
                 server.frontends().values().cloned().collect();
             list.sort_by_key(|f| f.id);
-            to_value(&list)
+            reply::<m::SessionList>(list)
         }
-        method::SESSION_HELLO => {
-            let hello: api::SessionHello = params(p)?;
+        Request::SessionHello(p) => {
             if let Some(f) = server.frontends().get_mut(&conn.id) {
-                f.client = Some(hello.client);
+                f.client = Some(p.client);
             }
-            Ok(json!({}))
+            reply::<m::SessionHello>(api::Empty {})
         }
-        other => Err(ErrorObject::new(
-            ErrorKind::MethodNotFound,
-            format!(
-                "no method named `{}`",
-                other.chars().take(64).collect::<String>()
-            ),
-        )),
     }
 }
 
@@ -597,9 +525,9 @@ async fn subscribe(
     server: &Arc<Server>,
     conn: &mut Conn,
     request: api::EventsSubscribe,
-) -> Result<Value, ErrorObject> {
+) -> Result<api::Subscribed, ErrorObject> {
     let engine = server.profiles.engine().await?;
-    let (latest, oldest) = engine.event_bounds().await.map_err(|e| engine_error(&e))?;
+    let (latest, oldest) = engine.event_bounds().await?;
     let notifier = engine.event_notifier();
     drop(engine);
     if let Some(old) = conn.events.take() {
@@ -610,8 +538,8 @@ async fn subscribe(
         latest_seq: latest,
         oldest_seq: oldest,
     };
-    // The response goes out before any event: it is queued first on the same writer.
-    let reply = to_value(&result)?;
+    // The response goes out before any event: it is queued first on the same writer (the
+    // forwarding task yields before its first line).
     let task = tokio::spawn(forward_events(
         Arc::clone(server),
         conn.out.clone(),
@@ -623,7 +551,7 @@ async fn subscribe(
     if let Some(f) = server.frontends().get_mut(&conn.id) {
         f.subscribed = true;
     }
-    Ok(reply)
+    Ok(result)
 }
 
 /// Replay events after `cursor`, then follow new ones, until the connection goes.
@@ -652,8 +580,10 @@ async fn forward_events(
                     gap = Some(api::Event {
                         seq: oldest - 1,
                         at: unix_ms(),
-                        kind: api::event::GAP.into(),
-                        data: json!({ "from_seq": cursor + 1, "to_seq": oldest - 1 }),
+                        data: EventData::Gap(api::event::Gap {
+                            from_seq: cursor + 1,
+                            to_seq: oldest - 1,
+                        }),
                     });
                     cursor = oldest - 1;
                 }
@@ -672,7 +602,10 @@ async fn forward_events(
         let full = page.len() == usize::try_from(EVENT_PAGE).unwrap_or(usize::MAX);
         for event in page {
             cursor = event.seq;
-            if kinds.as_ref().is_some_and(|k| !k.contains(&event.kind)) {
+            if kinds
+                .as_ref()
+                .is_some_and(|k| !k.iter().any(|kind| kind == event.kind()))
+            {
                 continue;
             }
             let line = api::notification(method::EVENT, json!(event)).to_string();

@@ -6,6 +6,10 @@
 //! — so the server and the typed client (`carom-client`) cannot drift apart. `docs/api.md`
 //! documents each with examples.
 //!
+//! Each method is described once in [`method`] (name, parameters, result); the server
+//! dispatches on [`Request`] and the client calls any [`Method`], so neither can drift from
+//! the other. Events are typed in [`event`], with a fallback for kinds a newer daemon adds.
+//!
 //! Conventions (see `docs/api.md`):
 //! - On connect the server first sends a [`Banner`] notification (`carom.banner`).
 //! - Requests carry an `id`; every response echoes it. Pipelining is allowed.
@@ -23,10 +27,11 @@ use serde_json::Value;
 mod limits;
 pub use limits::CheckLimits;
 
-/// The parameters of a method that takes none: `params` absent, `null` or `{}`. Unknown
-/// members are ignored, as everywhere.
+/// The parameters of a method that takes none (`params` absent, `null` or `{}`; unknown
+/// members are ignored, as everywhere), and the result of a method that returns nothing
+/// (`{}`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NoParams {}
+pub struct Empty {}
 
 /// This API's version. Bumped on incompatible changes; additions keep it.
 pub const API_VERSION: u32 = 1;
@@ -57,59 +62,8 @@ pub const MAX_EVENT_KIND_BYTES: usize = 64;
 /// Frontends connected at once; one more is told so and disconnected.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Method names.
-pub mod method {
-    /// The banner notification sent first on every connection.
-    pub const BANNER: &str = "carom.banner";
-    /// An event notification (after `events.subscribe`).
-    pub const EVENT: &str = "carom.event";
-    /// [`crate::DaemonInfo`].
-    pub const DAEMON_INFO: &str = "daemon.info";
-    /// Stop the daemon gracefully.
-    pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
-    /// Traffic counters: [`crate::Stats`].
-    pub const DAEMON_STATS: &str = "daemon.stats";
-    /// Create the profile: [`crate::ProfileCreate`].
-    pub const PROFILE_CREATE: &str = "profile.create";
-    /// Unlock the profile: [`crate::ProfileUnlock`].
-    pub const PROFILE_UNLOCK: &str = "profile.unlock";
-    /// Change the passphrase: [`crate::ProfileChangePassphrase`].
-    pub const PROFILE_CHANGE_PASSPHRASE: &str = "profile.change_passphrase";
-    /// [`crate::Identity`].
-    pub const IDENTITY_GET: &str = "identity.get";
-    /// [`crate::TorStatus`].
-    pub const TOR_STATUS: &str = "tor.status";
-    /// Send a contact request: [`crate::ContactAdd`] → [`crate::Contact`].
-    pub const CONTACT_ADD: &str = "contact.add";
-    /// All contacts: → `Vec<`[`crate::Contact`]`>`.
-    pub const CONTACT_LIST: &str = "contact.list";
-    /// One contact: [`crate::AddressParams`] → [`crate::Contact`].
-    pub const CONTACT_GET: &str = "contact.get";
-    /// Accept, reject or block a request; block or unblock anyone: [`crate::ContactRespond`].
-    pub const CONTACT_RESPOND: &str = "contact.respond";
-    /// Forget a contact and its history: [`crate::AddressParams`].
-    pub const CONTACT_REMOVE: &str = "contact.remove";
-    /// Rename a contact locally: [`crate::ContactRename`].
-    pub const CONTACT_RENAME: &str = "contact.rename";
-    /// Forget every unanswered contact request from strangers: → [`crate::Cleared`].
-    pub const CONTACT_CLEAR_REQUESTS: &str = "contact.clear_requests";
-    /// Queue a message: [`crate::MessageSend`] → [`crate::Message`] (status `queued`).
-    pub const MESSAGE_SEND: &str = "message.send";
-    /// Page a conversation: [`crate::MessageList`] → [`crate::MessagePage`].
-    pub const MESSAGE_LIST: &str = "message.list";
-    /// One message: [`crate::MessageIdParams`] → [`crate::Message`].
-    pub const MESSAGE_GET: &str = "message.get";
-    /// Delete one message locally: [`crate::MessageIdParams`].
-    pub const MESSAGE_DELETE: &str = "message.delete";
-    /// Start receiving events: [`crate::EventsSubscribe`] → [`crate::Subscribed`].
-    pub const EVENTS_SUBSCRIBE: &str = "events.subscribe";
-    /// Stop receiving events.
-    pub const EVENTS_UNSUBSCRIBE: &str = "events.unsubscribe";
-    /// The frontends attached now: → `Vec<`[`crate::FrontendSession`]`>`.
-    pub const SESSION_LIST: &str = "session.list";
-    /// Name this frontend (shown in `session.list`): [`crate::SessionHello`].
-    pub const SESSION_HELLO: &str = "session.hello";
-}
+pub mod method;
+pub use method::{Method, Request};
 
 /// The first line on every connection (method [`method::BANNER`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,12 +218,66 @@ pub struct TorStatus {
     pub bootstrap_phase: String,
     /// Whether Tor can carry traffic.
     pub ready: bool,
-    /// Our onion service: `not_started`, `launching`, `published`, `reachable`, `degraded`,
-    /// `broken` (tolerate others).
-    pub service: String,
+    /// Our onion service.
+    pub service: ServiceStatus,
     /// The last problem, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// Where our onion service stands (in [`TorStatus`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    /// Not launched yet (Tor is bootstrapping).
+    NotStarted,
+    /// Establishing introduction points and publishing its descriptor.
+    Launching,
+    /// Its descriptor is published: contacts can reach us.
+    Published,
+    /// Published, and a contact reached us through it.
+    Reachable,
+    /// Running with problems (too few introduction points, a failed upload); Tor may still
+    /// get contacts through.
+    Degraded,
+    /// It failed; see `last_error`.
+    Broken,
+    /// Stopped (the daemon is shutting down).
+    Stopped,
+    /// A state newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ServiceStatus {
+    /// Whether the service is published, perhaps with problems: what a frontend waits for
+    /// before it tells the user to share their address.
+    pub fn is_reachable(self) -> bool {
+        matches!(
+            self,
+            ServiceStatus::Published | ServiceStatus::Reachable | ServiceStatus::Degraded
+        )
+    }
+
+    /// The name on the wire, e.g. `published`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceStatus::NotStarted => "not_started",
+            ServiceStatus::Launching => "launching",
+            ServiceStatus::Published => "published",
+            ServiceStatus::Reachable => "reachable",
+            ServiceStatus::Degraded => "degraded",
+            ServiceStatus::Broken => "broken",
+            ServiceStatus::Stopped => "stopped",
+            ServiceStatus::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How a contact stands with us.
@@ -286,6 +294,9 @@ pub enum ContactState {
     Rejected,
     /// We block them: their connections are refused.
     Blocked,
+    /// A state newer than this client knows.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Whether someone says they are a person or a program.
@@ -417,6 +428,9 @@ pub enum MessageStatus {
     Failed,
     /// (Incoming) stored here.
     Received,
+    /// A state newer than this client knows.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A message.
@@ -514,49 +528,8 @@ pub struct Subscribed {
     pub oldest_seq: Option<u64>,
 }
 
-/// An event (params of the [`method::EVENT`] notification).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Strictly increasing; never reused.
-    pub seq: u64,
-    /// When it happened (ms since the Unix epoch).
-    pub at: u64,
-    /// See [`event`]; tolerate unknown kinds.
-    pub kind: String,
-    /// Kind-specific fields.
-    pub data: Value,
-}
-
-/// Event kinds.
-pub mod event {
-    /// Tor bootstrap or onion-service state changed: data is a [`crate::TorStatus`].
-    pub const TOR_STATUS: &str = "tor.status";
-    /// Someone asked to become a contact: `{address, nickname, greeting, kind}`.
-    pub const CONTACT_REQUEST_RECEIVED: &str = "contact.request_received";
-    /// A contact's state changed: `{address, state, by}` (`by`: `us` or `them`).
-    pub const CONTACT_STATE: &str = "contact.state";
-    /// Our request reached their daemon: `{address}`.
-    pub const CONTACT_REQUEST_DELIVERED: &str = "contact.request_delivered";
-    /// A session came up or went down: `{address, online}`.
-    pub const CONTACT_PRESENCE: &str = "contact.presence";
-    /// A message arrived: `{id, contact, msg_id}` (fetch it with `message.get`).
-    pub const MESSAGE_RECEIVED: &str = "message.received";
-    /// A message's delivery state changed: `{id, contact, msg_id, status, failure?}`.
-    pub const MESSAGE_STATUS: &str = "message.status";
-    /// A frontend attached: `{session, pid?, process?}`.
-    pub const FRONTEND_ATTACHED: &str = "frontend.attached";
-    /// A frontend detached: `{session}`.
-    pub const FRONTEND_DETACHED: &str = "frontend.detached";
-    /// Kinds that frontends cause by connecting: retained apart (the newest
-    /// [`CHURN_RETENTION`]), so a frontend that reconnects often cannot push message events
-    /// out of retention, and pruned without an [`GAP`] (`session.list` shows the present).
-    pub const CHURN: &[&str] = &[FRONTEND_ATTACHED, FRONTEND_DETACHED];
-    /// How many [`CHURN`] events are kept.
-    pub const CHURN_RETENTION: u64 = 1_000;
-    /// Events were pruned before the subscriber caught up: `{from_seq, to_seq}` (inclusive)
-    /// were lost to this subscriber. Not stored; sent in place of the missing events.
-    pub const GAP: &str = "events.gap";
-}
+pub mod event;
+pub use event::{Event, EventData};
 
 /// An attached frontend (result element of `session.list`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,12 +4,11 @@
 //! cannot forget a limit on a field it takes: each parameter type must implement it.
 
 use crate::{
-    AddressParams, ContactAdd, ContactRename, ContactRespond, ErrorKind, ErrorObject,
+    AddressParams, ContactAdd, ContactRename, ContactRespond, Empty, ErrorKind, ErrorObject,
     EventsSubscribe, MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES,
     MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES,
     MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageIdParams,
-    MessageList, MessageSend, NoParams, ProfileChangePassphrase, ProfileCreate, ProfileUnlock,
-    SessionHello,
+    MessageList, MessageSend, ProfileChangePassphrase, ProfileCreate, ProfileUnlock, SessionHello,
 };
 
 /// Parameters whose fields have documented limits.
@@ -32,7 +31,7 @@ fn at_most(field: &str, value: &str, limit: usize) -> Result<(), ErrorObject> {
     ))
 }
 
-impl CheckLimits for NoParams {
+impl CheckLimits for Empty {
     fn check_limits(&self) -> Result<(), ErrorObject> {
         Ok(())
     }

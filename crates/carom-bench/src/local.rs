@@ -42,7 +42,7 @@ async fn wait_count(
             }
             for e in &page {
                 cursor = e.seq;
-                if e.kind == kind && pred(&e.data) {
+                if e.kind() == kind && pred(&e.data.to_value()) {
                     seen += 1;
                 }
             }

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use carom_api as api;
+use carom_api::event::ContactStateChange;
+use carom_api::{self as api, EventData};
 use carom_proto::IdentityKey;
 use carom_store::{
     ContactState, DbKey, KdfParams, KeyFile, NewContact, NewIncoming, PeerKind, Protection, Store,
@@ -231,7 +232,9 @@ async fn measure(
         .respond(&a, api::Response::Accept, None)
         .await?;
     let alice_status = watcher(&alice, &[api::event::CONTACT_STATE]).await?;
-    next_matching(&alice_status, LONG, |e| e.data["state"] == "accepted").await?;
+    next_matching(&alice_status, LONG, |e| {
+        matches!(&e.data, EventData::StateChanged(c) if c.state == ContactStateChange::Accepted)
+    }).await?;
 
     // Warm: a session is up.
     let alice_client = alice.client().await?;
@@ -250,18 +253,12 @@ async fn measure(
     };
     let delivered = watcher(&alice, &[api::event::MESSAGE_STATUS]).await?;
     let m = send("warm-up".into()).await?;
-    next_matching(&delivered, LONG, |e| {
-        e.data["id"] == m.id && e.data["status"] == "delivered"
-    })
-    .await?;
+    next_matching(&delivered, LONG, |e| is_delivered(e, |id| id == m.id)).await?;
     let mut warm = Vec::new();
     for i in 0..sizes.samples.max(5) {
         let t = Instant::now();
         let m = send(format!("warm {i}")).await?;
-        next_matching(&delivered, LONG, |e| {
-            e.data["id"] == m.id && e.data["status"] == "delivered"
-        })
-        .await?;
+        next_matching(&delivered, LONG, |e| is_delivered(e, |id| id == m.id)).await?;
         warm.push(t.elapsed());
     }
     let warm_p50 = quantile(&mut warm, 0.5);
@@ -310,10 +307,7 @@ async fn measure(
     }
     // Delivery is in order, so the highest id delivered means all were.
     let last = last_ids.into_iter().max().unwrap_or(0);
-    next_matching(&delivered, LONG, |e| {
-        e.data["id"].as_i64() >= Some(last) && e.data["status"] == "delivered"
-    })
-    .await?;
+    next_matching(&delivered, LONG, |e| is_delivered(e, |id| id >= last)).await?;
     let burst_time = t.elapsed();
     let after = alice_client.stats().await?;
     let wire =
@@ -355,10 +349,7 @@ async fn measure(
                 client_token: None,
             })
             .await?;
-        next_matching(&delivered, LONG, |e| {
-            e.data["id"] == m.id && e.data["status"] == "delivered"
-        })
-        .await?;
+        next_matching(&delivered, LONG, |e| is_delivered(e, |id| id == m.id)).await?;
         cold.push(t.elapsed());
     }
     let shown: Vec<String> = cold.iter().map(|d| format!("{:.0}", ms(*d))).collect();
@@ -512,4 +503,10 @@ fn build_large(data: &Path, contacts: usize, messages: usize) -> Result<Vec<Stri
     }
     store.close()?;
     Ok(addresses)
+}
+
+/// Whether `e` says an outgoing message whose id passes `which` was delivered.
+fn is_delivered(e: &api::Event, which: impl Fn(i64) -> bool) -> bool {
+    matches!(&e.data, EventData::MessageStatus(s)
+        if s.status == api::MessageStatus::Delivered && which(s.id))
 }

@@ -1,7 +1,8 @@
 //! # carom-client: a typed client for `caromd`'s local API
 //!
-//! Connects to the daemon's Unix socket, reads the banner, and offers one async method per API
-//! method, plus a stream of events once subscribed. Requests may be issued concurrently from
+//! Connects to the daemon's Unix socket, reads the banner, and calls any method described in
+//! `carom_api::method` with that method's own types ([`Client::call`]), with a shorthand for
+//! each, plus a stream of typed events once subscribed. Requests may be issued concurrently from
 //! clones of the [`Client`]; responses are matched by id. Used by the `carom` CLI and the tests.
 //!
 //! ```no_run
@@ -19,9 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use carom_api as api;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use carom_api::{self as api, method as m};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -196,17 +195,15 @@ impl Client {
         &self.banner
     }
 
-    /// Call any method with any parameters.
-    pub async fn call<P: Serialize, R: DeserializeOwned>(
-        &self,
-        method: &str,
-        params: &P,
-    ) -> Result<R, ClientError> {
-        let value = self
-            .call_value(method, serde_json::to_value(params).unwrap_or(Value::Null))
-            .await?;
-        serde_json::from_value(value)
-            .map_err(|e| ClientError::Disconnected(format!("unexpected result for {method}: {e}")))
+    /// Call any method, with the parameter and result types its description fixes.
+    pub async fn call<M: api::Method>(&self, params: &M::Params) -> Result<M::Result, ClientError> {
+        let params = serde_json::to_value(params).map_err(|e| {
+            ClientError::Disconnected(format!("cannot encode parameters for {}: {e}", M::NAME))
+        })?;
+        let value = self.call_value(M::NAME, params).await?;
+        serde_json::from_value(value).map_err(|e| {
+            ClientError::Disconnected(format!("unexpected result for {}: {e}", M::NAME))
+        })
     }
 
     /// Call a method and return the raw result.
@@ -251,17 +248,17 @@ impl Client {
 
     /// `daemon.info`.
     pub async fn info(&self) -> Result<api::DaemonInfo, ClientError> {
-        self.call(api::method::DAEMON_INFO, &Value::Null).await
+        self.call::<m::DaemonInfo>(&api::Empty {}).await
     }
 
     /// `daemon.stats`.
     pub async fn stats(&self) -> Result<api::Stats, ClientError> {
-        self.call(api::method::DAEMON_STATS, &Value::Null).await
+        self.call::<m::DaemonStats>(&api::Empty {}).await
     }
 
     /// `daemon.shutdown`.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
-        self.call::<_, Value>(api::method::DAEMON_SHUTDOWN, &Value::Null)
+        self.call::<m::DaemonShutdown>(&api::Empty {})
             .await
             .map(drop)
     }
@@ -271,7 +268,7 @@ impl Client {
         &self,
         params: &api::ProfileCreate,
     ) -> Result<api::Identity, ClientError> {
-        self.call(api::method::PROFILE_CREATE, params).await
+        self.call::<m::ProfileCreate>(params).await
     }
 
     /// `profile.unlock`.
@@ -279,7 +276,7 @@ impl Client {
         let params = api::ProfileUnlock {
             passphrase: passphrase.into(),
         };
-        self.call(api::method::PROFILE_UNLOCK, &params).await
+        self.call::<m::ProfileUnlock>(&params).await
     }
 
     /// `profile.change_passphrase`.
@@ -287,37 +284,34 @@ impl Client {
         &self,
         params: &api::ProfileChangePassphrase,
     ) -> Result<(), ClientError> {
-        self.call::<_, Value>(api::method::PROFILE_CHANGE_PASSPHRASE, params)
+        self.call::<m::ProfileChangePassphrase>(params)
             .await
             .map(drop)
     }
 
     /// `identity.get`.
     pub async fn identity(&self) -> Result<api::Identity, ClientError> {
-        self.call(api::method::IDENTITY_GET, &Value::Null).await
+        self.call::<m::IdentityGet>(&api::Empty {}).await
     }
 
     /// `tor.status`.
     pub async fn tor_status(&self) -> Result<api::TorStatus, ClientError> {
-        self.call(api::method::TOR_STATUS, &Value::Null).await
+        self.call::<m::TorStatus>(&api::Empty {}).await
     }
 
     /// `contact.add`.
     pub async fn add_contact(&self, params: &api::ContactAdd) -> Result<api::Contact, ClientError> {
-        self.call(api::method::CONTACT_ADD, params).await
+        self.call::<m::ContactAdd>(params).await
     }
 
     /// `contact.list`.
     pub async fn contacts(&self) -> Result<Vec<api::Contact>, ClientError> {
-        self.call(api::method::CONTACT_LIST, &Value::Null).await
+        self.call::<m::ContactList>(&api::Empty {}).await
     }
 
     /// `contact.get`.
     pub async fn contact(&self, address: &str) -> Result<api::Contact, ClientError> {
-        let params = api::AddressParams {
-            address: address.to_owned(),
-        };
-        self.call(api::method::CONTACT_GET, &params).await
+        self.call::<m::ContactGet>(&address_params(address)).await
     }
 
     /// `contact.respond`.
@@ -332,13 +326,12 @@ impl Client {
             response,
             nickname,
         };
-        self.call(api::method::CONTACT_RESPOND, &params).await
+        self.call::<m::ContactRespond>(&params).await
     }
 
     /// `contact.clear_requests`.
     pub async fn clear_requests(&self) -> Result<api::Cleared, ClientError> {
-        self.call(api::method::CONTACT_CLEAR_REQUESTS, &Value::Null)
-            .await
+        self.call::<m::ContactClearRequests>(&api::Empty {}).await
     }
 
     /// `contact.rename`.
@@ -347,22 +340,19 @@ impl Client {
             address: address.to_owned(),
             nickname: nickname.to_owned(),
         };
-        self.call(api::method::CONTACT_RENAME, &params).await
+        self.call::<m::ContactRename>(&params).await
     }
 
     /// `contact.remove`.
     pub async fn remove_contact(&self, address: &str) -> Result<(), ClientError> {
-        let params = api::AddressParams {
-            address: address.to_owned(),
-        };
-        self.call::<_, Value>(api::method::CONTACT_REMOVE, &params)
+        self.call::<m::ContactRemove>(&address_params(address))
             .await
             .map(drop)
     }
 
     /// `message.send`.
     pub async fn send(&self, params: &api::MessageSend) -> Result<api::Message, ClientError> {
-        self.call(api::method::MESSAGE_SEND, params).await
+        self.call::<m::MessageSend>(params).await
     }
 
     /// `message.list`.
@@ -370,18 +360,18 @@ impl Client {
         &self,
         params: &api::MessageList,
     ) -> Result<api::MessagePage, ClientError> {
-        self.call(api::method::MESSAGE_LIST, params).await
+        self.call::<m::MessageList>(params).await
     }
 
     /// `message.get`.
     pub async fn message(&self, id: i64) -> Result<api::Message, ClientError> {
-        self.call(api::method::MESSAGE_GET, &api::MessageIdParams { id })
+        self.call::<m::MessageGet>(&api::MessageIdParams { id })
             .await
     }
 
     /// `message.delete`.
     pub async fn delete_message(&self, id: i64) -> Result<(), ClientError> {
-        self.call::<_, Value>(api::method::MESSAGE_DELETE, &api::MessageIdParams { id })
+        self.call::<m::MessageDelete>(&api::MessageIdParams { id })
             .await
             .map(drop)
     }
@@ -391,12 +381,12 @@ impl Client {
         &self,
         params: &api::EventsSubscribe,
     ) -> Result<api::Subscribed, ClientError> {
-        self.call(api::method::EVENTS_SUBSCRIBE, params).await
+        self.call::<m::EventsSubscribe>(params).await
     }
 
     /// `session.list`.
     pub async fn sessions(&self) -> Result<Vec<api::FrontendSession>, ClientError> {
-        self.call(api::method::SESSION_LIST, &Value::Null).await
+        self.call::<m::SessionList>(&api::Empty {}).await
     }
 
     /// `session.hello`.
@@ -404,9 +394,13 @@ impl Client {
         let params = api::SessionHello {
             client: client.to_owned(),
         };
-        self.call::<_, Value>(api::method::SESSION_HELLO, &params)
-            .await
-            .map(drop)
+        self.call::<m::SessionHello>(&params).await.map(drop)
+    }
+}
+
+fn address_params(address: &str) -> api::AddressParams {
+    api::AddressParams {
+        address: address.to_owned(),
     }
 }
 

@@ -22,6 +22,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
+use carom_api::EventData;
+use carom_api::event::{self, By, ContactStateChange, RemovalReason};
+
 use crate::core::{Admission, ConnId, CoreMsg};
 use crate::err::{EngineError, Result};
 use crate::view::{self, unix_ms, unix_secs};
@@ -731,16 +734,12 @@ where
                     })?;
                     if received.is_new() {
                         let m = received.message();
-                        append(
-                            tx,
-                            carom_api::event::MESSAGE_RECEIVED,
-                            &serde_json::json!({
-                                "id": m.row,
-                                "contact": peer.to_string(),
-                                "msg_id": hex::encode(m.msg_id),
-                            }),
-                            now,
-                        )?;
+                        let event = EventData::MessageReceived(event::MessageRef {
+                            id: m.row,
+                            contact: peer.to_string(),
+                            msg_id: hex::encode(m.msg_id),
+                        });
+                        append(tx, &event, now)?;
                     }
                     ids.push(chat.id);
                 }
@@ -810,12 +809,10 @@ where
                 status_events(tx, &delivered, peer, now)?;
                 for &(item, kind) in &control {
                     if tx.remove_outbox(item)? && kind == OutboxKind::ContactRequest {
-                        append(
-                            tx,
-                            carom_api::event::CONTACT_REQUEST_DELIVERED,
-                            &serde_json::json!({ "address": peer.to_string() }),
-                            now,
-                        )?;
+                        let event = EventData::RequestDelivered(event::ContactRef {
+                            address: peer.to_string(),
+                        });
+                        append(tx, &event, now)?;
                     }
                 }
                 Ok(())
@@ -948,12 +945,7 @@ async fn mark_sent(shared: &Shared, peer: OnionAddress, rows: Vec<i64>) -> Resul
                     tx.set_message_status(row, MessageStatus::Sent, None, now)?;
                     let mut m = m;
                     m.status = MessageStatus::Sent;
-                    append(
-                        tx,
-                        carom_api::event::MESSAGE_STATUS,
-                        &view::status_event(&m, &peer),
-                        now,
-                    )?;
+                    append(tx, &view::status_event(&m, &peer), now)?;
                 }
             }
             Ok(())
@@ -969,12 +961,7 @@ fn status_events(
     now: u64,
 ) -> Result<()> {
     for m in messages {
-        append(
-            tx,
-            carom_api::event::MESSAGE_STATUS,
-            &view::status_event(m, &peer),
-            now,
-        )?;
+        append(tx, &view::status_event(m, &peer), now)?;
     }
     Ok(())
 }
@@ -983,26 +970,17 @@ fn status_events(
 pub(crate) fn forget_contact(
     tx: &WriteTx<'_>,
     contact: &carom_store::Contact,
-    reason: Option<&str>,
+    reason: Option<RemovalReason>,
     now: u64,
 ) -> Result<OnionAddress> {
     let peer = view::address_of(&contact.identity)?;
     tx.delete_contact(contact.id)?;
-    let mut data =
-        serde_json::json!({ "address": peer.to_string(), "state": "removed", "by": "us" });
-    if let Some(reason) = reason {
-        data["reason"] = reason.into();
-    }
-    append(tx, carom_api::event::CONTACT_STATE, &data, now)?;
+    let event = view::state_event(&peer, ContactStateChange::Removed, By::Us, reason);
+    append(tx, &event, now)?;
     Ok(peer)
 }
 
 /// Append an event inside a transaction.
-pub(crate) fn append(
-    tx: &WriteTx<'_>,
-    kind: &str,
-    data: &serde_json::Value,
-    now: u64,
-) -> Result<u64> {
-    Ok(tx.append_event(kind, &data.to_string(), now)?)
+pub(crate) fn append(tx: &WriteTx<'_>, event: &EventData, now: u64) -> Result<u64> {
+    Ok(tx.append_event(event.kind(), &event.to_value().to_string(), now)?)
 }

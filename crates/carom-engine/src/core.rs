@@ -15,6 +15,9 @@ use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
+use carom_api::EventData;
+use carom_api::event::{self, By, ContactStateChange, RemovalReason};
+
 use crate::Shared;
 use crate::config::EngineConfig;
 use crate::conn::{self, ConnCmd, Ticket, append, forget_contact};
@@ -568,12 +571,11 @@ impl<T: Transport> Core<T> {
                     c.updated_at = now;
                     tx.update_contact(&c)?;
                 }
-                append(
-                    tx,
-                    carom_api::event::CONTACT_PRESENCE,
-                    &serde_json::json!({ "address": peer.to_string(), "online": online }),
-                    now,
-                )?;
+                let event = EventData::Presence(event::Presence {
+                    address: peer.to_string(),
+                    online,
+                });
+                append(tx, &event, now)?;
                 Ok(())
             })
             .await;
@@ -905,12 +907,7 @@ impl<T: Transport> Core<T> {
                         if let (Some(m), Some(c)) = (tx.message(row)?, tx.contact(item.contact_id)?)
                         {
                             let address = address_of(&c.identity)?;
-                            append(
-                                tx,
-                                carom_api::event::MESSAGE_STATUS,
-                                &view::status_event(&m, &address),
-                                now,
-                            )?;
+                            append(tx, &view::status_event(&m, &address), now)?;
                         }
                     }
                 }
@@ -1025,7 +1022,7 @@ impl<T: Transport> Core<T> {
                             u32::try_from(excess).unwrap_or(u32::MAX),
                         )?;
                         for old in &displaced {
-                            forget_contact(tx, old, Some("too_many_requests"), now)?;
+                            forget_contact(tx, old, Some(RemovalReason::TooManyRequests), now)?;
                         }
                         let id = tx.insert_contact(&NewContact {
                             identity: key,
@@ -1036,17 +1033,13 @@ impl<T: Transport> Core<T> {
                             declared_kind: view::store_peer_kind(request.kind),
                             now,
                         })?;
-                        append(
-                            tx,
-                            carom_api::event::CONTACT_REQUEST_RECEIVED,
-                            &serde_json::json!({
-                                "address": peer.to_string(),
-                                "nickname": request.nickname,
-                                "greeting": request.greeting,
-                                "kind": view::peer_kind(view::store_peer_kind(request.kind)),
-                            }),
-                            now,
-                        )?;
+                        let event = EventData::RequestReceived(event::RequestReceived {
+                            address: peer.to_string(),
+                            nickname: request.nickname.clone(),
+                            greeting: request.greeting.clone(),
+                            kind: view::peer_kind(view::store_peer_kind(request.kind)),
+                        });
+                        append(tx, &event, now)?;
                         Ok((id, displaced))
                     })
                     .await?;
@@ -1124,12 +1117,9 @@ impl<T: Transport> Core<T> {
                 tx.remove_outbox_kind(id, OutboxKind::ContactResponse)?;
                 tx.enqueue(id, OutboxKind::ContactResponse, None, &response, now)?;
                 if state_changed {
-                    append(
-                        tx,
-                        carom_api::event::CONTACT_STATE,
-                        &serde_json::json!({ "address": peer.to_string(), "state": "accepted", "by": "them" }),
-                        now,
-                    )?;
+                    let event =
+                        view::state_event(&peer, ContactStateChange::Accepted, By::Them, None);
+                    append(tx, &event, now)?;
                 }
                 Ok(())
             })
@@ -1171,16 +1161,8 @@ impl<T: Transport> Core<T> {
                     tx.update_contact(&c)?;
                     // Our request evidently arrived.
                     tx.remove_outbox_kind(id, OutboxKind::ContactRequest)?;
-                    append(
-                        tx,
-                        carom_api::event::CONTACT_STATE,
-                        &serde_json::json!({
-                            "address": peer.to_string(),
-                            "state": view::contact_state(state),
-                            "by": "them",
-                        }),
-                        now,
-                    )?;
+                    let change = view::contact_state(state).into();
+                    append(tx, &view::state_event(&peer, change, By::Them, None), now)?;
                     Ok(())
                 })
                 .await?;

@@ -80,3 +80,9 @@ pub fn store_kind(e: &carom_store::Error) -> ErrorKind {
 
 /// Result type of the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<EngineError> for carom_api::ErrorObject {
+    fn from(e: EngineError) -> carom_api::ErrorObject {
+        carom_api::ErrorObject::new(e.kind(), e.to_string())
+    }
+}

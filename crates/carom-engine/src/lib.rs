@@ -58,6 +58,7 @@ use crate::conn::{append, forget_contact};
 use crate::core::{ConnId, Core, CoreMsg};
 use crate::store_actor::StoreHandle;
 use crate::view::{address_of, unix_ms, unix_secs};
+use api::event::{By, ContactStateChange, RemovalReason};
 
 /// A profile's keys: the identity (onion service key) and this device's certified Noise key.
 #[derive(Clone)]
@@ -383,7 +384,7 @@ impl Engine {
             .store
             .write(move |tx| {
                 let now = unix_ms();
-                let event = |state: &str| serde_json::json!({ "address": peer.to_string(), "state": state, "by": "us" });
+                let event = |state| view::state_event(&peer, state, By::Us, None);
                 let wire_request = || {
                     Message::ContactRequest(ContactRequest {
                         id: MessageId::random(&mut OsRng),
@@ -408,7 +409,7 @@ impl Engine {
                             now,
                         })?;
                         tx.enqueue(id, OutboxKind::ContactRequest, None, &wire_request(), now)?;
-                        append(tx, api::event::CONTACT_STATE, &event("requesting"), now)?;
+                        append(tx, &event(ContactStateChange::Requesting), now)?;
                     }
                     Some(mut c) => match c.state {
                         ContactState::Requesting => {}
@@ -428,8 +429,14 @@ impl Engine {
                             }
                             c.updated_at = now;
                             tx.update_contact(&c)?;
-                            tx.enqueue(c.id, OutboxKind::ContactResponse, None, &accept_response(), now)?;
-                            append(tx, api::event::CONTACT_STATE, &event("accepted"), now)?;
+                            tx.enqueue(
+                                c.id,
+                                OutboxKind::ContactResponse,
+                                None,
+                                &accept_response(),
+                                now,
+                            )?;
+                            append(tx, &event(ContactStateChange::Accepted), now)?;
                         }
                         ContactState::Rejected => {
                             c.state = ContactState::Requesting;
@@ -437,8 +444,14 @@ impl Engine {
                             c.updated_at = now;
                             tx.update_contact(&c)?;
                             tx.remove_outbox_kind(c.id, OutboxKind::ContactRequest)?;
-                            tx.enqueue(c.id, OutboxKind::ContactRequest, None, &wire_request(), now)?;
-                            append(tx, api::event::CONTACT_STATE, &event("requesting"), now)?;
+                            tx.enqueue(
+                                c.id,
+                                OutboxKind::ContactRequest,
+                                None,
+                                &wire_request(),
+                                now,
+                            )?;
+                            append(tx, &event(ContactStateChange::Requesting), now)?;
                         }
                     },
                 }
@@ -530,16 +543,8 @@ impl Engine {
                     ContactState::Blocked => fail_outbox(tx, id, &peer, "blocked", now)?,
                     _ => {}
                 }
-                append(
-                    tx,
-                    api::event::CONTACT_STATE,
-                    &serde_json::json!({
-                        "address": peer.to_string(),
-                        "state": view::contact_state(new_state),
-                        "by": "us",
-                    }),
-                    now,
-                )?;
+                let change = view::contact_state(new_state).into();
+                append(tx, &view::state_event(&peer, change, By::Us, None), now)?;
                 tx.contact(id)?
                     .ok_or_else(|| EngineError::Internal("contact vanished".into()))
             })
@@ -599,7 +604,7 @@ impl Engine {
                 let now = unix_ms();
                 let mut cleared = Vec::with_capacity(pending.len());
                 for c in pending {
-                    cleared.push(forget_contact(tx, &c, Some("cleared"), now)?);
+                    cleared.push(forget_contact(tx, &c, Some(RemovalReason::Cleared), now)?);
                 }
                 Ok(cleared)
             })
@@ -689,12 +694,7 @@ impl Engine {
                     now,
                 })?;
                 if let Queued::New(m) = &queued {
-                    append(
-                        tx,
-                        api::event::MESSAGE_STATUS,
-                        &view::status_event(m, &peer),
-                        now,
-                    )?;
+                    append(tx, &view::status_event(m, &peer), now)?;
                 }
                 Ok(queued.into_message())
             })
@@ -781,8 +781,10 @@ impl Engine {
             .map(|e| api::Event {
                 seq: e.seq,
                 at: e.at,
-                kind: e.kind,
-                data: serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
+                data: api::EventData::from_parts(
+                    &e.kind,
+                    serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
+                ),
             })
             .collect())
     }
@@ -801,10 +803,10 @@ impl Engine {
     }
 
     /// Append an event from outside the engine (e.g. a frontend attached).
-    pub async fn append_event(&self, kind: &'static str, data: serde_json::Value) -> Result<u64> {
+    pub async fn append_event(&self, event: api::EventData) -> Result<u64> {
         self.shared
             .store
-            .write(move |tx| append(tx, kind, &data, unix_ms()))
+            .write(move |tx| append(tx, &event, unix_ms()))
             .await
     }
 
@@ -843,12 +845,7 @@ fn fail_outbox(
         if let Some(row) = item.message_row {
             tx.set_message_status(row, MessageStatus::Failed, Some(reason), now)?;
             if let Some(m) = tx.message(row)? {
-                append(
-                    tx,
-                    api::event::MESSAGE_STATUS,
-                    &view::status_event(&m, peer),
-                    now,
-                )?;
+                append(tx, &view::status_event(&m, peer), now)?;
             }
         }
     }
@@ -884,42 +881,39 @@ fn tor_view(status: &TransportStatus) -> api::TorStatus {
         bootstrap_percent: status.bootstrap.percent,
         bootstrap_phase: status.bootstrap.phase.clone(),
         ready: status.bootstrap.ready,
-        service: service_name(&status.service).to_owned(),
+        service: service_status(&status.service),
         last_error: status.last_error.clone(),
     }
 }
 
-/// The API's name for an onion-service state.
-fn service_name(state: &carom_tor::ServiceState) -> &'static str {
+/// The API's view of an onion-service state.
+fn service_status(state: &carom_tor::ServiceState) -> api::ServiceStatus {
+    use api::ServiceStatus as A;
     use carom_tor::ServiceState as S;
     match state {
-        S::NotStarted => "not_started",
-        S::Launching => "launching",
-        S::Published => "published",
-        S::Reachable => "reachable",
-        S::Degraded { .. } => "degraded",
-        S::Broken(_) => "broken",
-        S::Stopped => "stopped",
-        _ => "unknown",
+        S::NotStarted => A::NotStarted,
+        S::Launching => A::Launching,
+        S::Published => A::Published,
+        S::Reachable => A::Reachable,
+        S::Degraded { .. } => A::Degraded,
+        S::Broken(_) => A::Broken,
+        S::Stopped => A::Stopped,
+        _ => A::Unknown,
     }
 }
 
 /// Record Tor's progress in the event log: every tenth of bootstrap, readiness, service state.
 async fn watch_status(mut status: watch::Receiver<TransportStatus>, shared: Arc<Shared>) {
-    let mut last: Option<(u8, bool, String)> = None;
+    let mut last: Option<(u8, bool, api::ServiceStatus)> = None;
     loop {
         let view = tor_view(&status.borrow_and_update());
-        let key = (
-            view.bootstrap_percent / 10,
-            view.ready,
-            view.service.clone(),
-        );
+        let key = (view.bootstrap_percent / 10, view.ready, view.service);
         if last.as_ref() != Some(&key) {
             last = Some(key);
-            let data = serde_json::to_value(&view).unwrap_or_default();
+            let event = api::EventData::TorStatus(view);
             let _ = shared
                 .store
-                .write(move |tx| append(tx, api::event::TOR_STATUS, &data, unix_ms()))
+                .write(move |tx| append(tx, &event, unix_ms()))
                 .await;
         }
         if status.changed().await.is_err() {

@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use carom_api as api;
+use carom_api::{self as api, EventData, event};
 use carom_proto::OnionAddress;
 use carom_store as store;
 
@@ -93,18 +93,30 @@ pub(crate) fn message(m: &store::Message, contact: &OnionAddress) -> api::Messag
     }
 }
 
-/// Event data for a message's status.
-pub(crate) fn status_event(m: &store::Message, contact: &OnionAddress) -> serde_json::Value {
-    let mut data = serde_json::json!({
-        "id": m.row,
-        "contact": contact.to_string(),
-        "msg_id": hex::encode(m.msg_id),
-        "status": status(m.status),
-    });
-    if let Some(failure) = &m.failure {
-        data["failure"] = serde_json::Value::String(failure.clone());
-    }
-    data
+/// The `message.status` event for a message's current status.
+pub(crate) fn status_event(m: &store::Message, contact: &OnionAddress) -> EventData {
+    EventData::MessageStatus(event::StatusChanged {
+        id: m.row,
+        contact: contact.to_string(),
+        msg_id: hex::encode(m.msg_id),
+        status: status(m.status),
+        failure: m.failure.clone(),
+    })
+}
+
+/// The `contact.state` event for a change of `contact`'s state.
+pub(crate) fn state_event(
+    contact: &OnionAddress,
+    state: event::ContactStateChange,
+    by: event::By,
+    reason: Option<event::RemovalReason>,
+) -> EventData {
+    EventData::StateChanged(event::StateChanged {
+        address: contact.to_string(),
+        state,
+        by,
+        reason,
+    })
 }
 
 /// Parse a 16-byte message id written in hex.

@@ -93,7 +93,10 @@ impl Node {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let events = engine.events_since(0, 100_000).await.expect("events");
-            if let Some(e) = events.into_iter().find(|e| e.kind == kind && pred(&e.data)) {
+            if let Some(e) = events
+                .into_iter()
+                .find(|e| e.kind() == kind && pred(&e.data.to_value()))
+            {
                 return e;
             }
             if tokio::time::timeout_at(deadline, notify.changed())
@@ -105,7 +108,7 @@ impl Node {
                     .await
                     .expect("events")
                     .into_iter()
-                    .map(|e| format!("{} {}", e.kind, e.data))
+                    .map(|e| format!("{} {}", e.kind(), e.data.to_value()))
                     .collect();
                 panic!("no {kind} event within {WAIT:?}; events: {kinds:#?}");
             }
@@ -118,7 +121,7 @@ impl Node {
             .await
             .expect("events")
             .iter()
-            .filter(|e| e.kind == kind)
+            .filter(|e| e.kind() == kind)
             .count()
     }
 
@@ -227,10 +230,10 @@ async fn two_people_pair_and_chat_both_ways() {
     let request = bob
         .wait_event(api::event::CONTACT_REQUEST_RECEIVED, |_| true)
         .await;
-    assert_eq!(request.data["address"], alice.address().as_str());
-    assert_eq!(request.data["nickname"], "Alice");
-    assert_eq!(request.data["greeting"], "hi Bob, it's Alice");
-    assert_eq!(request.data["kind"], "human");
+    assert_eq!(request.data.to_value()["address"], alice.address().as_str());
+    assert_eq!(request.data.to_value()["nickname"], "Alice");
+    assert_eq!(request.data.to_value()["greeting"], "hi Bob, it's Alice");
+    assert_eq!(request.data.to_value()["kind"], "human");
 
     let m1 = send(&alice, &bob, "hello Bob").await;
     assert_eq!(m1.status, api::MessageStatus::Queued);
@@ -330,7 +333,7 @@ async fn a_stranger_gets_one_request_through_and_is_refused_once_blocked() {
             d["address"] == c.as_str()
         })
         .await;
-    assert_eq!(request.data["kind"], "bot");
+    assert_eq!(request.data.to_value()["kind"], "bot");
     carol
         .wait_event(api::event::CONTACT_REQUEST_DELIVERED, |_| true)
         .await;
@@ -904,9 +907,9 @@ async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
             .await
             .expect("events")
             .iter()
-            .filter(|e| e.kind == api::event::CONTACT_PRESENCE
-                && e.data["address"] == b.as_str()
-                && e.data["online"] == false)
+            .filter(|e| e.kind() == api::event::CONTACT_PRESENCE
+                && e.data.to_value()["address"] == b.as_str()
+                && e.data.to_value()["online"] == false)
             .count(),
         0,
         "Alice saw Bob go offline: her session was knocked off"
@@ -1036,7 +1039,11 @@ async fn messages_over_a_contacts_quota_are_refused_and_fail_at_the_sender() {
                 d["id"] == m.id && d["status"] == "failed"
             })
             .await;
-        assert_eq!(event.data["failure"], "rejected: over_quota", "{event:?}");
+        assert_eq!(
+            event.data.to_value()["failure"],
+            "rejected: over_quota",
+            "{event:?}"
+        );
         let failed = alice.e().message(m.id).await.expect("message");
         assert_eq!(failed.status, api::MessageStatus::Failed);
     }

@@ -1,0 +1,434 @@
+//! Events: what happened, in the daemon's durable, sequenced log.
+//!
+//! On the wire an event is `{"seq","at","kind","data"}` (the params of the
+//! [`crate::method::EVENT`] notification). Here it is an [`Event`] whose [`EventData`] is one
+//! typed variant per kind, so the daemon cannot write a field that frontends do not read. A
+//! kind this crate does not know — from a newer daemon — or data that does not fit its kind
+//! is kept as [`EventData::Unknown`], never an error: frontends must tolerate both.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ContactState, MessageStatus, PeerKind, TorStatus};
+
+/// Tor bootstrap or onion-service state changed: data is a [`crate::TorStatus`].
+pub const TOR_STATUS: &str = "tor.status";
+/// Someone asked to become a contact: [`RequestReceived`].
+pub const CONTACT_REQUEST_RECEIVED: &str = "contact.request_received";
+/// A contact's state changed: [`StateChanged`].
+pub const CONTACT_STATE: &str = "contact.state";
+/// Our request reached their daemon: [`ContactRef`].
+pub const CONTACT_REQUEST_DELIVERED: &str = "contact.request_delivered";
+/// A session came up or went down: [`Presence`].
+pub const CONTACT_PRESENCE: &str = "contact.presence";
+/// A message arrived: [`MessageRef`] (fetch it with `message.get`).
+pub const MESSAGE_RECEIVED: &str = "message.received";
+/// A message's delivery state changed: [`StatusChanged`].
+pub const MESSAGE_STATUS: &str = "message.status";
+/// A frontend attached: [`Attached`].
+pub const FRONTEND_ATTACHED: &str = "frontend.attached";
+/// A frontend detached: [`Detached`].
+pub const FRONTEND_DETACHED: &str = "frontend.detached";
+/// Kinds that frontends cause by connecting: retained apart (the newest
+/// [`CHURN_RETENTION`]), so a frontend that reconnects often cannot push message events out
+/// of retention, and pruned without an [`GAP`] (`session.list` shows the present).
+pub const CHURN: &[&str] = &[FRONTEND_ATTACHED, FRONTEND_DETACHED];
+/// How many [`CHURN`] events are kept.
+pub const CHURN_RETENTION: u64 = 1_000;
+/// Events were pruned before the subscriber caught up: [`Gap`]. Not stored; sent in place of
+/// the missing events.
+pub const GAP: &str = "events.gap";
+
+/// One event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Strictly increasing; never reused.
+    pub seq: u64,
+    /// When it happened (ms since the Unix epoch).
+    pub at: u64,
+    /// What happened.
+    pub data: EventData,
+}
+
+impl Event {
+    /// The event's kind, e.g. [`MESSAGE_RECEIVED`].
+    pub fn kind(&self) -> &str {
+        self.data.kind()
+    }
+}
+
+/// What happened, by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventData {
+    /// [`TOR_STATUS`].
+    TorStatus(TorStatus),
+    /// [`CONTACT_REQUEST_RECEIVED`].
+    RequestReceived(RequestReceived),
+    /// [`CONTACT_REQUEST_DELIVERED`].
+    RequestDelivered(ContactRef),
+    /// [`CONTACT_STATE`].
+    StateChanged(StateChanged),
+    /// [`CONTACT_PRESENCE`].
+    Presence(Presence),
+    /// [`MESSAGE_RECEIVED`].
+    MessageReceived(MessageRef),
+    /// [`MESSAGE_STATUS`].
+    MessageStatus(StatusChanged),
+    /// [`FRONTEND_ATTACHED`].
+    Attached(Attached),
+    /// [`FRONTEND_DETACHED`].
+    Detached(Detached),
+    /// [`GAP`].
+    Gap(Gap),
+    /// A kind this crate does not know, or data that does not fit its kind.
+    Unknown {
+        /// The kind as sent.
+        kind: String,
+        /// The data as sent.
+        data: Value,
+    },
+}
+
+/// Data of [`CONTACT_REQUEST_RECEIVED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestReceived {
+    /// Who asked (verified by the handshake).
+    pub address: String,
+    /// The name they offered.
+    pub nickname: String,
+    /// Their greeting.
+    pub greeting: String,
+    /// What they declared themselves to be.
+    pub kind: PeerKind,
+}
+
+/// Data naming a contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRef {
+    /// Their address.
+    pub address: String,
+}
+
+/// A contact's state as events report it: a [`ContactState`], or gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactStateChange {
+    /// See [`ContactState::Requesting`].
+    Requesting,
+    /// See [`ContactState::Pending`].
+    Pending,
+    /// See [`ContactState::Accepted`].
+    Accepted,
+    /// See [`ContactState::Rejected`].
+    Rejected,
+    /// See [`ContactState::Blocked`].
+    Blocked,
+    /// The contact and its history are gone.
+    Removed,
+    /// A state newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
+impl From<ContactState> for ContactStateChange {
+    fn from(state: ContactState) -> ContactStateChange {
+        match state {
+            ContactState::Requesting => ContactStateChange::Requesting,
+            ContactState::Pending => ContactStateChange::Pending,
+            ContactState::Accepted => ContactStateChange::Accepted,
+            ContactState::Rejected => ContactStateChange::Rejected,
+            ContactState::Blocked => ContactStateChange::Blocked,
+            ContactState::Unknown => ContactStateChange::Unknown,
+        }
+    }
+}
+
+/// Who made a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum By {
+    /// We did (through a frontend, or the daemon on our behalf).
+    Us,
+    /// The contact did.
+    Them,
+    /// Someone newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Why a contact was removed without the user naming it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalReason {
+    /// `contact.clear_requests` forgot it.
+    Cleared,
+    /// The pending list was full: the oldest request made room for a newer one.
+    TooManyRequests,
+    /// A reason newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Data of [`CONTACT_STATE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChanged {
+    /// The contact.
+    pub address: String,
+    /// Its new state.
+    pub state: ContactStateChange,
+    /// Who changed it.
+    pub by: By,
+    /// For `removed` that the user did not ask for: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RemovalReason>,
+}
+
+/// Data of [`CONTACT_PRESENCE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The contact.
+    pub address: String,
+    /// Whether a session with them is up now.
+    pub online: bool,
+}
+
+/// Data of [`MESSAGE_RECEIVED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// The local message id (for `message.get`).
+    pub id: i64,
+    /// The contact's address.
+    pub contact: String,
+    /// The protocol message id (hex).
+    pub msg_id: String,
+}
+
+/// Data of [`MESSAGE_STATUS`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChanged {
+    /// The local message id.
+    pub id: i64,
+    /// The contact's address.
+    pub contact: String,
+    /// The protocol message id (hex).
+    pub msg_id: String,
+    /// The new delivery state.
+    pub status: MessageStatus,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Data of [`FRONTEND_ATTACHED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    /// Its frontend-session id.
+    pub session: u64,
+    /// Its process id, if known.
+    pub pid: Option<u32>,
+    /// Its process name, if known.
+    pub process: Option<String>,
+}
+
+/// Data of [`FRONTEND_DETACHED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    /// Its frontend-session id.
+    pub session: u64,
+}
+
+/// Data of [`GAP`]: these events (inclusive) were lost to this subscriber.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The first lost sequence number.
+    pub from_seq: u64,
+    /// The last lost sequence number.
+    pub to_seq: u64,
+}
+
+impl EventData {
+    /// The kind on the wire.
+    pub fn kind(&self) -> &str {
+        match self {
+            EventData::TorStatus(_) => TOR_STATUS,
+            EventData::RequestReceived(_) => CONTACT_REQUEST_RECEIVED,
+            EventData::RequestDelivered(_) => CONTACT_REQUEST_DELIVERED,
+            EventData::StateChanged(_) => CONTACT_STATE,
+            EventData::Presence(_) => CONTACT_PRESENCE,
+            EventData::MessageReceived(_) => MESSAGE_RECEIVED,
+            EventData::MessageStatus(_) => MESSAGE_STATUS,
+            EventData::Attached(_) => FRONTEND_ATTACHED,
+            EventData::Detached(_) => FRONTEND_DETACHED,
+            EventData::Gap(_) => GAP,
+            EventData::Unknown { kind, .. } => kind,
+        }
+    }
+
+    /// The data on the wire.
+    pub fn to_value(&self) -> Value {
+        fn value<T: Serialize>(data: &T) -> Value {
+            // These types are plain structs of strings, numbers and enums: they always encode.
+            serde_json::to_value(data).unwrap_or(Value::Null)
+        }
+        match self {
+            EventData::TorStatus(d) => value(d),
+            EventData::RequestReceived(d) => value(d),
+            EventData::RequestDelivered(d) => value(d),
+            EventData::StateChanged(d) => value(d),
+            EventData::Presence(d) => value(d),
+            EventData::MessageReceived(d) => value(d),
+            EventData::MessageStatus(d) => value(d),
+            EventData::Attached(d) => value(d),
+            EventData::Detached(d) => value(d),
+            EventData::Gap(d) => value(d),
+            EventData::Unknown { data, .. } => data.clone(),
+        }
+    }
+
+    /// Reads the data of an event of `kind`; [`EventData::Unknown`] when the kind is unknown
+    /// or the data does not fit it.
+    pub fn from_parts(kind: &str, data: Value) -> EventData {
+        fn typed<T: serde::de::DeserializeOwned>(
+            data: &Value,
+            wrap: fn(T) -> EventData,
+        ) -> Option<EventData> {
+            T::deserialize(data).ok().map(wrap)
+        }
+        let parsed = match kind {
+            TOR_STATUS => typed(&data, EventData::TorStatus),
+            CONTACT_REQUEST_RECEIVED => typed(&data, EventData::RequestReceived),
+            CONTACT_REQUEST_DELIVERED => typed(&data, EventData::RequestDelivered),
+            CONTACT_STATE => typed(&data, EventData::StateChanged),
+            CONTACT_PRESENCE => typed(&data, EventData::Presence),
+            MESSAGE_RECEIVED => typed(&data, EventData::MessageReceived),
+            MESSAGE_STATUS => typed(&data, EventData::MessageStatus),
+            FRONTEND_ATTACHED => typed(&data, EventData::Attached),
+            FRONTEND_DETACHED => typed(&data, EventData::Detached),
+            GAP => typed(&data, EventData::Gap),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| EventData::Unknown {
+            kind: kind.to_owned(),
+            data,
+        })
+    }
+}
+
+/// The wire shape of an event.
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    seq: u64,
+    at: u64,
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireEvent {
+            seq: self.seq,
+            at: self.at,
+            kind: self.kind().to_owned(),
+            data: self.data.to_value(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireEvent::deserialize(deserializer)?;
+        Ok(Event {
+            seq: wire.seq,
+            at: wire.at,
+            data: EventData::from_parts(&wire.kind, wire.data),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(kind: &str, data: Value) -> Event {
+        let wire = json!({ "seq": 7, "at": 9, "kind": kind, "data": data });
+        let event: Event = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&event).unwrap(), wire, "{kind}");
+        event
+    }
+
+    #[test]
+    fn every_documented_kind_reads_into_its_type_and_writes_back_the_same_json() {
+        let cases = [
+            (
+                TOR_STATUS,
+                json!({"bootstrap_percent": 100, "bootstrap_phase": "done", "ready": true,
+                       "service": "published"}),
+            ),
+            (
+                CONTACT_REQUEST_RECEIVED,
+                json!({"address": "a.onion", "nickname": "n", "greeting": "g", "kind": "bot"}),
+            ),
+            (CONTACT_REQUEST_DELIVERED, json!({"address": "a.onion"})),
+            (
+                CONTACT_STATE,
+                json!({"address": "a.onion", "state": "removed", "by": "us", "reason": "cleared"}),
+            ),
+            (
+                CONTACT_PRESENCE,
+                json!({"address": "a.onion", "online": true}),
+            ),
+            (
+                MESSAGE_RECEIVED,
+                json!({"id": 3, "contact": "a.onion", "msg_id": "00ff"}),
+            ),
+            (
+                MESSAGE_STATUS,
+                json!({"id": 3, "contact": "a.onion", "msg_id": "00ff", "status": "failed",
+                       "failure": "rejected: too large"}),
+            ),
+            (
+                FRONTEND_ATTACHED,
+                json!({"session": 1, "pid": 42, "process": "carom"}),
+            ),
+            (FRONTEND_DETACHED, json!({"session": 1})),
+            (GAP, json!({"from_seq": 1, "to_seq": 5})),
+        ];
+        for (kind, data) in cases {
+            let event = round_trip(kind, data);
+            assert!(
+                !matches!(event.data, EventData::Unknown { .. }),
+                "{kind} was not typed"
+            );
+            assert_eq!(event.kind(), kind);
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_values_and_shapes_are_tolerated() {
+        let event = round_trip("group.created", json!({"id": "x"}));
+        assert_eq!(event.kind(), "group.created");
+        assert!(matches!(event.data, EventData::Unknown { .. }));
+        // A known kind whose data does not fit is kept as it came, not refused.
+        let event = round_trip(CONTACT_PRESENCE, json!({"address": 5}));
+        assert!(matches!(event.data, EventData::Unknown { .. }));
+        // Newer enum values inside a known kind read as `unknown`.
+        let event: Event = serde_json::from_value(json!({"seq": 1, "at": 1,
+            "kind": CONTACT_STATE,
+            "data": {"address": "a", "state": "archived", "by": "robot", "reason": "moon"}}))
+        .unwrap();
+        let EventData::StateChanged(change) = event.data else {
+            panic!("typed")
+        };
+        assert_eq!(
+            (change.state, change.by, change.reason),
+            (
+                ContactStateChange::Unknown,
+                By::Unknown,
+                Some(RemovalReason::Unknown)
+            )
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Every method, described once: its wire name, its parameters' type and its result's type.
+//!
+//! The server reads a request into a [`Request`] (one variant per method, its parameters read
+//! and checked against their limits) and matches on it exhaustively, so a method added here
+//! does not compile until the server serves it. `carom-client` calls any [`Method`] with its
+//! own types, so client and server cannot disagree on a name or a shape.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{CheckLimits, ErrorKind, ErrorObject};
+
+/// The banner notification sent first on every connection.
+pub const BANNER: &str = "carom.banner";
+/// An event notification (after `events.subscribe`).
+pub const EVENT: &str = "carom.event";
+
+/// One API method.
+pub trait Method {
+    /// Its name on the wire.
+    const NAME: &'static str;
+    /// What `params` holds.
+    type Params: Serialize + DeserializeOwned + CheckLimits;
+    /// What `result` holds.
+    type Result: Serialize + DeserializeOwned;
+}
+
+/// Reads `params` (absent or `null` is `{}`) as `T`, within every documented limit.
+pub fn read_params<T: DeserializeOwned + CheckLimits>(params: Value) -> Result<T, ErrorObject> {
+    let params = if params.is_null() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        params
+    };
+    let params: T = serde_json::from_value(params).map_err(|e| {
+        ErrorObject::new(ErrorKind::InvalidParams, format!("invalid parameters: {e}"))
+    })?;
+    params.check_limits()?;
+    Ok(params)
+}
+
+macro_rules! methods {
+    ($( $(#[$doc:meta])* $name:ident = $wire:literal ( $params:ty ) -> $result:ty; )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Copy, Debug)]
+            pub struct $name;
+
+            impl Method for $name {
+                const NAME: &'static str = $wire;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+
+        /// Every method's wire name, in the order `docs/api.md` lists them.
+        pub const ALL: &[&str] = &[$($wire),*];
+
+        /// A request whose method is known and whose parameters were read and checked.
+        #[derive(Debug)]
+        pub enum Request {
+            $( $(#[$doc])* $name($params), )*
+        }
+
+        impl Request {
+            /// Reads a request for the method named `name`: `method_not_found` for a name no
+            /// method has, `invalid_params` or `too_large` for parameters that do not fit.
+            pub fn parse(name: &str, params: Value) -> Result<Request, ErrorObject> {
+                match name {
+                    $( $wire => Ok(Request::$name(read_params(params)?)), )*
+                    other => Err(ErrorObject::new(
+                        ErrorKind::MethodNotFound,
+                        format!(
+                            "no method named `{}`",
+                            other.chars().take(64).collect::<String>()
+                        ),
+                    )),
+                }
+            }
+
+            /// The method's wire name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Request::$name(_) => $wire, )*
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    /// The daemon's version and the profile's state.
+    DaemonInfo = "daemon.info" (crate::Empty) -> crate::DaemonInfo;
+    /// Stop the daemon gracefully.
+    DaemonShutdown = "daemon.shutdown" (crate::Empty) -> crate::Empty;
+    /// Traffic counters.
+    DaemonStats = "daemon.stats" (crate::Empty) -> crate::Stats;
+    /// Create the profile.
+    ProfileCreate = "profile.create" (crate::ProfileCreate) -> crate::Identity;
+    /// Unlock the profile.
+    ProfileUnlock = "profile.unlock" (crate::ProfileUnlock) -> crate::Identity;
+    /// Change (or remove) the passphrase.
+    ProfileChangePassphrase = "profile.change_passphrase"
+        (crate::ProfileChangePassphrase) -> crate::Empty;
+    /// Our address.
+    IdentityGet = "identity.get" (crate::Empty) -> crate::Identity;
+    /// Tor's bootstrap and our onion service's state.
+    TorStatus = "tor.status" (crate::Empty) -> crate::TorStatus;
+    /// Send a contact request.
+    ContactAdd = "contact.add" (crate::ContactAdd) -> crate::Contact;
+    /// All contacts.
+    ContactList = "contact.list" (crate::Empty) -> Vec<crate::Contact>;
+    /// One contact.
+    ContactGet = "contact.get" (crate::AddressParams) -> crate::Contact;
+    /// Accept, reject or block a request; block or unblock anyone.
+    ContactRespond = "contact.respond" (crate::ContactRespond) -> crate::Contact;
+    /// Rename a contact locally.
+    ContactRename = "contact.rename" (crate::ContactRename) -> crate::Contact;
+    /// Forget a contact and its history.
+    ContactRemove = "contact.remove" (crate::AddressParams) -> crate::Empty;
+    /// Forget every unanswered contact request from strangers.
+    ContactClearRequests = "contact.clear_requests" (crate::Empty) -> crate::Cleared;
+    /// Queue a message (its status is `queued`).
+    MessageSend = "message.send" (crate::MessageSend) -> crate::Message;
+    /// Page a conversation.
+    MessageList = "message.list" (crate::MessageList) -> crate::MessagePage;
+    /// One message.
+    MessageGet = "message.get" (crate::MessageIdParams) -> crate::Message;
+    /// Delete one message locally.
+    MessageDelete = "message.delete" (crate::MessageIdParams) -> crate::Empty;
+    /// Start receiving events.
+    EventsSubscribe = "events.subscribe" (crate::EventsSubscribe) -> crate::Subscribed;
+    /// Stop receiving events.
+    EventsUnsubscribe = "events.unsubscribe" (crate::Empty) -> crate::Empty;
+    /// The frontends attached now.
+    SessionList = "session.list" (crate::Empty) -> Vec<crate::FrontendSession>;
+    /// Name this frontend (shown in `session.list`).
+    SessionHello = "session.hello" (crate::SessionHello) -> crate::Empty;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_parses_by_its_own_name() {
+        let minimal = |name: &str| match name {
+            "profile.unlock" => serde_json::json!({ "passphrase": "" }),
+            "profile.change_passphrase" => serde_json::json!({ "old": "" }),
+            "contact.add" | "contact.get" | "contact.remove" => {
+                serde_json::json!({ "address": "x" })
+            }
+            "contact.respond" => serde_json::json!({ "address": "x", "response": "accept" }),
+            "contact.rename" => serde_json::json!({ "address": "x", "nickname": "y" }),
+            "message.send" => serde_json::json!({ "to": "x", "body": "y" }),
+            "message.list" => serde_json::json!({ "with": "x" }),
+            "message.get" | "message.delete" => serde_json::json!({ "id": 1 }),
+            "session.hello" => serde_json::json!({ "client": "x" }),
+            _ => Value::Null,
+        };
+        for name in ALL {
+            let request = Request::parse(name, minimal(name)).expect(name);
+            assert_eq!(request.name(), *name);
+        }
+        let unknown = Request::parse("contact.teleport", Value::Null).unwrap_err();
+        assert_eq!(unknown.data.kind, ErrorKind::MethodNotFound);
+    }
+
+    #[test]
+    fn parameters_are_checked_before_a_method_runs() {
+        let e = Request::parse("message.get", serde_json::json!({ "id": -1 })).unwrap_err();
+        assert_eq!(e.data.kind, ErrorKind::InvalidParams);
+        let e = Request::parse("contact.get", serde_json::json!({})).unwrap_err();
+        assert_eq!(e.data.kind, ErrorKind::InvalidParams);
+        let long = "a".repeat(crate::MAX_NICKNAME_BYTES + 1);
+        let e = Request::parse(
+            "contact.rename",
+            serde_json::json!({ "address": "x", "nickname": long }),
+        )
+        .unwrap_err();
+        assert_eq!(e.data.kind, ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn the_api_reference_documents_every_method() {
+        let doc = include_str!("../../../docs/api.md");
+        for name in ALL {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/api.md does not mention `{name}`"
+            );
+        }
+    }
+}

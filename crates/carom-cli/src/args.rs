@@ -1,0 +1,273 @@
+//! The command line: what `carom` accepts, and the `--help` that teaches it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Talk to caromd, the Carom daemon: peer-to-peer messaging over Tor onion services.
+///
+/// Getting started:
+///   caromd &                         # start the daemon (or run it as a service)
+///   carom init                       # create your profile (asks for a passphrase)
+///   carom status --wait              # wait until Tor is up and you are reachable
+///   carom address --qr               # your address, to give to people
+///   carom contact add <address> --name Bob --greeting "hi, it's Alice"
+///   carom contact list               # see requests and contacts
+///   carom send Bob "hello"
+///   carom history Bob
+///   carom watch                      # follow events live
+///
+/// Contacts can be named by their nickname or by their onion address.
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+pub(crate) struct Cli {
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/carom/carom.sock]
+    #[arg(long, global = true, env = "CAROM_SOCKET")]
+    pub(crate) socket: Option<PathBuf>,
+
+    /// Print results as JSON (for scripts)
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub(crate) enum Command {
+    /// Create your profile: a new identity, protected by a passphrase
+    Init {
+        /// Store the profile without a passphrase (anyone who can read your files can read it)
+        #[arg(long)]
+        no_passphrase: bool,
+        /// Read the passphrase from this file instead of asking
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Unlock a protected profile so the daemon can go online
+    Unlock {
+        /// Read the passphrase from this file instead of asking
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Change (or remove) the profile's passphrase
+    Passphrase {
+        /// Remove the passphrase
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Show the daemon, profile and Tor status
+    Status {
+        /// Wait (showing progress) until Tor is ready and your onion service is published
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Show your onion address: the thing to give to people
+    Address {
+        /// Also print a QR code of the carom: URI
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Manage contacts
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Send a message to a contact
+    Send {
+        /// The contact (nickname or address)
+        to: String,
+        /// The message
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// An idempotency token: retrying with the same token never sends twice
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Show the conversation with a contact, oldest first
+    History {
+        /// The contact (nickname or address)
+        with: String,
+        /// How many messages
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only messages older than this message id (for paging)
+        #[arg(long)]
+        before: Option<i64>,
+    },
+    /// Follow events live (messages, requests, presence, Tor)
+    Watch {
+        /// Replay events after this sequence number first (0: everything retained)
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only these kinds, comma-separated (e.g. message.received,contact.request_received)
+        #[arg(long, value_delimiter = ',')]
+        kinds: Option<Vec<String>>,
+    },
+    /// List the frontends attached to the daemon right now
+    Sessions,
+    /// Stop the daemon
+    Stop,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub(crate) enum ContactCommand {
+    /// Ask someone to become a contact
+    Add {
+        /// Their onion address (or carom: URI)
+        address: String,
+        /// Your name for them
+        #[arg(long)]
+        name: Option<String>,
+        /// The name you offer for yourself
+        #[arg(long = "as")]
+        offer: Option<String>,
+        /// A short note they will see with the request
+        #[arg(long)]
+        greeting: Option<String>,
+        /// Declare yourself a bot rather than a person
+        #[arg(long)]
+        bot: bool,
+    },
+    /// List contacts and requests
+    List,
+    /// Accept a contact request
+    Accept {
+        /// The contact (nickname or address)
+        contact: String,
+        /// Your name for them (default: the one they offered)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Decline a contact request (they are told)
+    Reject {
+        /// The contact (nickname or address)
+        contact: String,
+    },
+    /// Refuse all connections from an address from now on
+    Block {
+        /// The contact (nickname or address)
+        contact: String,
+    },
+    /// Lift a block
+    Unblock {
+        /// The contact (nickname or address)
+        contact: String,
+    },
+    /// Give a contact another local name
+    Rename {
+        /// The contact (nickname or address)
+        contact: String,
+        /// The new name
+        name: String,
+    },
+    /// Forget a contact and the whole conversation
+    Remove {
+        /// The contact (nickname or address)
+        contact: String,
+    },
+    /// Forget every unanswered request from strangers at once (e.g. after a flood)
+    ClearRequests,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("carom").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_parse_as_the_help_shows_them() {
+        let cli = parse(&["--json", "send", "Bob", "hello", "there"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(
+            cli.command,
+            Command::Send {
+                to: "Bob".into(),
+                text: vec!["hello".into(), "there".into()],
+                token: None,
+            }
+        );
+        let cli = parse(&[
+            "contact",
+            "add",
+            "x.onion",
+            "--name",
+            "Bob",
+            "--as",
+            "Alice",
+            "--greeting",
+            "hi",
+            "--bot",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Contact(ContactCommand::Add {
+                address: "x.onion".into(),
+                name: Some("Bob".into()),
+                offer: Some("Alice".into()),
+                greeting: Some("hi".into()),
+                bot: true,
+            })
+        );
+        let cli = parse(&[
+            "watch",
+            "--since",
+            "0",
+            "--kinds",
+            "message.received,tor.status",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Watch {
+                since: Some(0),
+                kinds: Some(vec!["message.received".into(), "tor.status".into()]),
+            }
+        );
+        let cli = parse(&["status", "--wait"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Status {
+                wait: true,
+                timeout: 300
+            }
+        );
+        assert_eq!(
+            parse(&["contact", "clear-requests"]).unwrap().command,
+            Command::Contact(ContactCommand::ClearRequests)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_before_anything_is_sent() {
+        // A message needs text; a history limit must be a number; unknown commands fail.
+        assert!(parse(&["send", "Bob"]).is_err());
+        assert!(parse(&["history", "Bob", "--limit", "many"]).is_err());
+        assert!(parse(&["teleport"]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn the_help_starts_with_how_to_get_going() {
+        let help = Cli::command().render_long_help().to_string();
+        for step in [
+            "carom init",
+            "carom status --wait",
+            "carom contact add",
+            "carom watch",
+        ] {
+            assert!(help.contains(step), "--help does not show `{step}`");
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Each command: the calls it makes to the daemon, and what it prints (see [`crate::render`]).
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use carom_api::{self as api, EventData};
+use carom_client::{Client, ClientError};
+
+use crate::args::{Cli, Command, ContactCommand};
+use crate::render;
+use crate::terminal::{output, prompt, qr_code, read_passphrase, say};
+
+/// Turn a client error into a sentence, with a hint for the common cases.
+fn explain(e: &ClientError) -> String {
+    format!("{e}{}", render::hint(e.kind()))
+}
+
+/// Run one command against the daemon.
+pub(crate) async fn run(cli: Cli) -> Result<(), String> {
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(carom_client::default_socket_path);
+    let client = Client::connect(&socket).await.map_err(|e| explain(&e))?;
+    let _ = client
+        .hello(&format!("carom-cli/{}", env!("CARGO_PKG_VERSION")))
+        .await;
+    let json = cli.json;
+    match cli.command {
+        Command::Init {
+            no_passphrase,
+            passphrase_file,
+        } => {
+            let params = if no_passphrase {
+                api::ProfileCreate {
+                    passphrase: None,
+                    no_passphrase: true,
+                }
+            } else {
+                let passphrase = read_passphrase(passphrase_file.as_ref(), true)?;
+                api::ProfileCreate {
+                    passphrase: Some(passphrase.as_str().into()),
+                    no_passphrase: false,
+                }
+            };
+            let identity = client
+                .create_profile(&params)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &identity, || {
+                format!(
+                    "Profile created. Your address:\n  {}\nGive it to people so they can add you. Tor is starting: `carom status --wait`.",
+                    identity.address
+                )
+            });
+        }
+        Command::Unlock { passphrase_file } => {
+            let passphrase = read_passphrase(passphrase_file.as_ref(), false)?;
+            let identity = client.unlock(&passphrase).await.map_err(|e| explain(&e))?;
+            output(json, &identity, || {
+                format!("Unlocked: {}", identity.address)
+            });
+        }
+        Command::Passphrase { remove } => {
+            let old = prompt("Current passphrase (empty if none): ")?;
+            let params = if remove {
+                api::ProfileChangePassphrase {
+                    old: old.as_str().into(),
+                    new: None,
+                    no_passphrase: true,
+                }
+            } else {
+                let new = read_passphrase(None, true)?;
+                api::ProfileChangePassphrase {
+                    old: old.as_str().into(),
+                    new: Some(new.as_str().into()),
+                    no_passphrase: false,
+                }
+            };
+            client
+                .change_passphrase(&params)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &api::Empty {}, || "Passphrase changed.".into());
+        }
+        Command::Status { wait, timeout } => status(&client, json, wait, timeout).await?,
+        Command::Address { qr } => {
+            let identity = client.identity().await.map_err(|e| explain(&e))?;
+            let code = if qr {
+                Some(qr_code(&identity.uri)?)
+            } else {
+                None
+            };
+            output(json, &identity, || match code {
+                Some(code) => format!("{}\n{code}{}", identity.address, identity.uri),
+                None => identity.address.clone(),
+            });
+        }
+        Command::Contact(command) => contact(&client, json, command).await?,
+        Command::Send { to, text, token } => {
+            let address = resolve(&client, &to).await?;
+            let message = client
+                .send(&api::MessageSend {
+                    to: address,
+                    body: text.join(" "),
+                    reply_to: None,
+                    client_token: token,
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &message, || {
+                format!(
+                    "queued (id {}); `carom watch` shows when it is delivered",
+                    message.id
+                )
+            });
+        }
+        Command::History {
+            with,
+            limit,
+            before,
+        } => {
+            let address = resolve(&client, &with).await?;
+            let page = client
+                .history(&api::MessageList {
+                    with: address,
+                    before,
+                    limit: Some(limit),
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            let name = display_name(&client, &with).await;
+            output(json, &page, || render::history(&page, &name));
+        }
+        Command::Watch { since, kinds } => watch(&client, json, since, kinds).await?,
+        Command::Sessions => {
+            let sessions = client.sessions().await.map_err(|e| explain(&e))?;
+            output(json, &sessions, || {
+                render::sessions(&sessions, client.banner().session)
+            });
+        }
+        Command::Stop => {
+            client.shutdown().await.map_err(|e| explain(&e))?;
+            output(json, &api::Empty {}, || "caromd is stopping".into());
+        }
+    }
+    Ok(())
+}
+
+async fn status(client: &Client, json: bool, wait: bool, timeout: u64) -> Result<(), String> {
+    let info = client.info().await.map_err(|e| explain(&e))?;
+    if info.profile != api::ProfileState::Unlocked {
+        let text = match info.profile {
+            api::ProfileState::None => "no profile yet: run `carom init`",
+            _ => "the profile is locked: run `carom unlock`",
+        };
+        output(json, &info, || {
+            format!("caromd {}: {text}", info.daemon_version)
+        });
+        return if wait { Err(text.into()) } else { Ok(()) };
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let interactive = !json && std::io::stderr().is_terminal();
+    loop {
+        let tor = client.tor_status().await.map_err(|e| explain(&e))?;
+        if !wait || render::is_ready(&tor) {
+            if interactive && wait {
+                eprintln!();
+            }
+            let identity = client.identity().await.map_err(|e| explain(&e))?;
+            let value = serde_json::json!({ "daemon": info, "tor": tor, "identity": identity });
+            output(json, &value, || {
+                render::status(&info, &tor, &identity.address)
+            });
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(render::not_ready(&tor, timeout));
+        }
+        if interactive {
+            eprint!("\r{}", render::status_progress(&tor));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A nickname or an address → an address.
+async fn resolve(client: &Client, who: &str) -> Result<String, String> {
+    if let Ok(address) = carom_proto::OnionAddress::parse(who) {
+        return Ok(address.to_string());
+    }
+    let contacts = client.contacts().await.map_err(|e| explain(&e))?;
+    let matches: Vec<&api::Contact> = contacts.iter().filter(|c| c.nickname == who).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.address.clone()),
+        [] => Err(format!(
+            "no contact is named `{who}`; `carom contact list` shows them"
+        )),
+        _ => Err(format!(
+            "several contacts are named `{who}`: use the address"
+        )),
+    }
+}
+
+async fn display_name(client: &Client, who: &str) -> String {
+    match resolve(client, who).await {
+        Ok(address) => client
+            .contact(&address)
+            .await
+            .ok()
+            .map(|c| render::name_of(&c))
+            .unwrap_or_else(|| who.to_owned()),
+        Err(_) => who.to_owned(),
+    }
+}
+
+async fn contact(client: &Client, json: bool, command: ContactCommand) -> Result<(), String> {
+    let respond = |who: String, response: api::Response, name: Option<String>| async move {
+        let address = resolve(client, &who).await?;
+        let c = client
+            .respond(&address, response, name)
+            .await
+            .map_err(|e| explain(&e))?;
+        output(json, &c, || {
+            format!(
+                "{} is now {}",
+                render::name_of(&c),
+                render::state_name(c.state)
+            )
+        });
+        Ok::<(), String>(())
+    };
+    match command {
+        ContactCommand::Add {
+            address,
+            name,
+            offer,
+            greeting,
+            bot,
+        } => {
+            let c = client
+                .add_contact(&api::ContactAdd {
+                    address,
+                    nickname: name.unwrap_or_default(),
+                    offer_nickname: offer.unwrap_or_default(),
+                    greeting: greeting.unwrap_or_default(),
+                    kind: if bot {
+                        api::PeerKind::Bot
+                    } else {
+                        api::PeerKind::Human
+                    },
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &c, || match c.state {
+                api::ContactState::Accepted => {
+                    format!("{} is a contact now", render::name_of(&c))
+                }
+                _ => format!(
+                    "request to {} queued; it is retried until their daemon has it",
+                    render::name_of(&c)
+                ),
+            });
+        }
+        ContactCommand::List => {
+            let contacts = client.contacts().await.map_err(|e| explain(&e))?;
+            output(json, &contacts, || render::contact_list(&contacts));
+        }
+        ContactCommand::Accept { contact, name } => {
+            respond(contact, api::Response::Accept, name).await?;
+        }
+        ContactCommand::Reject { contact } => respond(contact, api::Response::Reject, None).await?,
+        ContactCommand::Block { contact } => respond(contact, api::Response::Block, None).await?,
+        ContactCommand::Unblock { contact } => {
+            respond(contact, api::Response::Unblock, None).await?;
+        }
+        ContactCommand::Rename { contact, name } => {
+            let address = resolve(client, &contact).await?;
+            let c = client
+                .rename(&address, &name)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &c, || format!("renamed to {}", c.nickname));
+        }
+        ContactCommand::Remove { contact } => {
+            let address = resolve(client, &contact).await?;
+            client
+                .remove_contact(&address)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &api::Empty {}, || "removed".into());
+        }
+        ContactCommand::ClearRequests => {
+            let cleared = client.clear_requests().await.map_err(|e| explain(&e))?;
+            output(json, &cleared, || {
+                format!("forgot {} unanswered contact requests", cleared.cleared)
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    json: bool,
+    since: Option<u64>,
+    kinds: Option<Vec<String>>,
+) -> Result<(), String> {
+    let subscribed = client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: since,
+            kinds,
+        })
+        .await
+        .map_err(|e| explain(&e))?;
+    if !json {
+        eprintln!(
+            "watching events (newest #{}); Ctrl-C to stop",
+            subscribed.latest_seq
+        );
+    }
+    while let Some(event) = client.next_event().await {
+        if json {
+            say(&serde_json::to_string(&event).unwrap_or_default());
+            continue;
+        }
+        let lookup = look_up(client, &event.data).await;
+        let text = render::event_line(&event.data, &lookup);
+        say(&format!("[{}] {text}", render::time_of_day(event.at)));
+    }
+    Err("the daemon closed the connection".into())
+}
+
+/// What `watch` fetches to describe an event: the message that arrived, the contact's name.
+async fn look_up(client: &Client, data: &EventData) -> render::Lookup {
+    let address = match data {
+        EventData::MessageReceived(m) => {
+            let message = client.message(m.id).await.ok();
+            let name = Some(display_name(client, &m.contact).await);
+            return render::Lookup { message, name };
+        }
+        EventData::StateChanged(c) => &c.address,
+        EventData::RequestDelivered(c) => &c.address,
+        EventData::Presence(p) => &p.address,
+        _ => return render::Lookup::default(),
+    };
+    render::Lookup {
+        message: None,
+        name: Some(display_name(client, address).await),
+    }
+}

@@ -1,0 +1,552 @@
+//! What the CLI prints for people: pure functions from API values to text, so every line the
+//! user reads is tested without a daemon.
+
+use carom_api::{self as api, EventData, event};
+
+/// A hint after an error message, for the errors a newcomer meets first.
+pub(crate) fn hint(kind: Option<api::ErrorKind>) -> &'static str {
+    match kind {
+        Some(api::ErrorKind::NoProfile) => " (run `carom init`)",
+        Some(api::ErrorKind::Locked) => " (run `carom unlock`)",
+        _ => "",
+    }
+}
+
+/// `[#####---------------]  25%`.
+pub(crate) fn progress_bar(percent: u8) -> String {
+    let filled = usize::from(percent.min(100)) / 5;
+    format!(
+        "[{}{}] {:>3}%",
+        "#".repeat(filled),
+        "-".repeat(20 - filled),
+        percent
+    )
+}
+
+/// Hours and minutes of a Unix time in ms, in UTC.
+pub(crate) fn time_of_day(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m) = ((secs / 3600) % 24, (secs / 60) % 60);
+    format!("{h:02}:{m:02} UTC")
+}
+
+/// The first characters of an address, enough to tell contacts apart in a line.
+fn short(address: &str) -> String {
+    let head: String = address.chars().take(8).collect();
+    format!("{head}…")
+}
+
+/// How to call a contact: our name for them, else the one they offered, else their address.
+pub(crate) fn name_of(c: &api::Contact) -> String {
+    if !c.nickname.is_empty() {
+        return c.nickname.clone();
+    }
+    c.offered_nickname
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| short(&c.address))
+}
+
+/// A contact state in the words of `contact list`.
+pub(crate) fn state_name(s: api::ContactState) -> &'static str {
+    match s {
+        api::ContactState::Requesting => "requested",
+        api::ContactState::Pending => "wants-you",
+        api::ContactState::Accepted => "contact",
+        api::ContactState::Rejected => "rejected",
+        api::ContactState::Blocked => "blocked",
+        api::ContactState::Unknown => "?",
+    }
+}
+
+/// One message of a conversation.
+pub(crate) fn message_line(m: &api::Message, their_name: &str) -> String {
+    let (who, mark) = match m.direction {
+        api::Direction::In => (their_name, String::new()),
+        api::Direction::Out => (
+            "me",
+            match m.status {
+                api::MessageStatus::Queued => " (queued)".into(),
+                api::MessageStatus::Sent => " (sent)".into(),
+                api::MessageStatus::Delivered => " ✓".into(),
+                api::MessageStatus::Failed => {
+                    format!(" (FAILED: {})", m.failure.as_deref().unwrap_or("?"))
+                }
+                api::MessageStatus::Received | api::MessageStatus::Unknown => String::new(),
+            },
+        ),
+    };
+    format!(
+        "[{}] #{} {who}: {}{mark}",
+        time_of_day(m.stored_at),
+        m.id,
+        m.body
+    )
+}
+
+/// A page of history, oldest first, with how to get the older page.
+pub(crate) fn history(page: &api::MessagePage, their_name: &str) -> String {
+    let mut lines: Vec<String> = page
+        .messages
+        .iter()
+        .rev()
+        .map(|m| message_line(m, their_name))
+        .collect();
+    if let Some(next) = page.next_before {
+        lines.push(format!("(older: --before {next})"));
+    }
+    if lines.is_empty() {
+        "no messages yet".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
+/// `contact list`: one line per contact, a pending request's greeting under it.
+pub(crate) fn contact_list(contacts: &[api::Contact]) -> String {
+    if contacts.is_empty() {
+        return "no contacts yet: `carom contact add <address>`".into();
+    }
+    contacts
+        .iter()
+        .map(|c| {
+            let mut line = format!(
+                "{:<16} {:<10} {:<7} {}{}",
+                name_of(c),
+                state_name(c.state),
+                if c.online { "online" } else { "" },
+                c.address,
+                if c.declared_kind == api::PeerKind::Bot {
+                    " [bot]"
+                } else {
+                    ""
+                },
+            );
+            if c.state == api::ContactState::Pending
+                && let Some(g) = &c.greeting
+            {
+                line.push_str(&format!("\n{:>18}\"{g}\"", ""));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `sessions`: the attached frontends, marking this one.
+pub(crate) fn sessions(sessions: &[api::FrontendSession], this_one: u64) -> String {
+    sessions
+        .iter()
+        .map(|s| {
+            format!(
+                "#{:<4} {:<22} pid {:<7} {}{}",
+                s.id,
+                s.client.as_deref().or(s.process.as_deref()).unwrap_or("?"),
+                s.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                if s.subscribed { "watching events" } else { "" },
+                if s.id == this_one { " (this one)" } else { "" },
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `carom status --wait` is done waiting: Tor carries traffic and our service is
+/// published. A degraded service counts: a descriptor went out (arti reports it when some
+/// directory uploads or introduction points are missing, routinely on small networks).
+pub(crate) fn is_ready(tor: &api::TorStatus) -> bool {
+    tor.ready && tor.service.is_reachable()
+}
+
+/// `carom status`.
+pub(crate) fn status(info: &api::DaemonInfo, tor: &api::TorStatus, address: &str) -> String {
+    let mut text = format!(
+        "caromd {} ({}profile{})\nTor      {} {}\nService  {}\nAddress  {}",
+        info.daemon_version,
+        if info.ephemeral { "RAM-only " } else { "" },
+        if info.passphrase_protected == Some(false) {
+            ", NOT protected by a passphrase"
+        } else {
+            ""
+        },
+        progress_bar(tor.bootstrap_percent),
+        tor.bootstrap_phase,
+        tor.service,
+        address,
+    );
+    if let Some(e) = &tor.last_error {
+        text.push_str(&format!("\nProblem  {e}"));
+    }
+    text
+}
+
+/// The one-line progress `carom status --wait` redraws.
+pub(crate) fn status_progress(tor: &api::TorStatus) -> String {
+    let phase: String = format!("{} · service {}", tor.bootstrap_phase, tor.service)
+        .chars()
+        .take(48)
+        .collect();
+    format!("{} {phase:<48}", progress_bar(tor.bootstrap_percent))
+}
+
+/// Why `carom status --wait` gave up.
+pub(crate) fn not_ready(tor: &api::TorStatus, timeout_secs: u64) -> String {
+    format!(
+        "Tor was not ready after {timeout_secs} s: {} ({}% {}; service {})",
+        tor.last_error.as_deref().unwrap_or("no error reported"),
+        tor.bootstrap_percent,
+        tor.bootstrap_phase,
+        tor.service
+    )
+}
+
+/// What `watch` looked up to describe an event better than its ids do.
+#[derive(Debug, Default)]
+pub(crate) struct Lookup {
+    /// For `message.received`: the message, if it still exists.
+    pub(crate) message: Option<api::Message>,
+    /// Our name for the contact the event is about.
+    pub(crate) name: Option<String>,
+}
+
+/// One `watch` line (without its time).
+pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
+    let name = |address: &str| lookup.name.clone().unwrap_or_else(|| address.to_owned());
+    match data {
+        EventData::MessageReceived(m) => match &lookup.message {
+            Some(message) => format!("message from {}: {}", name(&m.contact), message.body),
+            None => format!("message #{} (since deleted)", m.id),
+        },
+        EventData::MessageStatus(s) => format!(
+            "message #{} to {} is {}{}",
+            s.id,
+            short(&s.contact),
+            message_status_name(s.status),
+            s.failure
+                .as_deref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default()
+        ),
+        EventData::RequestReceived(r) => format!(
+            "contact request from {} ({}{}): \"{}\" — `carom contact accept {}`",
+            r.nickname,
+            r.address,
+            if r.kind == api::PeerKind::Bot {
+                ", declares itself a bot"
+            } else {
+                ""
+            },
+            r.greeting,
+            r.address,
+        ),
+        EventData::StateChanged(c) => format!(
+            "{} is now {} (by {}){}",
+            name(&c.address),
+            contact_change_name(c.state),
+            match c.by {
+                event::By::Us => "us",
+                event::By::Them => "them",
+                event::By::Unknown => "?",
+            },
+            match c.reason {
+                Some(event::RemovalReason::Cleared) => ": cleared with the other requests",
+                Some(event::RemovalReason::TooManyRequests) => {
+                    ": the oldest request made room for a newer one"
+                }
+                Some(event::RemovalReason::Unknown) | None => "",
+            }
+        ),
+        EventData::RequestDelivered(c) => format!("your request reached {}", name(&c.address)),
+        EventData::Presence(p) => format!(
+            "{} is {}",
+            name(&p.address),
+            if p.online { "online" } else { "offline" }
+        ),
+        EventData::TorStatus(t) => format!(
+            "Tor {} {} · service {}",
+            progress_bar(t.bootstrap_percent),
+            t.bootstrap_phase,
+            t.service
+        ),
+        EventData::Attached(a) => format!(
+            "a frontend attached: #{} {}",
+            a.session,
+            a.process.as_deref().unwrap_or("")
+        ),
+        EventData::Detached(d) => format!("frontend #{} detached", d.session),
+        EventData::Gap(g) => format!(
+            "(events {}–{} were pruned before you caught up)",
+            g.from_seq, g.to_seq
+        ),
+        EventData::Unknown { kind, data } => format!("{kind} {data}"),
+    }
+}
+
+fn message_status_name(s: api::MessageStatus) -> &'static str {
+    match s {
+        api::MessageStatus::Queued => "queued",
+        api::MessageStatus::Sent => "sent",
+        api::MessageStatus::Delivered => "delivered",
+        api::MessageStatus::Failed => "failed",
+        api::MessageStatus::Received => "received",
+        api::MessageStatus::Unknown => "?",
+    }
+}
+
+fn contact_change_name(s: event::ContactStateChange) -> &'static str {
+    use event::ContactStateChange as C;
+    match s {
+        C::Requesting => "requested",
+        C::Pending => "asking to be a contact",
+        C::Accepted => "a contact",
+        C::Rejected => "rejected",
+        C::Blocked => "blocked",
+        C::Removed => "removed",
+        C::Unknown => "?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDRESS: &str = "xsrwtzhdmlm3t5ep6ksf2xnmmbkoq5hc6cyivbtqwh7mrvqzgwerdhqd.onion";
+
+    fn contact(nickname: &str, offered: Option<&str>, state: api::ContactState) -> api::Contact {
+        api::Contact {
+            address: ADDRESS.into(),
+            nickname: nickname.into(),
+            offered_nickname: offered.map(Into::into),
+            greeting: Some("hi, it's Bob".into()),
+            state,
+            declared_kind: api::PeerKind::Human,
+            online: false,
+            created_at: 0,
+            last_seen: None,
+        }
+    }
+
+    fn message(direction: api::Direction, status: api::MessageStatus) -> api::Message {
+        api::Message {
+            id: 7,
+            msg_id: "00".repeat(16),
+            contact: ADDRESS.into(),
+            direction,
+            body: "hello".into(),
+            sent_at: 0,
+            stored_at: (13 * 3600 + 5 * 60) * 1000,
+            status,
+            failure: (status == api::MessageStatus::Failed).then(|| "rejected: too large".into()),
+            reply_to: None,
+        }
+    }
+
+    fn tor(ready: bool, service: api::ServiceStatus) -> api::TorStatus {
+        api::TorStatus {
+            bootstrap_percent: 45,
+            bootstrap_phase: "loading directory".into(),
+            ready,
+            service,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_contact_is_called_by_our_name_then_theirs_then_its_address() {
+        assert_eq!(
+            name_of(&contact("Bob", Some("B"), api::ContactState::Accepted)),
+            "Bob"
+        );
+        assert_eq!(
+            name_of(&contact("", Some("B"), api::ContactState::Pending)),
+            "B"
+        );
+        assert_eq!(
+            name_of(&contact("", Some(""), api::ContactState::Pending)),
+            "xsrwtzhd…"
+        );
+    }
+
+    #[test]
+    fn messages_show_who_and_how_far_they_got() {
+        let line = |d, s| message_line(&message(d, s), "Bob");
+        assert_eq!(
+            line(api::Direction::In, api::MessageStatus::Received),
+            "[13:05 UTC] #7 Bob: hello"
+        );
+        assert_eq!(
+            line(api::Direction::Out, api::MessageStatus::Delivered),
+            "[13:05 UTC] #7 me: hello ✓"
+        );
+        assert_eq!(
+            line(api::Direction::Out, api::MessageStatus::Failed),
+            "[13:05 UTC] #7 me: hello (FAILED: rejected: too large)"
+        );
+        let page = api::MessagePage {
+            messages: vec![],
+            next_before: None,
+        };
+        assert_eq!(history(&page, "Bob"), "no messages yet");
+        let page = api::MessagePage {
+            messages: vec![
+                message(api::Direction::Out, api::MessageStatus::Queued),
+                message(api::Direction::In, api::MessageStatus::Received),
+            ],
+            next_before: Some(3),
+        };
+        assert_eq!(
+            history(&page, "Bob"),
+            "[13:05 UTC] #7 Bob: hello\n[13:05 UTC] #7 me: hello (queued)\n(older: --before 3)"
+        );
+    }
+
+    #[test]
+    fn the_contact_list_shows_pending_greetings_and_bots() {
+        assert!(contact_list(&[]).contains("carom contact add"));
+        let mut bot = contact("Bob", None, api::ContactState::Pending);
+        bot.declared_kind = api::PeerKind::Bot;
+        bot.online = true;
+        let text = contact_list(&[bot]);
+        assert!(text.starts_with("Bob              wants-you  online  xsrwtz"));
+        assert!(text.contains(".onion [bot]\n"));
+        assert!(text.ends_with("\"hi, it's Bob\""));
+        // A greeting is shown only while the request waits for an answer.
+        let text = contact_list(&[contact("Bob", None, api::ContactState::Accepted)]);
+        assert!(!text.contains("hi, it's Bob"));
+    }
+
+    #[test]
+    fn status_waits_for_a_published_service_on_a_ready_tor() {
+        use api::ServiceStatus as S;
+        assert!(!is_ready(&tor(false, S::Published)));
+        assert!(!is_ready(&tor(true, S::Launching)));
+        assert!(!is_ready(&tor(true, S::Broken)));
+        assert!(!is_ready(&tor(true, S::Unknown)));
+        for service in [S::Published, S::Reachable, S::Degraded] {
+            assert!(is_ready(&tor(true, service)), "{service}");
+        }
+        let line = status_progress(&tor(false, S::Launching));
+        assert_eq!(
+            line,
+            "[#########-----------]  45% loading directory · service launching           "
+        );
+        // The redrawn line keeps one width, so a shorter phase overwrites a longer one.
+        assert_eq!(line.chars().count(), 27 + 1 + 48);
+        let mut broken = tor(true, S::Broken);
+        broken.last_error = Some("no introduction points".into());
+        assert_eq!(
+            not_ready(&broken, 300),
+            "Tor was not ready after 300 s: no introduction points (45% loading directory; \
+             service broken)"
+        );
+        let info = api::DaemonInfo {
+            daemon_version: "0.1.0".into(),
+            api_version: 1,
+            min_api_version: 1,
+            profile: api::ProfileState::Unlocked,
+            passphrase_protected: Some(false),
+            ephemeral: true,
+            data_dir: None,
+        };
+        assert_eq!(
+            status(&info, &broken, ADDRESS),
+            format!(
+                "caromd 0.1.0 (RAM-only profile, NOT protected by a passphrase)\n\
+                 Tor      [#########-----------]  45% loading directory\n\
+                 Service  broken\nAddress  {ADDRESS}\nProblem  no introduction points"
+            )
+        );
+    }
+
+    #[test]
+    fn every_event_kind_reads_as_a_sentence() {
+        let lookup = Lookup {
+            message: Some(message(api::Direction::In, api::MessageStatus::Received)),
+            name: Some("Bob".into()),
+        };
+        let line = |kind: &str, data: serde_json::Value| {
+            event_line(&EventData::from_parts(kind, data), &lookup)
+        };
+        let cases = [
+            (
+                event::MESSAGE_RECEIVED,
+                serde_json::json!({"id": 7, "contact": ADDRESS, "msg_id": "00"}),
+                "message from Bob: hello",
+            ),
+            (
+                event::MESSAGE_STATUS,
+                serde_json::json!({"id": 7, "contact": ADDRESS, "msg_id": "00",
+                    "status": "failed", "failure": "rejected: over quota"}),
+                "message #7 to xsrwtzhd… is failed: rejected: over quota",
+            ),
+            (
+                event::CONTACT_REQUEST_RECEIVED,
+                serde_json::json!({"address": "a.onion", "nickname": "Eve", "greeting": "hi",
+                    "kind": "bot"}),
+                "contact request from Eve (a.onion, declares itself a bot): \"hi\" — \
+                 `carom contact accept a.onion`",
+            ),
+            (
+                event::CONTACT_STATE,
+                serde_json::json!({"address": ADDRESS, "state": "removed", "by": "us",
+                    "reason": "too_many_requests"}),
+                "Bob is now removed (by us): the oldest request made room for a newer one",
+            ),
+            (
+                event::CONTACT_REQUEST_DELIVERED,
+                serde_json::json!({"address": ADDRESS}),
+                "your request reached Bob",
+            ),
+            (
+                event::CONTACT_PRESENCE,
+                serde_json::json!({"address": ADDRESS, "online": false}),
+                "Bob is offline",
+            ),
+            (
+                event::TOR_STATUS,
+                serde_json::to_value(tor(true, api::ServiceStatus::Reachable)).unwrap(),
+                "Tor [#########-----------]  45% loading directory · service reachable",
+            ),
+            (
+                event::FRONTEND_ATTACHED,
+                serde_json::json!({"session": 3, "pid": 9, "process": "carom"}),
+                "a frontend attached: #3 carom",
+            ),
+            (
+                event::FRONTEND_DETACHED,
+                serde_json::json!({"session": 3}),
+                "frontend #3 detached",
+            ),
+            (
+                event::GAP,
+                serde_json::json!({"from_seq": 4, "to_seq": 9}),
+                "(events 4–9 were pruned before you caught up)",
+            ),
+            (
+                "group.created",
+                serde_json::json!({"id": 1}),
+                "group.created {\"id\":1}",
+            ),
+        ];
+        for (kind, data, expected) in cases {
+            assert_eq!(line(kind, data), expected, "{kind}");
+        }
+        // A message deleted before `watch` fetched it.
+        let gone = event_line(
+            &EventData::from_parts(
+                event::MESSAGE_RECEIVED,
+                serde_json::json!({"id": 7, "contact": ADDRESS, "msg_id": "00"}),
+            ),
+            &Lookup::default(),
+        );
+        assert_eq!(gone, "message #7 (since deleted)");
+    }
+
+    #[test]
+    fn errors_a_newcomer_meets_first_say_what_to_run() {
+        assert_eq!(hint(Some(api::ErrorKind::NoProfile)), " (run `carom init`)");
+        assert_eq!(hint(Some(api::ErrorKind::Locked)), " (run `carom unlock`)");
+        assert_eq!(hint(Some(api::ErrorKind::NotFound)), "");
+        assert_eq!(hint(None), "");
+    }
+}
