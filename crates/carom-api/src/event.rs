@@ -21,6 +21,10 @@ pub const CONTACT_STATE: &str = "contact.state";
 pub const CONTACT_REQUEST_DELIVERED: &str = "contact.request_delivered";
 /// A session came up or went down: [`Presence`].
 pub const CONTACT_PRESENCE: &str = "contact.presence";
+/// Our dials to a contact are refused (by the contact's daemon or its onion service), or fail
+/// for a reason on our side that retrying will not fix: [`Unreachable`]. Said once; the daemon
+/// then retries only at its longest interval (a new message still dials at once).
+pub const CONTACT_UNREACHABLE: &str = "contact.unreachable";
 /// A message arrived: [`MessageRef`] (fetch it with `message.get`).
 pub const MESSAGE_RECEIVED: &str = "message.received";
 /// A message's delivery state changed: [`StatusChanged`].
@@ -70,6 +74,8 @@ pub enum EventData {
     StateChanged(StateChanged),
     /// [`CONTACT_PRESENCE`].
     Presence(Presence),
+    /// [`CONTACT_UNREACHABLE`].
+    Unreachable(Unreachable),
     /// [`MESSAGE_RECEIVED`].
     MessageReceived(MessageRef),
     /// [`MESSAGE_STATUS`].
@@ -192,6 +198,15 @@ pub struct Presence {
     pub online: bool,
 }
 
+/// Data of [`CONTACT_UNREACHABLE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    /// The contact.
+    pub address: String,
+    /// What Tor said, for people.
+    pub reason: String,
+}
+
 /// Data of [`MESSAGE_RECEIVED`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRef {
@@ -255,6 +270,7 @@ impl EventData {
             EventData::RequestDelivered(_) => CONTACT_REQUEST_DELIVERED,
             EventData::StateChanged(_) => CONTACT_STATE,
             EventData::Presence(_) => CONTACT_PRESENCE,
+            EventData::Unreachable(_) => CONTACT_UNREACHABLE,
             EventData::MessageReceived(_) => MESSAGE_RECEIVED,
             EventData::MessageStatus(_) => MESSAGE_STATUS,
             EventData::Attached(_) => FRONTEND_ATTACHED,
@@ -276,6 +292,7 @@ impl EventData {
             EventData::RequestDelivered(d) => value(d),
             EventData::StateChanged(d) => value(d),
             EventData::Presence(d) => value(d),
+            EventData::Unreachable(d) => value(d),
             EventData::MessageReceived(d) => value(d),
             EventData::MessageStatus(d) => value(d),
             EventData::Attached(d) => value(d),
@@ -300,6 +317,7 @@ impl EventData {
             CONTACT_REQUEST_DELIVERED => typed(&data, EventData::RequestDelivered),
             CONTACT_STATE => typed(&data, EventData::StateChanged),
             CONTACT_PRESENCE => typed(&data, EventData::Presence),
+            CONTACT_UNREACHABLE => typed(&data, EventData::Unreachable),
             MESSAGE_RECEIVED => typed(&data, EventData::MessageReceived),
             MESSAGE_STATUS => typed(&data, EventData::MessageStatus),
             FRONTEND_ATTACHED => typed(&data, EventData::Attached),
@@ -379,6 +397,10 @@ mod tests {
             (
                 CONTACT_PRESENCE,
                 json!({"address": "a.onion", "online": true}),
+            ),
+            (
+                CONTACT_UNREACHABLE,
+                json!({"address": "a.onion", "reason": "peer a… refused the connection"}),
             ),
             (
                 MESSAGE_RECEIVED,

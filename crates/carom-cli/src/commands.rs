@@ -342,6 +342,7 @@ async fn look_up(client: &Client, data: &EventData) -> render::Lookup {
         EventData::StateChanged(c) => &c.address,
         EventData::RequestDelivered(c) => &c.address,
         EventData::Presence(p) => &p.address,
+        EventData::Unreachable(u) => &u.address,
         _ => return render::Lookup::default(),
     };
     render::Lookup {

@@ -257,6 +257,11 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
             }
         ),
         EventData::RequestDelivered(c) => format!("your request reached {}", name(&c.address)),
+        EventData::Unreachable(u) => format!(
+            "{} refuses our connections ({}); retrying rarely — a new message tries at once",
+            name(&u.address),
+            u.reason
+        ),
         EventData::Presence(p) => format!(
             "{} is {}",
             name(&p.address),
@@ -501,6 +506,12 @@ mod tests {
                 event::CONTACT_PRESENCE,
                 serde_json::json!({"address": ADDRESS, "online": false}),
                 "Bob is offline",
+            ),
+            (
+                event::CONTACT_UNREACHABLE,
+                serde_json::json!({"address": ADDRESS, "reason": "stream reset"}),
+                "Bob refuses our connections (stream reset); retrying rarely — a new message \
+                 tries at once",
             ),
             (
                 event::TOR_STATUS,

@@ -10,7 +10,7 @@ use carom_proto::{
     Ack, CloseReason, ContactRequest, ContactResponse, Decision, Message, MessageId, OnionAddress,
 };
 use carom_store::{Contact, ContactState, MessageStatus, NewContact, OutboxKind, StoreRead};
-use carom_tor::Transport;
+use carom_tor::{Transport, TransportError, TransportErrorKind};
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
@@ -98,14 +98,75 @@ pub(crate) enum CoreMsg {
     /// A dial failed.
     DialFailed {
         contact: OnionAddress,
-        reason: String,
+        failure: DialFailure,
     },
+    /// Tor became ready to carry traffic (after bootstrap, or after it lost the network).
+    TorReady,
     /// Which contacts have a session now.
     Online {
         reply: oneshot::Sender<Vec<OnionAddress>>,
     },
     /// Close every session and stop.
     Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Why a dial failed, as the transport classified it.
+#[derive(Debug)]
+pub(crate) struct DialFailure {
+    pub(crate) kind: TransportErrorKind,
+    pub(crate) retryable: bool,
+    /// For people and logs (never a full onion address).
+    pub(crate) reason: String,
+}
+
+impl DialFailure {
+    fn of(e: &TransportError) -> DialFailure {
+        DialFailure {
+            kind: e.kind(),
+            retryable: e.retryable(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Our own bound on a whole dial ran out.
+    fn timed_out(after: Duration) -> DialFailure {
+        DialFailure {
+            kind: TransportErrorKind::Timeout,
+            retryable: true,
+            reason: format!("no stream within {after:?}"),
+        }
+    }
+}
+
+/// What to do after a dial failed: the one place where what went wrong decides when to try
+/// again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterDialFailure {
+    /// Nothing reached the network (Tor is not bootstrapped, or dialling is switched off
+    /// here): the peer is not to blame, so the backoff does not grow. Try again at the
+    /// initial interval, and at once when Tor says it is ready.
+    WaitForTor,
+    /// The peer is probably offline, or the path was slow: back off.
+    BackOff,
+    /// The peer answered and refused, or the failure is ours (configuration, files): trying
+    /// again soon will not help. Wait the longest backoff, and tell the user once. A new
+    /// message still dials at once: the user's action overrides the schedule.
+    GiveUpForNow,
+    /// The transport is shutting down.
+    Nothing,
+}
+
+fn after_dial_failure(failure: &DialFailure) -> AfterDialFailure {
+    match failure.kind {
+        TransportErrorKind::NotBootstrapped | TransportErrorKind::NetworkDisabled => {
+            AfterDialFailure::WaitForTor
+        }
+        TransportErrorKind::PeerNotFound | TransportErrorKind::Timeout => AfterDialFailure::BackOff,
+        TransportErrorKind::Refused => AfterDialFailure::GiveUpForNow,
+        TransportErrorKind::Shutdown => AfterDialFailure::Nothing,
+        _ if failure.retryable => AfterDialFailure::BackOff,
+        _ => AfterDialFailure::GiveUpForNow,
+    }
 }
 
 /// What the core knows about a live connection.
@@ -141,6 +202,10 @@ struct ContactRt {
     next_presence: Option<Instant>,
     /// When to try delivering its outbox again after a failure.
     retry_at: Option<Instant>,
+    /// The last dial found Tor not ready: dial again as soon as it is.
+    waiting_for_tor: bool,
+    /// The last dial was refused (the user has been told); cleared by the next session.
+    refused: bool,
 }
 
 impl ContactRt {
@@ -168,6 +233,39 @@ impl ContactRt {
             );
             self.next_presence = Some(now + wait);
         }
+    }
+
+    /// A dial never reached the network: try again at the initial interval, the backoff
+    /// as it was.
+    fn wait_for_tor(&mut self, now: Instant, config: &EngineConfig) {
+        self.waiting_for_tor = true;
+        self.retry_at = Some(now + config.retry_initial);
+        if self.accepted {
+            self.next_presence = Some(now + config.presence_initial);
+        }
+    }
+
+    /// Tor is ready: whatever waited for it goes now.
+    fn tor_ready(&mut self, now: Instant) {
+        if std::mem::take(&mut self.waiting_for_tor) {
+            self.retry_at = Some(now);
+            if self.accepted {
+                self.next_presence = Some(now);
+            }
+        }
+    }
+
+    /// The peer refused (or the failure is ours): the longest waits at once. Returns whether
+    /// this is news (the user is told once, not at every retry).
+    fn give_up_for_now(&mut self, now: Instant, config: &EngineConfig, jitter: (f64, f64)) -> bool {
+        self.retry_at =
+            Some(now + EngineConfig::backoff(config.retry_max, config.retry_max, 0, jitter.0));
+        if self.accepted {
+            self.next_presence = Some(
+                now + EngineConfig::backoff(config.presence_max, config.presence_max, 0, jitter.1),
+            );
+        }
+        !std::mem::replace(&mut self.refused, true)
     }
 }
 
@@ -376,7 +474,13 @@ impl<T: Transport> Core<T> {
                 let ticket = self.dialed(contact).await;
                 let _ = reply.send(ticket);
             }
-            CoreMsg::DialFailed { contact, reason } => self.dial_failed(contact, &reason).await,
+            CoreMsg::DialFailed { contact, failure } => self.dial_failed(contact, failure).await,
+            CoreMsg::TorReady => {
+                let now = Instant::now();
+                for rt in self.contacts.values_mut() {
+                    rt.tor_ready(now);
+                }
+            }
             CoreMsg::Online { reply } => {
                 let online = self
                     .contacts
@@ -497,6 +601,8 @@ impl<T: Transport> Core<T> {
         rt.accepted = accepted;
         rt.dialing = false;
         rt.next_presence = None;
+        rt.refused = false;
+        rt.waiting_for_tor = false;
         match rt.session {
             None => {
                 debug!(peer = %peer.redacted(), conn, initiator, "session registered");
@@ -766,14 +872,14 @@ impl<T: Transport> Core<T> {
                 Ok(Err(e)) => {
                     let _ = shared.core.send(CoreMsg::DialFailed {
                         contact: peer,
-                        reason: e.to_string(),
+                        failure: DialFailure::of(&e),
                     });
                     return;
                 }
                 Err(_) => {
                     let _ = shared.core.send(CoreMsg::DialFailed {
                         contact: peer,
-                        reason: "timed out".into(),
+                        failure: DialFailure::timed_out(timeout),
                     });
                     return;
                 }
@@ -825,13 +931,36 @@ impl<T: Transport> Core<T> {
         })
     }
 
-    async fn dial_failed(&mut self, peer: OnionAddress, reason: &str) {
+    async fn dial_failed(&mut self, peer: OnionAddress, failure: DialFailure) {
         self.dials_in_flight = self.dials_in_flight.saturating_sub(1);
-        debug!(peer = %peer.redacted(), %reason, "dial failed");
-        if let Some(rt) = self.contacts.get_mut(&peer) {
-            rt.dialing = false;
+        let after = after_dial_failure(&failure);
+        debug!(peer = %peer.redacted(), kind = %failure.kind, reason = %failure.reason, ?after, "dial failed");
+        let now = Instant::now();
+        let jitter = {
+            let mut rng = rand::thread_rng();
+            (rng.r#gen(), rng.r#gen())
+        };
+        let rt = self.contacts.entry(peer).or_default();
+        rt.dialing = false;
+        match after {
+            AfterDialFailure::WaitForTor => rt.wait_for_tor(now, &self.config),
+            AfterDialFailure::BackOff => rt.failed(now, &self.config, jitter),
+            AfterDialFailure::Nothing => {}
+            AfterDialFailure::GiveUpForNow => {
+                if rt.give_up_for_now(now, &self.config, jitter) {
+                    info!(peer = %peer.redacted(), reason = %failure.reason, "a contact refused our connection; retrying only at the longest interval");
+                    let event = EventData::Unreachable(event::Unreachable {
+                        address: peer.to_string(),
+                        reason: failure.reason,
+                    });
+                    let _ = self
+                        .shared
+                        .store
+                        .write(move |tx| append(tx, &event, unix_ms()))
+                        .await;
+                }
+            }
         }
-        self.record_failure(peer);
     }
 
     /// An attempt to reach `peer` failed: schedule the next one.
@@ -1242,6 +1371,84 @@ mod tests {
     }
 
     const MID: (f64, f64) = (0.5, 0.5);
+
+    #[test]
+    fn what_went_wrong_decides_when_to_dial_again() {
+        use AfterDialFailure as A;
+        use TransportErrorKind as K;
+        let after = |kind, retryable| {
+            after_dial_failure(&DialFailure {
+                kind,
+                retryable,
+                reason: String::new(),
+            })
+        };
+        for (kind, retryable, expected) in [
+            (K::NotBootstrapped, true, A::WaitForTor),
+            (K::NetworkDisabled, false, A::WaitForTor),
+            (K::PeerNotFound, true, A::BackOff),
+            (K::Timeout, true, A::BackOff),
+            (K::Refused, false, A::GiveUpForNow),
+            (K::Shutdown, false, A::Nothing),
+            (K::Other, true, A::BackOff),
+            (K::Other, false, A::GiveUpForNow),
+        ] {
+            assert_eq!(
+                after(kind, retryable),
+                expected,
+                "{kind} retryable={retryable}"
+            );
+        }
+        let ours = DialFailure::timed_out(Duration::from_secs(90));
+        assert_eq!(after_dial_failure(&ours), A::BackOff);
+    }
+
+    #[test]
+    fn waiting_for_tor_keeps_the_backoff_and_ends_when_tor_is_ready() {
+        let t0 = Instant::now();
+        let mut rt = ContactRt {
+            accepted: true,
+            ..ContactRt::default()
+        };
+        rt.failed(t0, &config(), MID);
+        rt.failed(t0, &config(), MID);
+        for n in 1..=10 {
+            rt.wait_for_tor(t0 + Duration::from_secs(n), &config());
+        }
+        // Ten dials that never left the machine: the backoff is where two failures put it,
+        // and the next try is one initial interval away.
+        assert_eq!(rt.failures, 2);
+        let last = t0 + Duration::from_secs(10);
+        assert_eq!(rt.retry_at, Some(last + Duration::from_secs(5)));
+        let ready = last + Duration::from_secs(1);
+        rt.tor_ready(ready);
+        assert_eq!((rt.retry_at, rt.next_presence), (Some(ready), Some(ready)));
+        assert!(!rt.waiting_for_tor);
+        // Tor becoming ready moves nothing that was not waiting for it.
+        let mut other = ContactRt::default();
+        other.failed(t0, &config(), MID);
+        let before = other.retry_at;
+        other.tor_ready(ready);
+        assert_eq!(other.retry_at, before);
+    }
+
+    #[test]
+    fn a_refusal_waits_the_longest_interval_and_is_news_once() {
+        let t0 = Instant::now();
+        let mut rt = ContactRt {
+            accepted: true,
+            ..ContactRt::default()
+        };
+        assert!(
+            rt.give_up_for_now(t0, &config(), MID),
+            "the first refusal is news"
+        );
+        assert_eq!(rt.retry_at, Some(t0 + Duration::from_secs(600)));
+        assert_eq!(rt.next_presence, Some(t0 + Duration::from_secs(1800)));
+        let later = t0 + Duration::from_secs(600);
+        assert!(!rt.give_up_for_now(later, &config(), MID), "told once");
+        assert_eq!(rt.retry_at, Some(later + Duration::from_secs(600)));
+    }
 
     #[test]
     fn each_failed_scheduled_attempt_doubles_the_wait_once() {

@@ -907,6 +907,10 @@ async fn watch_status(mut status: watch::Receiver<TransportStatus>, shared: Arc<
     let mut last: Option<(u8, bool, api::ServiceStatus)> = None;
     loop {
         let view = tor_view(&status.borrow_and_update());
+        if view.ready && last.as_ref().is_none_or(|(_, ready, _)| !ready) {
+            // Dials that found Tor not ready go now.
+            let _ = shared.core.send(CoreMsg::TorReady);
+        }
         let key = (view.bootstrap_percent / 10, view.ready, view.service);
         if last.as_ref() != Some(&key) {
             last = Some(key);

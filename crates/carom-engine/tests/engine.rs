@@ -737,6 +737,69 @@ async fn a_burst_of_sends_to_an_offline_contact_does_not_push_its_retries_out() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff() {
+    // Alice's scheduled retries are an hour apart: only "Tor is ready now" can bring her
+    // request out within the test. A dial that found Tor not bootstrapped must not count as
+    // a failed attempt on Bob.
+    let patient = EngineConfig {
+        retry_initial: Duration::from_secs(3600),
+        retry_max: Duration::from_secs(3600),
+        presence: false,
+        ..config()
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let bob = Node::create(&net, dir.path(), "bob", config()).await;
+    let db = dir.path().join("alice.db");
+    let key = *DbKey::generate().expect("key").as_bytes();
+    let mut store = Store::create(&db, &DbKey::from_bytes(key)).expect("store");
+    let profile = create_profile(&mut store, &patient).expect("profile");
+    let transport = LoopbackTransport::new(&net, &profile.identity)
+        .await
+        .expect("transport");
+    let tor = transport.bootstrap_switch();
+    tor.set(false);
+    let alice = Node {
+        engine: Some(Engine::start(store, &profile, transport, patient.clone()).expect("engine")),
+        profile,
+        db,
+        key,
+        config: patient,
+    };
+    assert!(!alice.e().tor_status().ready);
+    alice
+        .e()
+        .add_contact(api::ContactAdd {
+            address: bob.address(),
+            nickname: "Bob".into(),
+            offer_nickname: "Alice".into(),
+            greeting: "sent while Tor was down".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("request queued");
+    // Wait until the request's dial has met the unready Tor (it fails before any byte
+    // leaves), then let Tor finish.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tor.dials_while_down() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request was never dialled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tor.set(true);
+    let back = std::time::Instant::now();
+    alice
+        .wait_event(api::event::CONTACT_REQUEST_DELIVERED, |_| true)
+        .await;
+    println!(
+        "the request arrived {:.2} s after Tor was ready",
+        back.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_engine_renews_its_device_key_before_the_certificate_expires() {
     // Alice's certificates live 4 s and are renewed 2 s before expiry. Carol meets her only
     // after her first certificate has expired: Carol's handshake checks the certificate Alice

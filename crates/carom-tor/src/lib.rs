@@ -109,7 +109,7 @@ mod transport;
 pub use admission::{AdmissionConfig, AdmissionStats};
 pub use arti::{ArtiConfig, ArtiStream, ArtiTransport, TorNetwork, Vanguards};
 pub use err::{TransportError, TransportErrorKind};
-pub use loopback::{LoopbackNetwork, LoopbackTransport};
+pub use loopback::{BootstrapSwitch, LoopbackNetwork, LoopbackTransport};
 pub use status::{BootstrapProgress, ServiceState, TransportStatus};
 pub use transport::{CAROM_VIRTUAL_PORT, Transport};
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -68,7 +68,9 @@ pub struct LoopbackTransport {
     address: OnionAddress,
     listen: SocketAddr,
     incoming: tokio::sync::Mutex<mpsc::Receiver<TcpStream>>,
-    status: watch::Sender<TransportStatus>,
+    status: Arc<watch::Sender<TransportStatus>>,
+    /// Dials refused because we pretended not to be bootstrapped (see [`BootstrapSwitch`]).
+    dials_while_down: Arc<AtomicU64>,
     shutdown: watch::Sender<bool>,
     network_enabled: AtomicBool,
     listener_task: JoinHandle<()>,
@@ -90,7 +92,7 @@ impl LoopbackTransport {
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let listener_task = tokio::spawn(listen_loop(listener, tx, shutdown_rx));
-        let status = watch::Sender::new(TransportStatus {
+        let status = Arc::new(watch::Sender::new(TransportStatus {
             bootstrap: BootstrapProgress {
                 percent: 100,
                 phase: "loopback (no Tor)".into(),
@@ -98,7 +100,7 @@ impl LoopbackTransport {
             },
             service: ServiceState::Reachable,
             last_error: None,
-        });
+        }));
         network.book().insert(address, listen);
         tracing::debug!(address = %address.redacted(), %listen, "loopback transport online");
         Ok(LoopbackTransport {
@@ -109,6 +111,7 @@ impl LoopbackTransport {
             status,
             shutdown,
             network_enabled: AtomicBool::new(true),
+            dials_while_down: Arc::new(AtomicU64::new(0)),
             listener_task,
         })
     }
@@ -135,9 +138,42 @@ impl LoopbackTransport {
         });
     }
 
+    /// A handle that makes this transport pretend Tor is (not) bootstrapped, usable after the
+    /// transport was handed to an engine.
+    pub fn bootstrap_switch(&self) -> BootstrapSwitch {
+        BootstrapSwitch {
+            status: Arc::clone(&self.status),
+            dials_while_down: Arc::clone(&self.dials_while_down),
+        }
+    }
+
     /// Switch dialling off (`false`: dials fail with `NetworkDisabled`) or back on.
     pub fn set_network_enabled(&self, enabled: bool) {
         self.network_enabled.store(enabled, Ordering::SeqCst);
+    }
+}
+
+/// Makes a [`LoopbackTransport`] pretend Tor lost (`false`) or finished (`true`) its
+/// bootstrap: while not bootstrapped, `status()` says so and dials fail with
+/// `NotBootstrapped`, as arti's do.
+#[derive(Clone, Debug)]
+pub struct BootstrapSwitch {
+    status: Arc<watch::Sender<TransportStatus>>,
+    dials_while_down: Arc<AtomicU64>,
+}
+
+impl BootstrapSwitch {
+    /// How many dials failed because the transport was not bootstrapped.
+    pub fn dials_while_down(&self) -> u64 {
+        self.dials_while_down.load(Ordering::SeqCst)
+    }
+
+    /// Bootstrapped (`true`) or not.
+    pub fn set(&self, bootstrapped: bool) {
+        self.status.send_modify(|s| {
+            s.bootstrap.ready = bootstrapped;
+            s.bootstrap.percent = if bootstrapped { 100 } else { 50 };
+        });
     }
 }
 
@@ -174,6 +210,12 @@ impl Transport for LoopbackTransport {
         }
         if !self.network_enabled.load(Ordering::SeqCst) {
             return Err(TransportError::NetworkDisabled);
+        }
+        if !self.status.borrow().bootstrap.ready {
+            self.dials_while_down.fetch_add(1, Ordering::SeqCst);
+            return Err(TransportError::NotBootstrapped {
+                detail: "the loopback transport was told it is not bootstrapped".into(),
+            });
         }
         let not_found = |detail: &str| TransportError::PeerNotFound {
             peer: peer.redacted().to_string(),
