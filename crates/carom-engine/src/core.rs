@@ -9,18 +9,19 @@ use std::time::{Duration, Instant};
 use carom_proto::{
     Ack, CloseReason, ContactRequest, ContactResponse, Decision, Message, MessageId, OnionAddress,
 };
-use carom_store::{Contact, ContactState, MessageStatus, NewContact, OutboxKind, StoreRead};
+use carom_store::{Contact, ContactState, MessageStatus, NewContact, StoreRead};
 use carom_tor::{Transport, TransportError, TransportErrorKind};
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use carom_api::EventData;
-use carom_api::event::{self, By, ContactStateChange, RemovalReason};
+use carom_api::event::{self, By, RemovalReason};
 
 use crate::Shared;
 use crate::config::EngineConfig;
 use crate::conn::{self, ConnCmd, Ticket, append, forget_contact};
+use crate::contact::{self, Admit, Effect, Input};
 use crate::err::Result;
 use crate::limits::RequestLimiter;
 use crate::view::{self, address_of, unix_ms};
@@ -102,10 +103,6 @@ pub(crate) enum CoreMsg {
     },
     /// Tor became ready to carry traffic (after bootstrap, or after it lost the network).
     TorReady,
-    /// Which contacts have a session now.
-    Online {
-        reply: oneshot::Sender<Vec<OnionAddress>>,
-    },
     /// Close every session and stop.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -481,15 +478,6 @@ impl<T: Transport> Core<T> {
                     rt.tor_ready(now);
                 }
             }
-            CoreMsg::Online { reply } => {
-                let online = self
-                    .contacts
-                    .iter()
-                    .filter(|(_, rt)| rt.session.is_some())
-                    .map(|(a, _)| *a)
-                    .collect();
-                let _ = reply.send(online);
-            }
             CoreMsg::Shutdown { .. } => {}
         }
     }
@@ -511,17 +499,16 @@ impl<T: Transport> Core<T> {
         expires: u64,
     ) -> Admission {
         match self.contact_of(peer).await {
-            Ok(Some(c)) => match c.state {
-                ContactState::Blocked => Admission::Refuse(CloseReason::Refused),
-                ContactState::Accepted | ContactState::Requesting => {
+            Ok(c) => match (contact::admit(c.as_ref().map(|c| c.state)), c) {
+                (Admit::Refuse, _) => Admission::Refuse(CloseReason::Refused),
+                (Admit::Session, Some(c)) => {
                     self.cache_static(&c, peer_static, expires).await;
                     Admission::Contact { contact_id: c.id }
                 }
-                ContactState::Pending | ContactState::Rejected => Admission::RequestOnly {
-                    contact_id: Some(c.id),
+                (_, c) => Admission::RequestOnly {
+                    contact_id: c.map(|c| c.id),
                 },
             },
-            Ok(None) => Admission::RequestOnly { contact_id: None },
             Err(e) => {
                 debug!(error = %e, "cannot read contacts; refusing");
                 Admission::Refuse(CloseReason::Normal)
@@ -567,10 +554,7 @@ impl<T: Transport> Core<T> {
         let Some(contact) = self.contact_of(peer).await.ok().flatten() else {
             return Registration::default();
         };
-        if !matches!(
-            contact.state,
-            ContactState::Accepted | ContactState::Requesting
-        ) {
+        if contact::admit(Some(contact.state)) != Admit::Session {
             return Registration::default();
         }
         let displaces = self
@@ -817,7 +801,7 @@ impl<T: Transport> Core<T> {
                 let Some(c) = s.contact_by_identity(&key)? else {
                     return Ok(false);
                 };
-                Ok(c.state != ContactState::Blocked && s.has_outbox(c.id)?)
+                Ok(contact::may_dial(c.state) && s.has_outbox(c.id)?)
             })
             .await
             .unwrap_or(false);
@@ -898,7 +882,7 @@ impl<T: Transport> Core<T> {
 
     async fn dialed(&mut self, peer: OnionAddress) -> Option<Ticket> {
         let contact = self.contact_of(peer).await.ok().flatten();
-        let Some(contact) = contact.filter(|c| c.state != ContactState::Blocked) else {
+        let Some(contact) = contact.filter(|c| contact::may_dial(c.state)) else {
             if let Some(rt) = self.contacts.get_mut(&peer) {
                 rt.dialing = false;
             }
@@ -1122,8 +1106,8 @@ impl<T: Transport> Core<T> {
             ids: vec![request.id],
         });
         let existing = self.contact_of(peer).await?;
-        let now = unix_ms();
         let mut outcome = ContactOutcome::default();
+        let step = contact::step(existing.as_ref().map(|c| c.state), Input::PeerAsked)?;
         match existing {
             None => {
                 // The limiter first: it is in memory, and a flood must not cost a read each.
@@ -1133,45 +1117,7 @@ impl<T: Transport> Core<T> {
                     outcome.close = Some(CloseReason::RateLimited);
                     return Ok(outcome);
                 }
-                let key = peer.public_key();
-                let max_pending =
-                    u64::try_from(self.config.max_pending_requests).unwrap_or(u64::MAX);
-                let (id, displaced) = self
-                    .shared
-                    .store
-                    .write(move |tx| {
-                        // A full list of requests makes room by dropping the oldest, so the
-                        // newest are always there to review: refusing new ones instead would
-                        // let a flood of old ones lock every later request out.
-                        let pending = tx.count_contacts(ContactState::Pending)?;
-                        let excess = (pending + 1).saturating_sub(max_pending);
-                        let displaced = tx.oldest_contacts(
-                            ContactState::Pending,
-                            u64::MAX,
-                            u32::try_from(excess).unwrap_or(u32::MAX),
-                        )?;
-                        for old in &displaced {
-                            forget_contact(tx, old, Some(RemovalReason::TooManyRequests), now)?;
-                        }
-                        let id = tx.insert_contact(&NewContact {
-                            identity: key,
-                            state: ContactState::Pending,
-                            nickname: request.nickname.clone(),
-                            offered_nickname: Some(request.nickname.clone()),
-                            greeting: Some(request.greeting.clone()),
-                            declared_kind: view::store_peer_kind(request.kind),
-                            now,
-                        })?;
-                        let event = EventData::RequestReceived(event::RequestReceived {
-                            address: peer.to_string(),
-                            nickname: request.nickname.clone(),
-                            greeting: request.greeting.clone(),
-                            kind: view::peer_kind(view::store_peer_kind(request.kind)),
-                        });
-                        append(tx, &event, now)?;
-                        Ok((id, displaced))
-                    })
-                    .await?;
+                let (id, displaced) = self.store_request(peer, request, &step).await?;
                 for old in &displaced {
                     if let Ok(old) = address_of(&old.identity) {
                         self.contacts.remove(&old);
@@ -1185,74 +1131,118 @@ impl<T: Transport> Core<T> {
                 }
                 self.contacts.entry(peer).or_default();
                 outcome.contact_id = Some(id);
-                outcome.send.push(ack);
-                outcome.close = Some(CloseReason::RequestReceived);
             }
             Some(c) => {
                 outcome.contact_id = Some(c.id);
-                outcome.send.push(ack);
-                match c.state {
-                    ContactState::Pending => outcome.close = Some(CloseReason::RequestReceived),
-                    ContactState::Requesting | ContactState::Accepted => {
-                        // They asked while we asked (or asked again after losing their data):
-                        // that is agreement. Tell them so.
-                        let was_requesting = c.state == ContactState::Requesting;
-                        self.accept_locally(&c, peer, request.nickname, was_requesting)
-                            .await?;
-                        outcome.now_accepted = true;
-                        self.contacts.entry(peer).or_default().accepted = true;
-                        self.ensure_presence(peer).await;
-                        self.deliver_or_dial(peer).await;
-                    }
-                    ContactState::Rejected => {
-                        outcome.send.push(Message::ContactResponse(ContactResponse {
-                            id: MessageId::random(&mut rand_core::OsRng),
-                            decision: Decision::Reject,
-                        }));
-                        outcome.close = Some(CloseReason::Refused);
-                    }
-                    ContactState::Blocked => outcome.close = Some(CloseReason::Refused),
+                let changed = step.state != Some(c.state);
+                let offered = step
+                    .has(Effect::QueueAnswer(Decision::Accept))
+                    .then_some(request.nickname);
+                if changed || offered.is_some() {
+                    let id = c.id;
+                    let step = step.clone();
+                    self.shared
+                        .store
+                        .write(move |tx| {
+                            let now = unix_ms();
+                            let Some(mut c) = tx.contact(id)? else {
+                                return Ok(());
+                            };
+                            if let Some(state) = step.state {
+                                c.state = state;
+                            }
+                            if let Some(offered) = &offered {
+                                c.offered_nickname = Some(offered.clone());
+                            }
+                            c.updated_at = now;
+                            tx.update_contact(&c)?;
+                            contact::apply(tx, id, &peer, &step, By::Them, &Vec::new, now)
+                        })
+                        .await?;
                 }
             }
         }
+        outcome.send.push(ack);
+        self.carry_out_session_effects(peer, &step, &mut outcome)
+            .await;
         Ok(outcome)
     }
 
-    /// Accept a contact because they asked while we were asking: state, event, our answer.
-    async fn accept_locally(
+    /// Store a stranger's request (they are not a contact yet), making room in a full list
+    /// by dropping the oldest requests. Returns the new contact's id and the dropped ones.
+    async fn store_request(
         &self,
-        c: &Contact,
         peer: OnionAddress,
-        offered: String,
-        state_changed: bool,
-    ) -> Result<()> {
-        let id = c.id;
-        let response = Message::ContactResponse(ContactResponse {
-            id: MessageId::random(&mut rand_core::OsRng),
-            decision: Decision::Accept,
-        })
-        .encode();
+        request: ContactRequest,
+        step: &contact::Step,
+    ) -> Result<(i64, Vec<Contact>)> {
+        let key = peer.public_key();
+        let max_pending = u64::try_from(self.config.max_pending_requests).unwrap_or(u64::MAX);
+        let state = step.state.unwrap_or(ContactState::Pending);
+        let announce = step.has(Effect::AnnounceRequest);
         self.shared
             .store
             .write(move |tx| {
                 let now = unix_ms();
-                let Some(mut c) = tx.contact(id)? else {
-                    return Ok(());
-                };
-                c.state = ContactState::Accepted;
-                c.offered_nickname = Some(offered.clone());
-                c.updated_at = now;
-                tx.update_contact(&c)?;
-                tx.remove_outbox_kind(id, OutboxKind::ContactResponse)?;
-                tx.enqueue(id, OutboxKind::ContactResponse, None, &response, now)?;
-                if state_changed {
-                    let event =
-                        view::state_event(&peer, ContactStateChange::Accepted, By::Them, None);
+                // A full list of requests makes room by dropping the oldest, so the newest
+                // are always there to review: refusing new ones instead would let a flood of
+                // old ones lock every later request out.
+                let pending = tx.count_contacts(ContactState::Pending)?;
+                let excess = (pending + 1).saturating_sub(max_pending);
+                let displaced = tx.oldest_contacts(
+                    ContactState::Pending,
+                    u64::MAX,
+                    u32::try_from(excess).unwrap_or(u32::MAX),
+                )?;
+                for old in &displaced {
+                    forget_contact(tx, old, Some(RemovalReason::TooManyRequests), now)?;
+                }
+                let id = tx.insert_contact(&NewContact {
+                    identity: key,
+                    state,
+                    nickname: request.nickname.clone(),
+                    offered_nickname: Some(request.nickname.clone()),
+                    greeting: Some(request.greeting.clone()),
+                    declared_kind: view::store_peer_kind(request.kind),
+                    now,
+                })?;
+                if announce {
+                    let event = EventData::RequestReceived(event::RequestReceived {
+                        address: peer.to_string(),
+                        nickname: request.nickname.clone(),
+                        greeting: request.greeting.clone(),
+                        kind: view::peer_kind(view::store_peer_kind(request.kind)),
+                    });
                     append(tx, &event, now)?;
                 }
-                Ok(())
+                Ok((id, displaced))
             })
             .await
+    }
+
+    /// The effects of a peer's step on the session it arrived on: our immediate answer, the
+    /// close, and — once accepted — presence and delivery.
+    async fn carry_out_session_effects(
+        &mut self,
+        peer: OnionAddress,
+        step: &contact::Step,
+        outcome: &mut ContactOutcome,
+    ) {
+        for effect in &step.effects {
+            if let Effect::ReplyAnswer(decision) = *effect {
+                outcome.send.push(Message::ContactResponse(ContactResponse {
+                    id: MessageId::random(&mut rand_core::OsRng),
+                    decision,
+                }));
+            }
+        }
+        outcome.close = step.close();
+        if step.has(Effect::NowAccepted) {
+            outcome.now_accepted = true;
+            self.contacts.entry(peer).or_default().accepted = true;
+            self.ensure_presence(peer).await;
+            self.deliver_or_dial(peer).await;
+        }
     }
 
     async fn contact_response(
@@ -1264,46 +1254,35 @@ impl<T: Transport> Core<T> {
         outcome.send.push(Message::Ack(Ack {
             ids: vec![response.id],
         }));
-        let Some(c) = self.contact_of(peer).await? else {
-            outcome.close = Some(CloseReason::Refused);
-            return Ok(outcome);
-        };
-        outcome.contact_id = Some(c.id);
-        let new_state = match (c.state, response.decision) {
-            (ContactState::Requesting, Decision::Accept) => Some(ContactState::Accepted),
-            (ContactState::Requesting | ContactState::Accepted, Decision::Reject) => {
-                Some(ContactState::Rejected)
-            }
-            _ => None,
-        };
-        if let Some(state) = new_state {
-            let id = c.id;
-            self.shared
-                .store
-                .write(move |tx| {
-                    let now = unix_ms();
-                    let Some(mut c) = tx.contact(id)? else {
-                        return Ok(());
-                    };
-                    c.state = state;
-                    c.updated_at = now;
-                    tx.update_contact(&c)?;
-                    // Our request evidently arrived.
-                    tx.remove_outbox_kind(id, OutboxKind::ContactRequest)?;
-                    let change = view::contact_state(state).into();
-                    append(tx, &view::state_event(&peer, change, By::Them, None), now)?;
-                    Ok(())
-                })
-                .await?;
-            if state == ContactState::Accepted {
-                outcome.now_accepted = true;
-                self.contacts.entry(peer).or_default().accepted = true;
-                self.ensure_presence(peer).await;
-                self.deliver_or_dial(peer).await;
-            } else {
-                outcome.close = Some(CloseReason::Normal);
+        let existing = self.contact_of(peer).await?;
+        let step = contact::step(
+            existing.as_ref().map(|c| c.state),
+            Input::PeerAnswered(response.decision),
+        )?;
+        if let Some(c) = &existing {
+            outcome.contact_id = Some(c.id);
+            if step.state != Some(c.state) {
+                let id = c.id;
+                let step = step.clone();
+                self.shared
+                    .store
+                    .write(move |tx| {
+                        let now = unix_ms();
+                        let Some(mut c) = tx.contact(id)? else {
+                            return Ok(());
+                        };
+                        if let Some(state) = step.state {
+                            c.state = state;
+                        }
+                        c.updated_at = now;
+                        tx.update_contact(&c)?;
+                        contact::apply(tx, id, &peer, &step, By::Them, &Vec::new, now)
+                    })
+                    .await?;
             }
         }
+        self.carry_out_session_effects(peer, &step, &mut outcome)
+            .await;
         Ok(outcome)
     }
 

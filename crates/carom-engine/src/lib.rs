@@ -23,6 +23,7 @@
 
 mod config;
 mod conn;
+mod contact;
 mod core;
 mod err;
 mod limits;
@@ -38,12 +39,12 @@ use std::time::Duration;
 
 use carom_api as api;
 use carom_proto::{
-    Chat, ContactRequest, ContactResponse, Decision, DeviceCertificate, DeviceKey, IdentityKey,
-    Message, MessageId, OnionAddress, SessionConfig,
+    Chat, ContactRequest, DeviceCertificate, DeviceKey, IdentityKey, Message, MessageId,
+    OnionAddress, SessionConfig,
 };
 use carom_store::{
-    ContactState, Direction, IdentityRecord, MessageStatus, NewContact, NewOutgoing, OutboxKind,
-    Queued, Store, StoreRead,
+    ContactState, Direction, IdentityRecord, MessageStatus, NewContact, NewOutgoing, Queued, Store,
+    StoreRead,
 };
 use carom_tor::{Transport, TransportStatus};
 use rand_core::OsRng;
@@ -55,10 +56,11 @@ pub use err::{EngineError, Result, store_kind};
 
 pub use crate::conn::MAX_PREAUTH;
 use crate::conn::{append, forget_contact};
+use crate::contact::Input;
 use crate::core::{ConnId, Core, CoreMsg};
 use crate::store_actor::StoreHandle;
 use crate::view::{address_of, unix_ms, unix_secs};
-use api::event::{By, ContactStateChange, RemovalReason};
+use api::event::{By, RemovalReason};
 
 /// A profile's keys: the identity (onion service key) and this device's certified Noise key.
 #[derive(Clone)]
@@ -200,6 +202,8 @@ impl Shared {
         *current = Arc::new(next);
     }
 
+    /// Records a presence change; only the core calls it, as it writes the presence event
+    /// (and `contact.remove`, for a contact that is gone).
     pub(crate) fn set_online(&self, peer: OnionAddress, online: bool) {
         let mut set = self.online.lock().unwrap_or_else(|e| e.into_inner());
         if online {
@@ -209,6 +213,8 @@ impl Shared {
         }
     }
 
+    /// Whether `peer` is online: an accepted contact with a session up. The one source of
+    /// presence for every API view.
     pub(crate) fn is_online(&self, peer: &OnionAddress) -> bool {
         self.online
             .lock()
@@ -340,20 +346,8 @@ impl Engine {
     }
 
     /// A receiver that changes whenever the transport's status does.
-    pub fn transport_status(&self) -> watch::Receiver<TransportStatus> {
-        self.status.clone()
-    }
-
     fn notify(&self, contact: OnionAddress) {
         let _ = self.shared.core.send(CoreMsg::ContactChanged { contact });
-    }
-
-    async fn online(&self) -> HashSet<OnionAddress> {
-        self.shared
-            .ask(|reply| CoreMsg::Online { reply })
-            .await
-            .map(|v| v.into_iter().collect())
-            .unwrap_or_default()
     }
 
     fn parse(&self, text: &str) -> Result<OnionAddress> {
@@ -384,7 +378,6 @@ impl Engine {
             .store
             .write(move |tx| {
                 let now = unix_ms();
-                let event = |state| view::state_event(&peer, state, By::Us, None);
                 let wire_request = || {
                     Message::ContactRequest(ContactRequest {
                         id: MessageId::random(&mut OsRng),
@@ -397,64 +390,42 @@ impl Engine {
                     })
                     .encode()
                 };
-                match tx.contact_by_identity(&key)? {
-                    None => {
-                        let id = tx.insert_contact(&NewContact {
-                            identity: key,
-                            state: ContactState::Requesting,
-                            nickname: request.nickname.clone(),
-                            offered_nickname: None,
-                            greeting: Some(request.greeting.clone()),
-                            declared_kind: carom_store::PeerKind::Human,
-                            now,
-                        })?;
-                        tx.enqueue(id, OutboxKind::ContactRequest, None, &wire_request(), now)?;
-                        append(tx, &event(ContactStateChange::Requesting), now)?;
-                    }
-                    Some(mut c) => match c.state {
-                        ContactState::Requesting => {}
-                        ContactState::Accepted => {
-                            return Err(EngineError::AlreadyExists("already a contact".into()));
-                        }
-                        ContactState::Blocked => {
-                            return Err(EngineError::InvalidState(
-                                "this address is blocked; unblock it first".into(),
-                            ));
-                        }
-                        ContactState::Pending => {
-                            // They asked us already: adding them is accepting.
-                            c.state = ContactState::Accepted;
-                            if !request.nickname.is_empty() {
-                                c.nickname.clone_from(&request.nickname);
+                let existing = tx.contact_by_identity(&key)?;
+                let step = contact::step(existing.as_ref().map(|c| c.state), Input::Add)?;
+                let Some(state) = step.state else {
+                    return Err(EngineError::Internal("adding left no contact".into()));
+                };
+                let id = match existing {
+                    None => tx.insert_contact(&NewContact {
+                        identity: key,
+                        state,
+                        nickname: request.nickname.clone(),
+                        offered_nickname: None,
+                        greeting: Some(request.greeting.clone()),
+                        declared_kind: carom_store::PeerKind::Human,
+                        now,
+                    })?,
+                    Some(mut c) => {
+                        if c.state != state {
+                            c.state = state;
+                            match state {
+                                // Accepting their request: our name for them, if we gave one.
+                                ContactState::Accepted if !request.nickname.is_empty() => {
+                                    c.nickname.clone_from(&request.nickname);
+                                }
+                                // Asking again: the greeting we send now.
+                                ContactState::Requesting => {
+                                    c.greeting = Some(request.greeting.clone());
+                                }
+                                _ => {}
                             }
                             c.updated_at = now;
                             tx.update_contact(&c)?;
-                            tx.enqueue(
-                                c.id,
-                                OutboxKind::ContactResponse,
-                                None,
-                                &accept_response(),
-                                now,
-                            )?;
-                            append(tx, &event(ContactStateChange::Accepted), now)?;
                         }
-                        ContactState::Rejected => {
-                            c.state = ContactState::Requesting;
-                            c.greeting = Some(request.greeting.clone());
-                            c.updated_at = now;
-                            tx.update_contact(&c)?;
-                            tx.remove_outbox_kind(c.id, OutboxKind::ContactRequest)?;
-                            tx.enqueue(
-                                c.id,
-                                OutboxKind::ContactRequest,
-                                None,
-                                &wire_request(),
-                                now,
-                            )?;
-                            append(tx, &event(ContactStateChange::Requesting), now)?;
-                        }
-                    },
-                }
+                        c.id
+                    }
+                };
+                contact::apply(tx, id, &peer, &step, By::Us, &wire_request, now)?;
                 tx.contact_by_identity(&key)?
                     .ok_or_else(|| EngineError::Internal("contact vanished".into()))
             })
@@ -480,24 +451,15 @@ impl Engine {
             .write(move |tx| {
                 let now = unix_ms();
                 let existing = tx.contact_by_identity(&key)?;
-                let new_state = match (response, existing.as_ref().map(|c| c.state)) {
-                    (api::Response::Block, _) => ContactState::Blocked,
-                    (api::Response::Accept, Some(ContactState::Pending)) => ContactState::Accepted,
-                    (api::Response::Reject, Some(ContactState::Pending)) => ContactState::Rejected,
-                    (api::Response::Unblock, Some(ContactState::Blocked)) => ContactState::Rejected,
-                    (_, None) => return Err(EngineError::NoSuchContact),
-                    (r, Some(s)) => {
-                        return Err(EngineError::InvalidState(format!(
-                            "cannot {} a contact that is {}",
-                            match r {
-                                api::Response::Accept => "accept",
-                                api::Response::Reject => "reject",
-                                api::Response::Block => "block",
-                                api::Response::Unblock => "unblock",
-                            },
-                            s.as_str()
-                        )));
-                    }
+                let input = match response {
+                    api::Response::Accept => Input::Accept,
+                    api::Response::Reject => Input::Reject,
+                    api::Response::Block => Input::Block,
+                    api::Response::Unblock => Input::Unblock,
+                };
+                let step = contact::step(existing.as_ref().map(|c| c.state), input)?;
+                let Some(new_state) = step.state else {
+                    return Err(EngineError::Internal("a response left no contact".into()));
                 };
                 let id = match existing {
                     Some(mut c) => {
@@ -512,9 +474,10 @@ impl Engine {
                         tx.update_contact(&c)?;
                         c.id
                     }
+                    // Blocking an address that never contacted us.
                     None => tx.insert_contact(&NewContact {
                         identity: key,
-                        state: ContactState::Blocked,
+                        state: new_state,
                         nickname: nickname.clone().unwrap_or_default(),
                         offered_nickname: None,
                         greeting: None,
@@ -522,29 +485,7 @@ impl Engine {
                         now,
                     })?,
                 };
-                match new_state {
-                    ContactState::Accepted => {
-                        tx.enqueue(
-                            id,
-                            OutboxKind::ContactResponse,
-                            None,
-                            &accept_response(),
-                            now,
-                        )?;
-                    }
-                    ContactState::Rejected if response == api::Response::Reject => {
-                        let reject = Message::ContactResponse(ContactResponse {
-                            id: MessageId::random(&mut OsRng),
-                            decision: Decision::Reject,
-                        })
-                        .encode();
-                        tx.enqueue(id, OutboxKind::ContactResponse, None, &reject, now)?;
-                    }
-                    ContactState::Blocked => fail_outbox(tx, id, &peer, "blocked", now)?,
-                    _ => {}
-                }
-                let change = view::contact_state(new_state).into();
-                append(tx, &view::state_event(&peer, change, By::Us, None), now)?;
+                contact::apply(tx, id, &peer, &step, By::Us, &Vec::new, now)?;
                 tx.contact(id)?
                     .ok_or_else(|| EngineError::Internal("contact vanished".into()))
             })
@@ -617,15 +558,15 @@ impl Engine {
         })
     }
 
-    /// `contact.list`.
+    /// `contact.list`. Online means what it means in `contact.get` and in presence events:
+    /// an accepted contact with a session up (one source: [`Shared::is_online`]).
     pub async fn contacts(&self) -> Result<Vec<api::Contact>> {
-        let online = self.online().await;
         let contacts = self.shared.store.read(|s| Ok(s.contacts()?)).await?;
         contacts
             .iter()
             .map(|c| {
                 let a = address_of(&c.identity)?;
-                view::contact(c, online.contains(&a))
+                view::contact(c, self.shared.is_online(&a))
             })
             .collect()
     }
@@ -824,16 +765,8 @@ impl Engine {
     }
 }
 
-fn accept_response() -> Vec<u8> {
-    Message::ContactResponse(ContactResponse {
-        id: MessageId::random(&mut OsRng),
-        decision: Decision::Accept,
-    })
-    .encode()
-}
-
 /// Drop a contact's outbox; its queued chats fail with `reason`.
-fn fail_outbox(
+pub(crate) fn fail_outbox(
     tx: &carom_store::WriteTx<'_>,
     contact_id: i64,
     peer: &OnionAddress,

@@ -800,6 +800,70 @@ async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_someone_we_declined_while_they_were_away_ends_accepted() {
+    // Bob asks Alice and goes offline; Alice declines, changes her mind and asks him. Her
+    // refusal, still queued, must not reach Bob before her request (he would take it as
+    // final and refuse the request).
+    let dir = tempfile::tempdir().expect("dir");
+    let net = LoopbackNetwork::new();
+    let alice = Node::create(&net, dir.path(), "alice", config()).await;
+    let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
+    ask(&bob, &alice).await;
+    let bob_address = bob.address();
+    bob.stop().await;
+    alice
+        .e()
+        .respond(api::ContactRespond {
+            address: bob_address.clone(),
+            response: api::Response::Reject,
+            nickname: None,
+        })
+        .await
+        .expect("declined");
+    alice
+        .e()
+        .add_contact(api::ContactAdd {
+            address: bob_address.clone(),
+            nickname: "Bob".into(),
+            offer_nickname: "Alice".into(),
+            greeting: "sorry, yes".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("asked");
+    bob.restart(&net).await;
+    let b = bob_address;
+    alice
+        .wait_event(api::event::CONTACT_STATE, |d| {
+            d["address"] == b.as_str() && d["state"] == "accepted" && d["by"] == "them"
+        })
+        .await;
+    // And Bob agrees: nothing told him no.
+    let a = alice.address();
+    bob.wait_event(api::event::CONTACT_STATE, |d| {
+        d["address"] == a.as_str() && d["state"] == "accepted" && d["by"] == "them"
+    })
+    .await;
+    assert_eq!(
+        bob.e().contact(&a).await.expect("contact").state,
+        api::ContactState::Accepted
+    );
+    assert_eq!(
+        alice.e().contact(&b).await.expect("contact").state,
+        api::ContactState::Accepted
+    );
+    let told_no = bob
+        .e()
+        .events_since(0, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind() == api::event::CONTACT_STATE)
+        .any(|e| e.data.to_value()["state"] == "rejected");
+    assert!(!told_no, "Bob was told no");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_engine_renews_its_device_key_before_the_certificate_expires() {
     // Alice's certificates live 4 s and are renewed 2 s before expiry. Carol meets her only
     // after her first certificate has expired: Carol's handshake checks the certificate Alice
