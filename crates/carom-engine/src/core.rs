@@ -310,8 +310,10 @@ pub(crate) struct Registration {
 
 /// Most dials at once (each builds Tor circuits).
 const MAX_CONCURRENT_DIALS: usize = 16;
-/// How often the core looks at timers.
-const TICK: Duration = Duration::from_millis(500);
+/// How often housekeeping runs (expiry, event retention, forgetting old rejections).
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// With [`MAX_CONCURRENT_DIALS`] under way, a dial that is due waits this long and looks again.
+const BUSY_RECHECK: Duration = Duration::from_millis(500);
 /// A session shorter than this counts as a failed attempt (a peer that accepts the handshake
 /// and then refuses us must not be redialled in a tight loop).
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
@@ -381,9 +383,9 @@ impl<T: Transport> Core<T> {
         }
         // Apply retention and expiry once at start, then every minute.
         self.housekeeping().await;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // No fixed tick: the core wakes when its earliest timer is due, or for a message.
+            let deadline = tokio::time::Instant::from_std(self.next_deadline(Instant::now()));
             tokio::select! {
                 msg = self.inbox.recv() => match msg {
                     Some(CoreMsg::Shutdown { reply }) => {
@@ -394,7 +396,7 @@ impl<T: Transport> Core<T> {
                     Some(msg) => self.handle(msg).await,
                     None => return,
                 },
-                _ = tick.tick() => self.on_tick().await,
+                () = tokio::time::sleep_until(deadline) => self.on_timers().await,
             }
         }
     }
@@ -837,8 +839,8 @@ impl<T: Transport> Core<T> {
             return;
         }
         if self.dials_in_flight >= MAX_CONCURRENT_DIALS {
-            // Busy: look again at the next tick.
-            rt.retry_at = Some(rt.retry_at.map_or(now, |t| t.min(now)));
+            // Busy: look again shortly.
+            rt.retry_at = Some(now + BUSY_RECHECK);
             return;
         }
         rt.dialing = true;
@@ -957,7 +959,38 @@ impl<T: Transport> Core<T> {
             .failed(Instant::now(), &self.config, jitter);
     }
 
-    async fn on_tick(&mut self) {
+    /// When a timer is next due: the earliest retry or presence dial of a contact with
+    /// neither a session nor a dial under way, the next housekeeping, the device key's
+    /// renewal.
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut next = self.last_prune + HOUSEKEEPING;
+        for rt in self.contacts.values() {
+            if rt.session.is_some() || rt.dialing {
+                continue;
+            }
+            if self.config.presence
+                && let Some(t) = rt.next_presence
+            {
+                next = next.min(t);
+            }
+            if let Some(t) = rt.retry_at {
+                next = next.min(t);
+            }
+        }
+        // The renewal is due by the wall clock; a renewal that failed is tried again a second
+        // later (never in a tight loop).
+        let renew_at = self
+            .shared
+            .session_config()
+            .certificate
+            .expires_at()
+            .saturating_sub(self.config.certificate_renew_before.as_secs());
+        let wait = renew_at.saturating_sub(view::unix_secs()).max(1);
+        next.min(now + Duration::from_secs(wait).min(HOUSEKEEPING))
+    }
+
+    /// Timers are due: dial for presence and retries, housekeeping, the key's renewal.
+    async fn on_timers(&mut self) {
         let now = Instant::now();
         let presence = self.config.presence;
         let mut presence_due = Vec::new();
@@ -982,7 +1015,7 @@ impl<T: Transport> Core<T> {
         for peer in retry_due {
             self.deliver_or_dial(peer).await;
         }
-        if now.duration_since(self.last_prune) > Duration::from_secs(60) {
+        if now.duration_since(self.last_prune) >= HOUSEKEEPING {
             self.last_prune = now;
             self.housekeeping().await;
         }
