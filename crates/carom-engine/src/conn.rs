@@ -374,7 +374,7 @@ where
                     Ok(n) => {
                         Counters::add(&self.shared.counters.bytes_received, n);
                         if let Err(e) = self.session.handle_input(&buf[..n], Instant::now()) {
-                            debug!(peer = ?self.peer.map(|p| p.redacted()), kind = e.kind(), "protocol error");
+                            debug!(peer = ?self.peer.map(|p| p.redacted()), kind = %e.kind(), "protocol error");
                         }
                     }
                 },

@@ -43,5 +43,6 @@ pub use message::{
 };
 pub use noise::{MAX_TRANSPORT_PLAINTEXT, NOISE_IK, NOISE_XX, PROLOGUE_LABEL, Pattern};
 pub use session::{
-    Event, Phase, ProtocolError, SUPPORTED_VERSIONS, SendError, Session, SessionConfig,
+    Event, Phase, ProtocolError, ProtocolErrorKind, SUPPORTED_VERSIONS, SendError, Session,
+    SessionConfig,
 };

@@ -1307,7 +1307,7 @@ fn handshake_errors() -> Vec<Value> {
             "note": note,
             "input": h(&input),
             "output": h(&s.poll_transmit().unwrap_or_default()),
-            "error": result.err().map(|e| e.kind()),
+            "error": result.err().map(|e| e.kind().as_str()),
         }));
     }
     for (note, input) in initiator_cases {
@@ -1326,7 +1326,7 @@ fn handshake_errors() -> Vec<Value> {
             "note": note,
             "input": h(&input),
             "output": h(&s.poll_transmit().unwrap_or_default()),
-            "error": result.err().map(|e| e.kind()),
+            "error": result.err().map(|e| e.kind().as_str()),
         }));
     }
     out

@@ -62,21 +62,75 @@ pub enum ProtocolError {
     HandshakeTimeout,
 }
 
-impl ProtocolError {
-    /// A stable machine-readable name for this kind of failure.
-    pub fn kind(&self) -> &'static str {
+/// What kind of rule a [`ProtocolError`] broke: a stable name for logs, tests and vectors, and
+/// something an engine can branch on without reading the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProtocolErrorKind {
+    /// [`ProtocolError::NotCarom`].
+    NotCarom,
+    /// [`ProtocolError::UnexpectedFrame`].
+    UnexpectedFrame,
+    /// [`ProtocolError::NoCommonVersion`].
+    NoCommonVersion,
+    /// [`ProtocolError::TooManyAttempts`].
+    TooManyAttempts,
+    /// [`ProtocolError::Handshake`].
+    HandshakeFailed,
+    /// [`ProtocolError::Certificate`].
+    BadCertificate,
+    /// [`ProtocolError::IdentityNotProven`].
+    IdentityNotProven,
+    /// [`ProtocolError::WrongPeer`].
+    WrongPeer,
+    /// [`ProtocolError::Decrypt`].
+    DecryptFailed,
+    /// [`ProtocolError::Malformed`].
+    Malformed,
+    /// [`ProtocolError::HandshakeTimeout`].
+    HandshakeTimeout,
+}
+
+impl ProtocolErrorKind {
+    /// The stable lower-case name (as in the test vectors).
+    pub fn as_str(self) -> &'static str {
         match self {
-            ProtocolError::NotCarom => "not_carom",
-            ProtocolError::UnexpectedFrame { .. } => "unexpected_frame",
-            ProtocolError::NoCommonVersion { .. } => "no_common_version",
-            ProtocolError::TooManyAttempts => "too_many_attempts",
-            ProtocolError::Handshake(_) => "handshake_failed",
-            ProtocolError::Certificate(_) => "bad_certificate",
-            ProtocolError::IdentityNotProven { .. } => "identity_not_proven",
-            ProtocolError::WrongPeer { .. } => "wrong_peer",
-            ProtocolError::Decrypt => "decrypt_failed",
-            ProtocolError::Malformed(_) => "malformed",
-            ProtocolError::HandshakeTimeout => "handshake_timeout",
+            ProtocolErrorKind::NotCarom => "not_carom",
+            ProtocolErrorKind::UnexpectedFrame => "unexpected_frame",
+            ProtocolErrorKind::NoCommonVersion => "no_common_version",
+            ProtocolErrorKind::TooManyAttempts => "too_many_attempts",
+            ProtocolErrorKind::HandshakeFailed => "handshake_failed",
+            ProtocolErrorKind::BadCertificate => "bad_certificate",
+            ProtocolErrorKind::IdentityNotProven => "identity_not_proven",
+            ProtocolErrorKind::WrongPeer => "wrong_peer",
+            ProtocolErrorKind::DecryptFailed => "decrypt_failed",
+            ProtocolErrorKind::Malformed => "malformed",
+            ProtocolErrorKind::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for ProtocolErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ProtocolError {
+    /// What kind of rule this is.
+    pub fn kind(&self) -> ProtocolErrorKind {
+        match self {
+            ProtocolError::NotCarom => ProtocolErrorKind::NotCarom,
+            ProtocolError::UnexpectedFrame { .. } => ProtocolErrorKind::UnexpectedFrame,
+            ProtocolError::NoCommonVersion { .. } => ProtocolErrorKind::NoCommonVersion,
+            ProtocolError::TooManyAttempts => ProtocolErrorKind::TooManyAttempts,
+            ProtocolError::Handshake(_) => ProtocolErrorKind::HandshakeFailed,
+            ProtocolError::Certificate(_) => ProtocolErrorKind::BadCertificate,
+            ProtocolError::IdentityNotProven { .. } => ProtocolErrorKind::IdentityNotProven,
+            ProtocolError::WrongPeer { .. } => ProtocolErrorKind::WrongPeer,
+            ProtocolError::Decrypt => ProtocolErrorKind::DecryptFailed,
+            ProtocolError::Malformed(_) => ProtocolErrorKind::Malformed,
+            ProtocolError::HandshakeTimeout => ProtocolErrorKind::HandshakeTimeout,
         }
     }
 }

@@ -43,7 +43,7 @@ mod responder;
 mod test_support;
 mod transport;
 
-pub use error::{ProtocolError, SendError};
+pub use error::{ProtocolError, ProtocolErrorKind, SendError};
 use handshake::{Attempts, check_hello_start, unexpected};
 use initiator::InitiatorState;
 use responder::{Pending, ResponderState};
