@@ -5,7 +5,7 @@
 //! - acknowledged appends per second: one transaction per message, `COMMIT` (WAL fsync,
 //!   `synchronous=FULL`) before the next, on an empty database and at 1,000,000 messages;
 //! - history page latency (50 messages; first pages and deep pages at random cursors);
-//! - `conversations()`, `outbox_due()` and `events_since()` latency.
+//! - `outbox_due()` and `events_since()` latency.
 //!
 //! `CAROM_BENCH_MESSAGES` shrinks the fixture for a quick run (default 1,000,000).
 
@@ -301,13 +301,6 @@ fn main() {
     history.row("history page (50), any");
     first_pages.row("history page (50), newest");
     deep_pages.row("history page (50), random cursor");
-
-    let mut conversations = Stats::new();
-    for _ in 0..50 {
-        let list = conversations.time(|| store.conversations().expect("conversations"));
-        assert_eq!(list.len(), contacts.len());
-    }
-    conversations.row("conversations() (1,000 contacts)");
 
     let mut due = Stats::new();
     let mut due_len = 0;

@@ -3,8 +3,7 @@
 use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
-use crate::messages::{self, message_columns};
-use crate::model::{Contact, ContactState, ConversationSummary, NewContact};
+use crate::model::{Contact, ContactState, NewContact};
 use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
 
 /// The columns [`from_row`] reads, each prefixed with `$prefix`.
@@ -62,20 +61,6 @@ const SELECT_OLDEST_IN_STATE: &str = concat!(
     contact_columns!(""),
     " FROM contacts WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at, id LIMIT ?3"
 );
-
-/// Each contact's newest message and message count are kept in the contact's row by triggers,
-/// so this reads one message row per contact by its id and never searches or scans messages.
-pub(crate) const SELECT_CONVERSATIONS: &str = concat!(
-    "SELECT ",
-    contact_columns!("c."),
-    ", c.message_count, ",
-    message_columns!("m."),
-    " FROM contacts c LEFT JOIN messages m ON m.id = c.last_message_id \
-     ORDER BY max(coalesce(m.stored_at, 0), c.created_at) DESC, c.id DESC"
-);
-
-/// How many columns [`from_row`] reads.
-const CONTACT_COLUMN_COUNT: usize = 12;
 
 fn from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Contact> {
     Ok(Contact {
@@ -141,29 +126,6 @@ pub(crate) fn oldest_in_state(
         .and_then(|mut stmt| {
             stmt.query_map(rusqlite::params![state, before, limit], |row| {
                 from_row(row, 0)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .at(db.path)
-}
-
-pub(crate) fn conversations(db: Db<'_>) -> Result<Vec<ConversationSummary>> {
-    db.conn
-        .prepare_cached(SELECT_CONVERSATIONS)
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| {
-                let contact = from_row(row, 0)?;
-                let message_count = get_u64(row, CONTACT_COLUMN_COUNT)?;
-                let has_message = row.get_ref(CONTACT_COLUMN_COUNT + 1)?.as_i64_or_null()?;
-                let last_message = match has_message {
-                    Some(_) => Some(messages::from_row(row, CONTACT_COLUMN_COUNT + 1)?),
-                    None => None,
-                };
-                Ok(ConversationSummary {
-                    contact,
-                    last_message,
-                    message_count,
-                })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })

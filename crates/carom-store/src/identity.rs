@@ -1,4 +1,4 @@
-//! The profile's identity record and the settings table.
+//! The profile's identity record.
 
 use rusqlite::OptionalExtension;
 use zeroize::Zeroizing;
@@ -43,13 +43,6 @@ fn copy_secret(stored: &[u8], out: &mut [u8], column: usize) -> rusqlite::Result
     Ok(())
 }
 
-pub(crate) fn setting(db: Db<'_>, key: &str) -> Result<Option<String>> {
-    db.conn
-        .prepare_cached("SELECT value FROM settings WHERE key = ?1")
-        .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)).optional())
-        .at(db.path)
-}
-
 impl WriteTx<'_> {
     /// Saves this profile's identity, replacing any previous one (as when the device key is
     /// rotated).
@@ -73,28 +66,5 @@ impl WriteTx<'_> {
             )
             .at(db.path)?;
         Ok(())
-    }
-
-    /// Sets a setting.
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        let db = self.db();
-        db.conn
-            .prepare_cached(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .and_then(|mut stmt| stmt.execute([key, value]))
-            .at(db.path)?;
-        Ok(())
-    }
-
-    /// Removes a setting; returns whether it existed.
-    pub fn remove_setting(&self, key: &str) -> Result<bool> {
-        let db = self.db();
-        let removed = db
-            .conn
-            .execute("DELETE FROM settings WHERE key = ?1", [key])
-            .at(db.path)?;
-        Ok(removed > 0)
     }
 }

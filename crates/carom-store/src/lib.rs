@@ -1,7 +1,7 @@
 //! # carom-store: Carom's encrypted, crash-safe storage
 //!
-//! Everything Carom keeps — the identity seed and device key, contacts, conversations and
-//! their messages with delivery state, the outbox, the API's event log and settings — lives in
+//! Everything Carom keeps — the identity seed and device key, contacts, the messages of each
+//! conversation with their delivery state, the outbox and the API's event log — lives in
 //! one SQLite database encrypted with SQLCipher, next to a small key file that holds the
 //! database key wrapped under the user's passphrase. The schema, the key file's byte layout
 //! and the error kinds are specified in `docs/storage.md`.
@@ -114,9 +114,8 @@ mod tests;
 pub use err::{Error, ErrorKind, Result};
 pub use keyfile::{DB_KEY_LEN, DbKey, KdfParams, KeyFile, Protection, StagedKeyFile};
 pub use model::{
-    Contact, ContactState, ConversationSummary, Direction, Event, IdentityRecord, Message,
-    MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind, Queued,
-    Received, UnixMillis,
+    Contact, ContactState, Direction, Event, IdentityRecord, Message, MessageStatus, NewContact,
+    NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind, Queued, Received, UnixMillis,
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::{Store, StoreRead, WriteTx};

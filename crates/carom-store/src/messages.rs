@@ -43,7 +43,6 @@ macro_rules! message_columns {
         )
     };
 }
-pub(crate) use message_columns;
 
 pub(crate) const SELECT_BY_ROW: &str = concat!(
     "SELECT ",

@@ -356,17 +356,6 @@ impl Received {
     }
 }
 
-/// One conversation in the list: a contact, its newest message and how many it has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConversationSummary {
-    /// The contact.
-    pub contact: Contact,
-    /// The newest stored message, if any.
-    pub last_message: Option<Message>,
-    /// How many messages are stored.
-    pub message_count: u64,
-}
-
 /// Something waiting to be sent to a contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {

@@ -36,13 +36,30 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         summary: "outbox items by age, for expiry",
         sql: V2,
     },
+    Migration {
+        version: 3,
+        summary: "drop the unused conversation summaries and settings",
+        sql: V3,
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Expiry looks at the oldest queued items without scanning the outbox.
 const V2: &str = "CREATE INDEX outbox_by_age ON outbox (created_at, id);";
+
+/// Nothing read the per-contact message count and newest message, which two triggers kept up
+/// on every insert and delete of a message, nor the settings table: the triggers and the table
+/// go, until a feature needs them (and is designed around what it needs). The two columns
+/// stay, unused and no longer maintained: SQLite's `DROP COLUMN` cannot rewrite V1's table
+/// text (its comments), and rebuilding `contacts` under its foreign keys is not worth two
+/// idle columns.
+const V3: &str = "
+DROP TRIGGER messages_summary_insert;
+DROP TRIGGER messages_summary_delete;
+DROP TABLE settings;
+";
 
 const V1: &str = r#"
 PRAGMA application_id = 1131573101;

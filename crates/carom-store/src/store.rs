@@ -12,8 +12,7 @@ use crate::err::{Error, Result, SqlResultExt};
 use crate::fsutil::{self, Placement};
 use crate::keyfile::DbKey;
 use crate::model::{
-    Contact, ContactState, ConversationSummary, Direction, Event, IdentityRecord, Message,
-    OutboxItem, UnixMillis,
+    Contact, ContactState, Direction, Event, IdentityRecord, Message, OutboxItem, UnixMillis,
 };
 use crate::{contacts, events, identity, messages, outbox, schema};
 
@@ -368,12 +367,6 @@ pub trait StoreRead: sealed::Connected {
         contacts::oldest_in_state(self.db(), state, updated_before, limit)
     }
 
-    /// One summary per contact, most recent activity first: the newest message's `stored_at`,
-    /// or the contact's `created_at` if that is later (a new contact with no messages yet).
-    fn conversations(&self) -> Result<Vec<ConversationSummary>> {
-        contacts::conversations(self.db())
-    }
-
     /// The message with local id `row`.
     fn message(&self, row: i64) -> Result<Option<Message>> {
         messages::get(self.db(), row)
@@ -462,11 +455,6 @@ pub trait StoreRead: sealed::Connected {
     /// [`WriteTx::prune_events`]): every other event after it is still there.
     fn oldest_event_seq(&self, churn: &[&str]) -> Result<Option<u64>> {
         events::oldest_seq(self.db(), churn)
-    }
-
-    /// A setting's value.
-    fn setting(&self, key: &str) -> Result<Option<String>> {
-        identity::setting(self.db(), key)
     }
 }
 

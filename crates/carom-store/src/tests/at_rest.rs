@@ -10,12 +10,11 @@ const NICKNAME: &str = "MARKER-NICK-Zanzibar";
 const OFFERED: &str = "MARKER-OFFERED-Quokka";
 const GREETING: &str = "MARKER-GREETING-we met at the conference";
 const ONION: &str = "markerxy2p7onionaddressqz3vbkh5r4t6y7u8i9o0p1a2s3d4f5g6hid";
-const SETTING: &str = "MARKER-SETTING-value";
 const SEED: [u8; 32] = *b"MARKER-SEED-0123456789abcdefghij";
 
 /// Markers whose absence is checked, as bytes (UTF-8 and, for the binary ones, raw).
 fn markers(key: &DbKey) -> Vec<(String, Vec<u8>)> {
-    let mut list: Vec<(String, Vec<u8>)> = [BODY, NICKNAME, OFFERED, GREETING, ONION, SETTING]
+    let mut list: Vec<(String, Vec<u8>)> = [BODY, NICKNAME, OFFERED, GREETING, ONION]
         .iter()
         .map(|m| ((*m).to_owned(), m.as_bytes().to_vec()))
         .collect();
@@ -55,8 +54,7 @@ fn store_markers(store: &mut Store) {
                 &format!("{{\"address\":\"{ONION}.onion\",\"nickname\":\"{NICKNAME}\"}}"),
                 30,
             )?;
-            tx.set_setting("last_onion", ONION)?;
-            tx.set_setting("note", SETTING)
+            Ok(())
         })
         .unwrap();
 }

@@ -146,3 +146,39 @@ fn the_in_memory_store_has_the_same_schema() {
     let store = Store::open_in_memory().unwrap();
     assert_eq!(schema_of(store.connection()), fresh_schema());
 }
+
+#[test]
+fn version_three_keeps_every_message_and_leaves_no_trigger_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let key = DbKey::generate().unwrap();
+    {
+        let mut conn = raw_database(&path, &key);
+        schema::migrate_with(&mut conn, &path, MIGRATIONS, 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO contacts (identity, state, nickname, declared_kind, created_at,
+                 updated_at) VALUES (zeroblob(32), 'accepted', 'alice', 'human', 1, 1);
+             INSERT INTO messages (contact_id, direction, msg_id, sent_at, stored_at, body,
+                 status, status_at) VALUES (1, 'incoming', zeroblob(16), 2, 2, 'kept', 'received', 2);
+             INSERT INTO settings (key, value) VALUES ('theme', 'dark');",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path, &key).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let history = store.history(1, None, 10).unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["kept"]
+    );
+    let leftovers: Vec<_> = schema_of(store.connection())
+        .into_iter()
+        .filter(|(kind, name, _)| kind == "trigger" || name == "settings")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Messages are stored and deleted as before, without the triggers.
+    assert!(receive(&mut store, 1, 2, "after").is_new());
+    let newest = store.history(1, None, 1).unwrap().remove(0);
+    assert!(store.write(|tx| tx.delete_message(newest.row)).unwrap());
+    store.check_integrity().unwrap();
+}

@@ -631,10 +631,6 @@ fn every_daemon_query_is_served_by_an_index() {
             "SEARCH contacts USING INTEGER PRIMARY KEY",
         ),
         (
-            contacts::SELECT_CONVERSATIONS,
-            "SEARCH m USING INTEGER PRIMARY KEY (rowid=?)",
-        ),
-        (
             outbox::SELECT_DUE,
             "SEARCH outbox USING INDEX outbox_due (next_attempt_at<?)",
         ),
@@ -690,62 +686,8 @@ fn every_daemon_query_is_served_by_an_index() {
                 "{sql} scans {table}:\n{plan}"
             );
         }
-        if sql != contacts::SELECT_CONVERSATIONS {
-            assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts:\n{plan}");
-        }
+        assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts:\n{plan}");
     }
-    // Listing conversations reads each contact once and sorts only the contacts.
-    let conversations = plan(&store, contacts::SELECT_CONVERSATIONS);
-    assert!(conversations.contains("SCAN c"), "{conversations}");
-    assert!(
-        conversations.contains("SEARCH m USING INTEGER PRIMARY KEY (rowid=?)"),
-        "{conversations}"
-    );
-}
-
-#[test]
-fn conversations_are_ordered_by_last_activity_with_counts() {
-    let mut store = memory();
-    let alice = store
-        .write(|tx| tx.insert_contact(&new_contact(1, "alice", 10)))
-        .unwrap();
-    let bob = store
-        .write(|tx| tx.insert_contact(&new_contact(2, "bob", 20)))
-        .unwrap();
-    let carol = store
-        .write(|tx| tx.insert_contact(&new_contact(3, "carol", 30)))
-        .unwrap();
-    // Alice: two messages, the newer at 1_050. Bob: one at 1_040. Carol: none (created 30).
-    store
-        .write(|tx| tx.store_incoming(&incoming(alice, 1, "a-old", 1_001)))
-        .unwrap();
-    store
-        .write(|tx| tx.store_incoming(&incoming(bob, 1, "b", 1_040)))
-        .unwrap();
-    let newest = store
-        .write(|tx| tx.queue_outgoing(&outgoing(alice, 2, "a-new", 1_050)))
-        .unwrap()
-        .into_message();
-    let list = store.conversations().unwrap();
-    let order: Vec<i64> = list.iter().map(|s| s.contact.id).collect();
-    assert_eq!(order, [alice, bob, carol]);
-    assert_eq!(list[0].message_count, 2);
-    assert_eq!(list[0].last_message.as_ref(), Some(&newest));
-    assert_eq!(list[1].message_count, 1);
-    assert_eq!(list[2].message_count, 0);
-    assert_eq!(list[2].last_message, None);
-    // Deleting keeps the count right.
-    store.write(|tx| tx.delete_message(newest.row)).unwrap();
-    let list = store.conversations().unwrap();
-    let order: Vec<i64> = list.iter().map(|s| s.contact.id).collect();
-    assert_eq!(order, [bob, alice, carol]);
-    assert_eq!(list[1].message_count, 1);
-    assert_eq!(list[1].last_message.as_ref().unwrap().body, "a-old");
-    // A contact newer than every message comes first.
-    let dave = store
-        .write(|tx| tx.insert_contact(&new_contact(4, "dave", 5_000)))
-        .unwrap();
-    assert_eq!(store.conversations().unwrap()[0].contact.id, dave);
 }
 
 #[test]
@@ -969,18 +911,6 @@ fn event_data_must_be_json() {
 }
 
 #[test]
-fn settings_are_set_replaced_and_removed() {
-    let mut store = memory();
-    assert_eq!(store.setting("theme").unwrap(), None);
-    store.write(|tx| tx.set_setting("theme", "dark")).unwrap();
-    store.write(|tx| tx.set_setting("theme", "light")).unwrap();
-    assert_eq!(store.setting("theme").unwrap().as_deref(), Some("light"));
-    assert!(store.write(|tx| tx.remove_setting("theme")).unwrap());
-    assert!(!store.write(|tx| tx.remove_setting("theme")).unwrap());
-    assert_eq!(store.setting("theme").unwrap(), None);
-}
-
-#[test]
 fn failed_write_rolls_back_everything() {
     let mut store = memory();
     let alice = add_contact(&mut store, 1);
@@ -988,7 +918,6 @@ fn failed_write_rolls_back_everything() {
         .write(|tx| {
             tx.store_incoming(&incoming(alice, 1, "kept?", 10))?;
             tx.append_event("message.received", "{}", 10)?;
-            tx.set_setting("k", "v")?;
             Err::<(), _>(Error::Invalid {
                 what: "test",
                 reason: "abort".into(),
@@ -998,8 +927,6 @@ fn failed_write_rolls_back_everything() {
     assert_eq!(error.kind(), ErrorKind::Invalid);
     assert!(store.history(alice, None, 10).unwrap().is_empty());
     assert_eq!(store.last_event_seq().unwrap(), 0);
-    assert_eq!(store.setting("k").unwrap(), None);
-    assert_eq!(store.conversations().unwrap()[0].message_count, 0);
 }
 
 #[test]
@@ -1058,7 +985,6 @@ fn reads_inside_a_write_see_its_own_changes() {
             assert_eq!(tx.contact(id)?.unwrap().nickname, "alice");
             tx.store_incoming(&incoming(id, 1, "x", 2))?;
             assert_eq!(tx.history(id, None, 10)?.len(), 1);
-            assert_eq!(tx.conversations()?[0].message_count, 1);
             Ok(())
         })
         .unwrap();
