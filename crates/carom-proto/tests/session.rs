@@ -603,6 +603,24 @@ fn keepalives_measure_rtt_and_a_dead_peer_is_detected() {
 }
 
 #[test]
+fn accepting_outside_the_decision_changes_nothing() {
+    let (alice, bob) = (Peer::new(1), Peer::new(2));
+    let mut pair = Pair::new(&alice, &bob, Some(bob.device.public()), LATENCY);
+    pair.a.send(chat(1, "first"), pair.now).expect("queued");
+    pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(1)).is_some());
+    // Both ends are established; a late or repeated accept must not end either session.
+    let now = pair.now;
+    pair.a.accept(now);
+    pair.b.accept(now);
+    assert!(!pair.a.is_closed() && !pair.b.is_closed());
+    pair.a
+        .send(chat(2, "second"), pair.now)
+        .expect("still open");
+    pair.run_until(LIMIT, |p| p.a_saw(is_ack_of(2)).is_some());
+    assert!(pair.errors.is_empty(), "{:?}", pair.errors);
+}
+
+#[test]
 fn rekeying_keeps_the_channel_working() {
     let alice = Peer::new(1).configured(|c| {
         c.rekey_after_frames = 3;

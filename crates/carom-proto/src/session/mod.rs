@@ -525,8 +525,12 @@ impl Session {
     /// queued messages) and let messages flow. Does nothing in other phases, a session the
     /// initiator closed during its handshake included.
     pub fn accept(&mut self, now: Instant) {
-        let State::Responder(ResponderState::Deciding(pending)) = self.state.take() else {
-            return;
+        let pending = match self.state.take() {
+            State::Responder(ResponderState::Deciding(pending)) => pending,
+            other => {
+                self.state = other;
+                return;
+            }
         };
         match pending.into_transport(&mut self.common) {
             Ok(transport) => {
