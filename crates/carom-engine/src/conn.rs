@@ -693,7 +693,8 @@ where
         };
         let now = unix_ms();
         let shared = Arc::clone(&self.shared);
-        let (stored, refused) = self
+        let clock = Instant::now();
+        let (stored, refused, charged) = self
             .shared
             .store
             .write(move |tx| {
@@ -701,11 +702,17 @@ where
                 // session counts at once, and a block or removal committed just before wins.
                 match tx.contact(contact_id)? {
                     Some(c) if c.state == ContactState::Accepted => {}
-                    _ => return Ok((Vec::new(), Vec::new())),
+                    _ => return Ok((Vec::new(), Vec::new(), 0.0)),
                 }
                 let mut ids = Vec::with_capacity(chats.len());
                 let mut refused = Vec::new();
-                let clock = Instant::now();
+                // Decided against an allowance, charged only once this commits: a rolled-back
+                // or re-run transaction costs the contact nothing.
+                let mut allowance = shared
+                    .quota
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .allowance(contact_id, clock);
                 for chat in &chats {
                     // A copy we already have is acknowledged again, whatever the quota: the
                     // sender only missed our first acknowledgement.
@@ -714,12 +721,7 @@ where
                         .is_some();
                     if !known {
                         // (A body over its limit never gets here: the decoder refuses it.)
-                        let admitted = shared
-                            .quota
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .admit(contact_id, chat.body.len(), clock);
-                        if !admitted {
+                        if !allowance.admit(chat.body.len()) {
                             refused.push((chat.id, carom_proto::reject::OVER_QUOTA));
                             continue;
                         }
@@ -743,9 +745,14 @@ where
                     }
                     ids.push(chat.id);
                 }
-                Ok((ids, refused))
+                Ok((ids, refused, allowance.charged()))
             })
             .await?;
+        self.shared
+            .quota
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .charge(contact_id, charged, clock);
         trace!(count = stored.len(), "stored chats; acknowledging");
         let now = Instant::now();
         for ids in stored.chunks(carom_proto::MAX_ACK_IDS) {

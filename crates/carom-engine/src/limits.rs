@@ -30,11 +30,16 @@ impl Bucket {
         self.take_amount(1.0, now)
     }
 
-    /// Take `amount` tokens if that many are available.
-    fn take_amount(&mut self, amount: f64, now: Instant) -> bool {
+    /// Add what has refilled since the last update.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
         self.updated = now;
+    }
+
+    /// Take `amount` tokens if that many are available.
+    fn take_amount(&mut self, amount: f64, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= amount {
             self.tokens -= amount;
             true
@@ -150,17 +155,58 @@ impl IncomingQuota {
         }
     }
 
-    /// Whether `contact` may make us store a message of `bytes` now (charged if so).
-    pub(crate) fn admit(&mut self, contact: i64, bytes: usize, now: Instant) -> bool {
+    fn bucket(&mut self, contact: i64, now: Instant) -> &mut Bucket {
         let per_day = self.bytes_per_day;
         let bucket = self
             .per_contact
             .entry(contact)
             .or_insert_with(|| Bucket::new(per_day, per_day, Duration::from_secs(24 * 3600), now));
+        bucket.refill(now);
+        bucket
+    }
+
+    /// What `contact` may make us store now, to decide one transaction's messages against.
+    /// Nothing is charged until [`IncomingQuota::charge`]: a transaction that rolls back (a
+    /// full disk), or runs again, costs the contact nothing.
+    pub(crate) fn allowance(&mut self, contact: i64, now: Instant) -> Allowance {
+        Allowance {
+            left: self.bucket(contact, now).tokens,
+            charged: 0.0,
+        }
+    }
+
+    /// Charge what a committed transaction stored (its [`Allowance::charged`]).
+    pub(crate) fn charge(&mut self, contact: i64, charged: f64, now: Instant) {
+        let bucket = self.bucket(contact, now);
+        // Two sessions of one contact deciding at once may together exceed the allowance
+        // by one batch; the bucket then starts below zero and refills from there.
+        bucket.tokens -= charged;
+    }
+}
+
+/// A contact's allowance for one transaction (see [`IncomingQuota::allowance`]).
+pub(crate) struct Allowance {
+    left: f64,
+    charged: f64,
+}
+
+impl Allowance {
+    /// Whether a message of `bytes` fits (it is then counted against the allowance).
+    pub(crate) fn admit(&mut self, bytes: usize) -> bool {
         // Precision is irrelevant here: sizes are far below 2^52.
         #[allow(clippy::cast_precision_loss, reason = "sizes are far below 2^52")]
         let cost = bytes.max(MIN_MESSAGE_COST) as f64;
-        bucket.take_amount(cost, now)
+        if cost > self.left {
+            return false;
+        }
+        self.left -= cost;
+        self.charged += cost;
+        true
+    }
+
+    /// What the admitted messages cost.
+    pub(crate) fn charged(&self) -> f64 {
+        self.charged
     }
 }
 
@@ -168,21 +214,47 @@ impl IncomingQuota {
 mod quota_tests {
     use super::*;
 
+    /// One message in its own committed transaction.
+    fn store_one(quota: &mut IncomingQuota, contact: i64, bytes: usize, now: Instant) -> bool {
+        let mut allowance = quota.allowance(contact, now);
+        let admitted = allowance.admit(bytes);
+        quota.charge(contact, allowance.charged(), now);
+        admitted
+    }
+
     #[test]
     fn a_contact_gets_its_daily_bytes_and_no_more_and_others_are_unaffected() {
         let start = Instant::now();
         let mut quota = IncomingQuota::new(10 * 1024);
         for _ in 0..10 {
-            assert!(quota.admit(1, 10, start), "tiny messages cost 1 KiB each");
+            assert!(
+                store_one(&mut quota, 1, 10, start),
+                "tiny messages cost 1 KiB each"
+            );
         }
-        assert!(!quota.admit(1, 10, start));
+        assert!(!store_one(&mut quota, 1, 10, start));
         assert!(
-            quota.admit(2, 10 * 1024, start),
+            store_one(&mut quota, 2, 10 * 1024, start),
             "another contact has its own"
         );
         // A tenth of a day later, a tenth of the quota is back.
         let later = start + Duration::from_secs(24 * 3600 / 10);
-        assert!(quota.admit(1, 1024, later));
-        assert!(!quota.admit(1, 1024, later));
+        assert!(store_one(&mut quota, 1, 1024, later));
+        assert!(!store_one(&mut quota, 1, 1024, later));
+    }
+
+    #[test]
+    fn only_a_committed_transaction_is_charged() {
+        let now = Instant::now();
+        let mut quota = IncomingQuota::new(4 * 1024);
+        // A batch decided, then rolled back (or run again): nothing charged.
+        let mut first_try = quota.allowance(1, now);
+        assert!(first_try.admit(1024) && first_try.admit(1024) && first_try.admit(2048));
+        assert!(!first_try.admit(1), "the batch used the whole allowance");
+        let _ = first_try.charged(); // never charged: the transaction did not commit
+        let mut second_try = quota.allowance(1, now);
+        assert!(second_try.admit(4096), "the rolled-back batch cost nothing");
+        quota.charge(1, second_try.charged(), now);
+        assert!(!quota.allowance(1, now).admit(1));
     }
 }
