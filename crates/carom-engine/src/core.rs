@@ -1172,26 +1172,7 @@ impl<T: Transport> Core<T> {
                     .has(Effect::QueueAnswer(Decision::Accept))
                     .then_some(request.nickname);
                 if changed || offered.is_some() {
-                    let id = c.id;
-                    let step = step.clone();
-                    self.shared
-                        .store
-                        .write(move |tx| {
-                            let now = unix_ms();
-                            let Some(mut c) = tx.contact(id)? else {
-                                return Ok(());
-                            };
-                            if let Some(state) = step.state {
-                                c.state = state;
-                            }
-                            if let Some(offered) = &offered {
-                                c.offered_nickname = Some(offered.clone());
-                            }
-                            c.updated_at = now;
-                            tx.update_contact(&c)?;
-                            contact::apply(tx, id, &peer, &step, By::Them, &Vec::new, now)
-                        })
-                        .await?;
+                    self.commit_peer_step(c.id, peer, &step, offered).await?;
                 }
             }
         }
@@ -1253,6 +1234,36 @@ impl<T: Transport> Core<T> {
             .await
     }
 
+    /// Store a step the peer caused for contact `id`: its new state (and the nickname it
+    /// offered, when given), and the step's store effects, in one transaction.
+    async fn commit_peer_step(
+        &self,
+        id: i64,
+        peer: OnionAddress,
+        step: &contact::Step,
+        offered: Option<String>,
+    ) -> Result<()> {
+        let step = step.clone();
+        self.shared
+            .store
+            .write(move |tx| {
+                let now = unix_ms();
+                let Some(mut c) = tx.contact(id)? else {
+                    return Ok(());
+                };
+                if let Some(state) = step.state {
+                    c.state = state;
+                }
+                if let Some(offered) = &offered {
+                    c.offered_nickname = Some(offered.clone());
+                }
+                c.updated_at = now;
+                tx.update_contact(&c)?;
+                contact::apply(tx, id, &peer, &step, By::Them, &Vec::new, now)
+            })
+            .await
+    }
+
     /// The effects of a peer's step on the session it arrived on: our immediate answer, the
     /// close, and — once accepted — presence and delivery.
     async fn carry_out_session_effects(
@@ -1295,23 +1306,7 @@ impl<T: Transport> Core<T> {
         if let Some(c) = &existing {
             outcome.contact_id = Some(c.id);
             if step.state != Some(c.state) {
-                let id = c.id;
-                let step = step.clone();
-                self.shared
-                    .store
-                    .write(move |tx| {
-                        let now = unix_ms();
-                        let Some(mut c) = tx.contact(id)? else {
-                            return Ok(());
-                        };
-                        if let Some(state) = step.state {
-                            c.state = state;
-                        }
-                        c.updated_at = now;
-                        tx.update_contact(&c)?;
-                        contact::apply(tx, id, &peer, &step, By::Them, &Vec::new, now)
-                    })
-                    .await?;
+                self.commit_peer_step(c.id, peer, &step, None).await?;
             }
         }
         self.carry_out_session_effects(peer, &step, &mut outcome)
