@@ -127,7 +127,7 @@ impl Daemon {
             let tor = client.tor_status().await?;
             // On the private network arti's publisher reports "degraded" even while clients
             // get through (see docs/testing.md); a descriptor has been published either way.
-            if tor.ready && matches!(tor.service.as_str(), "published" | "reachable" | "degraded") {
+            if tor.ready && tor.service.is_reachable() {
                 break;
             }
             if Instant::now() > deadline {

@@ -266,6 +266,12 @@ impl ContactRt {
     }
 }
 
+/// Two random fractions in 0..1 that spread a contact's next retry and presence dial.
+fn jitter() -> (f64, f64) {
+    let mut rng = rand::thread_rng();
+    (rng.r#gen(), rng.r#gen())
+}
+
 /// Which expiry candidates (outbox ids past expiry by the wall clock) have been so for
 /// [`EXPIRY_GRACE`] of running time, given since when each was first seen (`seen`, updated:
 /// candidates no longer listed are forgotten).
@@ -922,10 +928,7 @@ impl<T: Transport> Core<T> {
         let after = after_dial_failure(&failure);
         debug!(peer = %peer.redacted(), kind = %failure.kind, reason = %failure.reason, ?after, "dial failed");
         let now = Instant::now();
-        let jitter = {
-            let mut rng = rand::thread_rng();
-            (rng.r#gen(), rng.r#gen())
-        };
+        let jitter = jitter();
         let rt = self.contacts.entry(peer).or_default();
         rt.dialing = false;
         match after {
@@ -951,12 +954,10 @@ impl<T: Transport> Core<T> {
 
     /// An attempt to reach `peer` failed: schedule the next one.
     fn record_failure(&mut self, peer: OnionAddress) {
-        let mut rng = rand::thread_rng();
-        let jitter = (rng.r#gen(), rng.r#gen());
         self.contacts
             .entry(peer)
             .or_default()
-            .failed(Instant::now(), &self.config, jitter);
+            .failed(Instant::now(), &self.config, jitter());
     }
 
     /// When a timer is next due: the earliest retry or presence dial of a contact with

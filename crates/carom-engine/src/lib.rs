@@ -345,7 +345,6 @@ impl Engine {
         }
     }
 
-    /// A receiver that changes whenever the transport's status does.
     fn notify(&self, contact: OnionAddress) {
         let _ = self.shared.core.send(CoreMsg::ContactChanged { contact });
     }
