@@ -27,6 +27,7 @@ mod contact;
 mod core;
 mod err;
 mod limits;
+mod machine;
 mod store_actor;
 mod view;
 
@@ -345,8 +346,14 @@ impl Engine {
         }
     }
 
-    fn notify(&self, contact: OnionAddress) {
-        let _ = self.shared.core.send(CoreMsg::ContactChanged { contact });
+    /// Tell the core about a change the API committed: `row` is the contact as it is now
+    /// (`None`: gone).
+    fn notify(&self, contact: OnionAddress, row: Option<&carom_store::Contact>) {
+        let row = row.map(machine::Known::from);
+        let _ = self
+            .shared
+            .core
+            .send(CoreMsg::ContactChanged { contact, row });
     }
 
     fn parse(&self, text: &str) -> Result<OnionAddress> {
@@ -429,7 +436,7 @@ impl Engine {
                     .ok_or_else(|| EngineError::Internal("contact vanished".into()))
             })
             .await?;
-        self.notify(peer);
+        self.notify(peer, Some(&contact));
         view::contact(&contact, self.shared.is_online(&peer))
     }
 
@@ -489,7 +496,7 @@ impl Engine {
                     .ok_or_else(|| EngineError::Internal("contact vanished".into()))
             })
             .await?;
-        self.notify(peer);
+        self.notify(peer, Some(&contact));
         view::contact(&contact, self.shared.is_online(&peer))
     }
 
@@ -528,7 +535,7 @@ impl Engine {
             })
             .await?;
         self.shared.set_online(peer, false);
-        self.notify(peer);
+        self.notify(peer, None);
         Ok(())
     }
 
@@ -550,7 +557,7 @@ impl Engine {
             })
             .await?;
         for peer in &cleared {
-            self.notify(*peer);
+            self.notify(*peer, None);
         }
         Ok(api::Cleared {
             cleared: cleared.len() as u64,

@@ -27,6 +27,7 @@
 //! must imply "the database is closed".
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -117,27 +118,35 @@ impl StoreHandle {
             .map_err(|_| EngineError::ShuttingDown)
     }
 
-    /// Run a read on the store thread.
-    pub(crate) async fn read<T: Send + 'static>(
+    /// Run a read on the store thread. The job is sent when this is called, not when the
+    /// future is first polled: jobs run in the order they were asked for.
+    pub(crate) fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    ) -> impl Future<Output = Result<T>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let run: ReadFn = Box::new(move |store| f(store).map(|v| Box::new(v) as AnyBox));
-        self.send(Job::Read { run, reply: tx })?;
-        downcast(rx.await.map_err(|_| EngineError::ShuttingDown)??)
+        let sent = self.send(Job::Read { run, reply: tx });
+        async move {
+            sent?;
+            downcast(rx.await.map_err(|_| EngineError::ShuttingDown)??)
+        }
     }
 
-    /// Run a write in a transaction; returns after COMMIT. `f` may run more than once (if its
-    /// batch is retried), so it must not have effects outside the transaction.
-    pub(crate) async fn write<T: Send + 'static>(
+    /// Run a write in a transaction; the future resolves after COMMIT. `f` may run more than
+    /// once (if its batch is retried), so it must not have effects outside the transaction.
+    /// As with [`StoreHandle::read`], the job is sent when this is called.
+    pub(crate) fn write<T: Send + 'static>(
         &self,
         mut f: impl FnMut(&WriteTx<'_>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    ) -> impl Future<Output = Result<T>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let run: WriteFn = Box::new(move |wtx| f(wtx).map(|v| Box::new(v) as AnyBox));
-        self.send(Job::Write { run, reply: tx })?;
-        downcast(rx.await.map_err(|_| EngineError::ShuttingDown)??)
+        let sent = self.send(Job::Write { run, reply: tx });
+        async move {
+            sent?;
+            downcast(rx.await.map_err(|_| EngineError::ShuttingDown)??)
+        }
     }
 
     /// The newest event sequence number, updated after each commit.
