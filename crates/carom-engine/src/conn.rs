@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use carom_proto::SendError;
 use carom_proto::{Ack, CloseReason, Event, Message, MessageId, OnionAddress, Phase, Session};
@@ -251,7 +251,7 @@ pub(crate) async fn run_initiator<S>(
         peer,
         ticket.cached_static,
         unix_secs(),
-        Instant::now(),
+        view::monotonic(),
         &mut OsRng,
     );
     let (reader, writer) = tokio::io::split(stream);
@@ -294,7 +294,7 @@ where
     let session = Session::responder(
         shared.session_config(),
         unix_secs(),
-        Instant::now(),
+        view::monotonic(),
         &mut OsRng,
     );
     let (tx, rx) = mpsc::unbounded_channel();
@@ -349,7 +349,7 @@ where
                 } else {
                     CloseReason::Normal
                 };
-                self.session.close(reason, Instant::now());
+                self.session.close(reason, view::monotonic());
             }
             if self.flush().await.is_err() {
                 break;
@@ -373,7 +373,7 @@ where
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         Counters::add(&self.shared.counters.bytes_received, n);
-                        if let Err(e) = self.session.handle_input(&buf[..n], Instant::now()) {
+                        if let Err(e) = self.session.handle_input(&buf[..n], view::monotonic()) {
                             debug!(peer = ?self.peer.map(|p| p.redacted()), kind = %e.kind(), "protocol error");
                         }
                     }
@@ -386,10 +386,10 @@ where
                             debug!(error = %e, "could not deliver the outbox");
                         }
                     }
-                    Some(ConnCmd::Close(reason)) => self.session.close(reason, Instant::now()),
-                    None => self.session.close(CloseReason::ShuttingDown, Instant::now()),
+                    Some(ConnCmd::Close(reason)) => self.session.close(reason, view::monotonic()),
+                    None => self.session.close(CloseReason::ShuttingDown, view::monotonic()),
                 },
-                () = sleep => self.session.handle_timeout(Instant::now()),
+                () = sleep => self.session.handle_timeout(view::monotonic()),
                 () = drained.notified(), if self.paused => {
                     self.paused = false;
                     if let Err(e) = self.deliver_outbox().await {
@@ -511,7 +511,7 @@ where
                                 reason,
                                 text: None,
                             }),
-                            Instant::now(),
+                            view::monotonic(),
                         );
                     }
                 }
@@ -530,10 +530,10 @@ where
         if deciding && self.session.phase() == Phase::AwaitingDecision {
             if self.request_only {
                 // A non-contact had its chance (a contact request in the handshake).
-                self.session.close(CloseReason::Refused, Instant::now());
+                self.session.close(CloseReason::Refused, view::monotonic());
             } else {
                 // Everything that rode in the handshake is handled and acknowledged: go on.
-                self.session.accept(Instant::now());
+                self.session.accept(view::monotonic());
             }
         }
         Ok(())
@@ -570,7 +570,7 @@ where
             }
             Admission::Refuse(reason) => {
                 self.refused = true;
-                self.session.close(reason, Instant::now());
+                self.session.close(reason, view::monotonic());
             }
         }
         Ok(())
@@ -605,7 +605,7 @@ where
             let nonce = rand_core::RngCore::next_u64(&mut OsRng);
             let _ = self
                 .session
-                .send(Message::Ping(carom_proto::Ping { nonce }), Instant::now());
+                .send(Message::Ping(carom_proto::Ping { nonce }), view::monotonic());
             return Ok(());
         }
         if matches!(
@@ -655,7 +655,7 @@ where
                             reply,
                         })
                         .await?;
-                    let now = Instant::now();
+                    let now = view::monotonic();
                     for m in outcome.send {
                         // An ack (or our answer) must not be lost to a limit: if it is refused
                         // the peer simply retries.
@@ -693,7 +693,7 @@ where
         };
         let now = unix_ms();
         let shared = Arc::clone(&self.shared);
-        let clock = Instant::now();
+        let clock = view::monotonic();
         let (stored, refused, charged) = self
             .shared
             .store
@@ -754,7 +754,7 @@ where
             .unwrap_or_else(|e| e.into_inner())
             .charge(contact_id, charged, clock);
         trace!(count = stored.len(), "stored chats; acknowledging");
-        let now = Instant::now();
+        let now = view::monotonic();
         for ids in stored.chunks(carom_proto::MAX_ACK_IDS) {
             let _ = self
                 .session
@@ -878,7 +878,7 @@ where
                 Message::ContactResponse(r) => Some(r.id),
                 _ => None,
             };
-            match self.session.send(message, Instant::now()) {
+            match self.session.send(message, view::monotonic()) {
                 Ok(()) => {}
                 Err(SendError::Backpressure) => {
                     // Acknowledgements and pings took the room: wait for it as above.

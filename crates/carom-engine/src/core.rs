@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use carom_proto::{CloseReason, ContactRequest, Message, OnionAddress};
 use carom_store::{ContactState, MessageStatus, NewContact, StoreRead, WriteTx};
@@ -101,7 +101,7 @@ enum Written {
 /// The time, read once per input.
 fn now() -> Now {
     Now {
-        at: Instant::now(),
+        at: view::monotonic(),
         wall_ms: unix_ms(),
     }
 }
@@ -550,9 +550,9 @@ impl<T: Transport> Core<T> {
         let open = self.machine.shutdown();
         self.execute();
         // Give connections a moment to write their Close.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = view::monotonic() + Duration::from_secs(2);
         let mut open = open;
-        while open > 0 && Instant::now() < deadline {
+        while open > 0 && view::monotonic() < deadline {
             match tokio::time::timeout(Duration::from_millis(100), self.inbox.recv()).await {
                 Ok(Some(CoreMsg::Closed { conn, .. })) => {
                     open = self.machine.forget_conn(conn);

@@ -267,6 +267,28 @@ impl Engine {
         transport: T,
         config: EngineConfig,
     ) -> Result<Engine> {
+        Engine::launch(StoreHandle::spawn(store)?, profile, transport, config)
+    }
+
+    /// Start the engine for a test in virtual time: on a current-thread runtime whose clock is
+    /// paused, with the store's jobs run on that thread as they are sent, so that the runtime
+    /// is idle (and its clock moves on) only when the engine has nothing left to do. **Tests
+    /// only**: every fsync stalls every task, and writes are not group-committed.
+    pub fn start_in_virtual_time<T: Transport>(
+        store: Store,
+        profile: &Profile,
+        transport: T,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        Engine::launch(StoreHandle::inline(store)?, profile, transport, config)
+    }
+
+    fn launch<T: Transport>(
+        store: StoreHandle,
+        profile: &Profile,
+        transport: T,
+        config: EngineConfig,
+    ) -> Result<Engine> {
         let mut session_config = SessionConfig::new(
             profile.identity.clone(),
             profile.device.clone(),
@@ -274,7 +296,6 @@ impl Engine {
         );
         session_config.keepalive_interval = config.keepalive;
         session_config.idle_timeout = config.idle_timeout;
-        let store = StoreHandle::spawn(store)?;
         let (core_tx, core_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store,

@@ -843,6 +843,17 @@ impl Machine {
         if busy {
             return; // another session (or dial) carries on
         }
+        // An accepted contact left with neither a session nor a dial is always looked for
+        // again. (Without this, two sides that each closed a different one of two sessions as
+        // the duplicate, say because their clocks disagreed on which was settled, would never
+        // dial each other again until a message was sent.)
+        let presence_initial = self.config.presence_initial;
+        if let Some(rt) = self.contacts.get_mut(&peer)
+            && rt.accepted
+            && rt.next_presence.is_none()
+        {
+            rt.next_presence = Some(now.at + presence_initial);
+        }
         if path_may_be_stale(reason) {
             // The path went silent, broke, or the peer is restarting (with new introduction
             // points): the next dial must not reuse its circuit, nor the descriptor that led
@@ -870,7 +881,6 @@ impl Machine {
             Some((CloseReason::RequestReceived | CloseReason::Duplicate, _))
         );
         if healthy {
-            let presence_initial = self.config.presence_initial;
             if let Some(rt) = self.contacts.get_mut(&peer) {
                 rt.failures = 0;
                 rt.retry_at = None;
@@ -1475,5 +1485,156 @@ mod tests {
         assert!(seen.is_empty());
         // A candidate seen for the first time starts its own day.
         assert!(expired(&[4], &mut seen, t0 + EXPIRY_GRACE).is_empty());
+    }
+
+    // The machine in virtual time: inputs at chosen instants, effects read off.
+
+    fn peer(n: u8) -> OnionAddress {
+        carom_proto::IdentityKey::from_seed(&[n; 32]).address()
+    }
+
+    fn at(t0: Instant, secs: u64) -> Now {
+        Now {
+            at: t0 + Duration::from_secs(secs),
+            wall_ms: 1_800_000_000_000 + secs * 1000,
+        }
+    }
+
+    fn accepted(id: i64) -> Known {
+        Known {
+            id: Some(id),
+            state: ContactState::Accepted,
+            peer_static: None,
+            peer_static_expires: None,
+        }
+    }
+
+    /// A loaded machine (`me` = peer 1) with peer 2 an accepted contact; its start-up
+    /// effects drained.
+    fn loaded(seed: u8) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let cert_expires = at(t0, 0).wall_secs() + 365 * 24 * 3600;
+        let mut m = Machine::new(peer(1), config(), cert_expires, [seed; 32], at(t0, 0));
+        m.handle(
+            Input::Loaded {
+                contacts: vec![(peer(2), accepted(7))],
+                queued: vec![],
+            },
+            at(t0, 0),
+        );
+        drain(&mut m);
+        (m, t0)
+    }
+
+    fn drain(m: &mut Machine) -> Vec<String> {
+        std::iter::from_fn(|| m.poll_effect())
+            .map(|e| format!("{e:?}"))
+            .collect()
+    }
+
+    fn up(conn: ConnId, initiator: bool) -> SessionUp {
+        SessionUp {
+            conn,
+            peer: peer(2),
+            initiator,
+            live: true,
+            peer_static: [9; 32],
+            expires: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_contact_left_without_a_session_after_duplicates_is_looked_for_again() {
+        let (mut m, t0) = loaded(1);
+        // Our dial's session, then theirs eleven seconds later (past the simultaneous-dial
+        // window, so the newer one stays and ours is closed as the duplicate).
+        m.handle_timeout(at(t0, 0));
+        drain(&mut m);
+        assert!(m.dialed(peer(2), 10, at(t0, 1)).is_some());
+        m.established(up(10, true), at(t0, 1));
+        let _ = m.authenticated(11, peer(2), [9; 32], u64::MAX, true);
+        m.established(up(11, false), at(t0, 12));
+        assert!(drain(&mut m).contains(&"Close(10, Duplicate)".to_owned()));
+        // The peer, whose clock saw it otherwise, closed the other one: neither is left.
+        m.handle(
+            Input::Closed {
+                conn: 11,
+                reason: Some((CloseReason::Duplicate, true)),
+            },
+            at(t0, 12),
+        );
+        m.handle(
+            Input::Closed {
+                conn: 10,
+                reason: Some((CloseReason::Duplicate, false)),
+            },
+            at(t0, 12),
+        );
+        drain(&mut m);
+        let due = m.poll_timeout(at(t0, 12));
+        assert!(
+            due <= at(t0, 12).at + config().presence_initial,
+            "a presence dial is due"
+        );
+        m.handle_timeout(Now {
+            at: due,
+            wall_ms: at(t0, 42).wall_ms,
+        });
+        assert!(drain(&mut m).contains(&format!("Dial({:?})", peer(2))));
+    }
+
+    #[test]
+    fn the_same_inputs_at_the_same_times_give_the_same_effects() {
+        let run = |seed: u8| {
+            let (mut m, t0) = loaded(seed);
+            let mut log = Vec::new();
+            for round in 0..20u64 {
+                let now = at(t0, round * 7);
+                m.handle_timeout(now);
+                if round % 3 == 0 {
+                    m.handle(
+                        Input::DialFailed {
+                            peer: peer(2),
+                            failure: DialFailure::timed_out(Duration::from_secs(1)),
+                        },
+                        now,
+                    );
+                }
+                log.extend(drain(&mut m));
+                log.push(format!("{:?}", m.poll_timeout(now).duration_since(t0)));
+            }
+            log
+        };
+        assert_eq!(run(3), run(3), "seeded: the same schedule twice");
+        assert_ne!(run(3), run(4), "the seed is what spreads the retries");
+    }
+
+    #[test]
+    fn a_peer_is_admitted_from_the_table_in_memory() {
+        let (mut m, _) = loaded(1);
+        assert_eq!(
+            m.authenticated(1, peer(2), [9; 32], 5, false),
+            Admission::Contact { contact_id: 7 }
+        );
+        // Its key was cached for IK, in memory at once and in the store after.
+        assert_eq!(drain(&mut m).len(), 1);
+        assert_eq!(
+            m.authenticated(2, peer(3), [9; 32], 5, false),
+            Admission::RequestOnly { contact_id: None }
+        );
+        m.handle(
+            Input::ContactChanged {
+                peer: peer(3),
+                row: Some(Known {
+                    state: ContactState::Blocked,
+                    ..accepted(8)
+                }),
+            },
+            at(Instant::now(), 0),
+        );
+        assert_eq!(
+            m.authenticated(3, peer(3), [9; 32], 5, false),
+            Admission::Refuse(CloseReason::Refused)
+        );
     }
 }

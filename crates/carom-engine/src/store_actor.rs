@@ -63,8 +63,69 @@ enum Job {
 /// A handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct StoreHandle {
-    thread: Arc<StoreThread>,
+    backend: Backend,
     event_seq: watch::Receiver<u64>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Thread(Arc<StoreThread>),
+    /// Jobs run on the caller's thread, when they are sent (see [`StoreHandle::inline`]).
+    Inline(Arc<Inline>),
+}
+
+/// The store of an inline handle: `None` once closed (or no longer trusted).
+struct Inline {
+    store: Mutex<Option<Store>>,
+    seq: watch::Sender<u64>,
+}
+
+impl Inline {
+    fn run(&self, job: Job) {
+        let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = guard.as_mut() else {
+            answer_refused(job);
+            return;
+        };
+        let trusted = match job {
+            Job::Read { run, reply } => match catch_unwind(AssertUnwindSafe(|| run(store))) {
+                Ok(result) => {
+                    let _ = reply.send(result);
+                    true
+                }
+                Err(payload) => {
+                    let _ = reply.send(Err(panicked("read", payload.as_ref())));
+                    still_trusted(store)
+                }
+            },
+            Job::Write { run, reply } => {
+                let trusted = commit_batch(store, vec![(run, reply)]);
+                if trusted && let Ok(last) = store.last_event_seq() {
+                    self.seq.send_if_modified(|current| {
+                        let changed = last > *current;
+                        *current = (*current).max(last);
+                        changed
+                    });
+                }
+                trusted
+            }
+            Job::Close(reply) => {
+                let closed = guard
+                    .take()
+                    .map_or(Ok(()), |store| store.close().map_err(EngineError::from));
+                if let Some(reply) = reply {
+                    let _ = reply.send(closed);
+                }
+                return;
+            }
+        };
+        if !trusted {
+            tracing::error!("the store cannot be trusted after a panic: closing it");
+            if let Some(store) = guard.take() {
+                let _ = store.close();
+            }
+        }
+    }
 }
 
 /// The thread and the way to it, shared by every handle; dropping the last handle closes the
@@ -103,19 +164,37 @@ impl StoreHandle {
             .spawn(move || run(store, rx, &seq_tx))
             .map_err(|e| EngineError::Internal(format!("cannot start the store thread: {e}")))?;
         Ok(StoreHandle {
-            thread: Arc::new(StoreThread {
+            backend: Backend::Thread(Arc::new(StoreThread {
                 jobs,
                 thread: Mutex::new(Some(thread)),
-            }),
+            })),
             event_seq: seq_rx,
         })
     }
 
+    /// Keep `store` on the caller's thread and run each job as it is sent: deterministic, for
+    /// tests in virtual time on a current-thread runtime. Never for a daemon: every fsync
+    /// would stall every task, and writes are not group-committed.
+    pub(crate) fn inline(store: Store) -> Result<StoreHandle> {
+        let last = store.last_event_seq()?;
+        let (seq, event_seq) = watch::channel(last);
+        Ok(StoreHandle {
+            backend: Backend::Inline(Arc::new(Inline {
+                store: Mutex::new(Some(store)),
+                seq,
+            })),
+            event_seq,
+        })
+    }
+
     fn send(&self, job: Job) -> Result<()> {
-        self.thread
-            .jobs
-            .send(job)
-            .map_err(|_| EngineError::ShuttingDown)
+        match &self.backend {
+            Backend::Thread(thread) => thread.jobs.send(job).map_err(|_| EngineError::ShuttingDown),
+            Backend::Inline(inline) => {
+                inline.run(job);
+                Ok(())
+            }
+        }
     }
 
     /// Run a read on the store thread. The job is sent when this is called, not when the

@@ -8,6 +8,12 @@ use carom_store as store;
 
 use crate::err::{EngineError, Result};
 
+/// The monotonic clock, as the runtime keeps it: the real clock in a daemon, the virtual one
+/// in a test that pauses time. Every timer of the engine reads this, never `Instant::now`.
+pub(crate) fn monotonic() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()

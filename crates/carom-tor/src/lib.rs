@@ -103,6 +103,7 @@ mod admission;
 mod arti;
 mod err;
 mod loopback;
+mod memory;
 mod status;
 mod transport;
 
@@ -110,6 +111,7 @@ pub use admission::{AdmissionConfig, AdmissionStats};
 pub use arti::{ArtiConfig, ArtiStream, ArtiTransport, TorNetwork, Vanguards};
 pub use err::{TransportError, TransportErrorKind};
 pub use loopback::{BootstrapSwitch, LoopbackNetwork, LoopbackTransport};
+pub use memory::{MemoryNetwork, MemoryStream, MemoryTransport};
 pub use status::{BootstrapProgress, ServiceState, TransportStatus};
 pub use transport::{CAROM_VIRTUAL_PORT, Transport};
 
