@@ -603,9 +603,10 @@ where
             // (this Pong, or anything it sends) ends the probation.
             self.probation = Some((peer_static, expires));
             let nonce = rand_core::RngCore::next_u64(&mut OsRng);
-            let _ = self
-                .session
-                .send(Message::Ping(carom_proto::Ping { nonce }), view::monotonic());
+            let _ = self.session.send(
+                Message::Ping(carom_proto::Ping { nonce }),
+                view::monotonic(),
+            );
             return Ok(());
         }
         if matches!(

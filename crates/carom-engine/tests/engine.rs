@@ -1,4 +1,10 @@
-//! Engines talking over the loopback transport, each with a real encrypted store on disk.
+//! Engines talking over the in-memory transport, each with a real encrypted store on disk, in
+//! virtual time: each test runs on a current-thread runtime whose clock is paused, the engines'
+//! stores run inline, and the clock moves only when every engine is idle. A wait here is for
+//! an event; "later" is a timer (`advance`), and takes no real time.
+//!
+//! Two tests are about the wall clock (a certificate's expiry, the age of a rejection), which
+//! the virtual clock does not move: they run in real time, and say so.
 //!
 //! These are the fast tests of the messenger logic; the same flows run over a private Tor
 //! network with real daemons in `daemon/tests/`.
@@ -14,9 +20,38 @@ use std::time::Duration;
 use carom_api as api;
 use carom_engine::{Engine, EngineConfig, EngineError, create_profile, load_profile};
 use carom_store::{DbKey, Store};
-use carom_tor::{LoopbackNetwork, LoopbackTransport};
+use carom_tor::{MemoryNetwork, MemoryTransport};
 
-const WAIT: Duration = Duration::from_secs(20);
+/// How long a test waits for what it expects (virtual time, except where a test says not).
+const WAIT: Duration = Duration::from_secs(600);
+/// One-way latency of the simulated network.
+const LATENCY: Duration = Duration::from_millis(50);
+
+/// Let `d` of virtual time pass: every engine runs whatever falls due meanwhile.
+async fn advance(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// How an engine runs: in virtual time (the store inline), or in real time (its own thread).
+#[derive(Clone, Copy)]
+enum Clock {
+    Virtual,
+    Real,
+}
+
+fn start(
+    store: Store,
+    profile: &carom_engine::Profile,
+    transport: MemoryTransport,
+    config: EngineConfig,
+    clock: Clock,
+) -> Engine {
+    match clock {
+        Clock::Virtual => Engine::start_in_virtual_time(store, profile, transport, config),
+        Clock::Real => Engine::start(store, profile, transport, config),
+    }
+    .expect("engine")
+}
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -36,24 +71,34 @@ struct Node {
     db: PathBuf,
     key: [u8; 32],
     config: EngineConfig,
+    clock: Clock,
 }
 
 impl Node {
-    async fn create(net: &LoopbackNetwork, dir: &Path, name: &str, config: EngineConfig) -> Node {
+    async fn create(net: &MemoryNetwork, dir: &Path, name: &str, config: EngineConfig) -> Node {
+        Node::create_on(net, dir, name, config, Clock::Virtual)
+    }
+
+    fn create_on(
+        net: &MemoryNetwork,
+        dir: &Path,
+        name: &str,
+        config: EngineConfig,
+        clock: Clock,
+    ) -> Node {
         let db = dir.join(format!("{name}.db"));
         let key = *DbKey::generate().expect("key").as_bytes();
         let mut store = Store::create(&db, &DbKey::from_bytes(key)).expect("store");
         let profile = create_profile(&mut store, &config).expect("profile");
-        let transport = LoopbackTransport::new(net, &profile.identity)
-            .await
-            .expect("transport");
-        let engine = Engine::start(store, &profile, transport, config.clone()).expect("engine");
+        let transport = MemoryTransport::new(net, &profile.identity);
+        let engine = start(store, &profile, transport, config.clone(), clock);
         Node {
             engine: Some(engine),
             profile,
             db,
             key,
             config,
+            clock,
         }
     }
 
@@ -71,15 +116,18 @@ impl Node {
         }
     }
 
-    async fn restart(&mut self, net: &LoopbackNetwork) {
+    async fn restart(&mut self, net: &MemoryNetwork) {
         self.stop().await;
         let mut store = Store::open(&self.db, &DbKey::from_bytes(self.key)).expect("reopen");
         let profile = load_profile(&mut store, &self.config).expect("profile");
-        let transport = LoopbackTransport::new(net, &profile.identity)
-            .await
-            .expect("transport");
-        self.engine =
-            Some(Engine::start(store, &profile, transport, self.config.clone()).expect("engine"));
+        let transport = MemoryTransport::new(net, &profile.identity);
+        self.engine = Some(start(
+            store,
+            &profile,
+            transport,
+            self.config.clone(),
+            self.clock,
+        ));
     }
 
     /// Wait for the first event (after `after`) of `kind` whose data satisfies `pred`.
@@ -218,10 +266,10 @@ async fn bodies(node: &Node, with: &Node) -> Vec<(api::Direction, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn two_people_pair_and_chat_both_ways() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let bob = Node::create(&net, dir.path(), "bob", config()).await;
     pair(&alice, &bob).await;
@@ -262,10 +310,10 @@ async fn two_people_pair_and_chat_both_ways() {
     assert!(contact.online);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn messages_to_an_offline_contact_arrive_once_in_order_after_it_restarts() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
     pair(&alice, &bob).await;
@@ -277,7 +325,7 @@ async fn messages_to_an_offline_contact_arrive_once_in_order_after_it_restarts()
         sent.push(send_to(&alice, &bob_address, &format!("message {i}")).await);
     }
     // Bob is away: nothing can be delivered.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    advance(Duration::from_millis(500)).await;
     for m in &sent {
         let now = alice.e().message(m.id).await.expect("message");
         assert_ne!(now.status, api::MessageStatus::Delivered);
@@ -296,10 +344,10 @@ async fn messages_to_an_offline_contact_arrive_once_in_order_after_it_restarts()
     assert_eq!(received, expected, "each message exactly once, in order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_stranger_gets_one_request_through_and_is_refused_once_blocked() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let carol = Node::create(&net, dir.path(), "carol", config()).await;
 
@@ -349,7 +397,7 @@ async fn a_stranger_gets_one_request_through_and_is_refused_once_blocked() {
         })
         .await
         .expect("idempotent");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    advance(Duration::from_millis(500)).await;
     assert_eq!(
         alice
             .count_events(api::event::CONTACT_REQUEST_RECEIVED)
@@ -369,7 +417,7 @@ async fn a_stranger_gets_one_request_through_and_is_refused_once_blocked() {
     // Carol tries again (a fresh request after her contact was reset to rejected by a new add).
     let carol_contact = carol.e().contact(&alice.address()).await.expect("contact");
     assert_eq!(carol_contact.state, api::ContactState::Requesting);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    advance(Duration::from_secs(2)).await;
     let alice_contact = alice.e().contact(&carol.address()).await.expect("contact");
     assert_eq!(alice_contact.state, api::ContactState::Blocked);
     assert!(!alice_contact.online);
@@ -381,10 +429,10 @@ async fn a_stranger_gets_one_request_through_and_is_refused_once_blocked() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn blocking_closes_an_open_session_at_once() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let bob = Node::create(&net, dir.path(), "bob", config()).await;
     pair(&alice, &bob).await;
@@ -407,17 +455,17 @@ async fn blocking_closes_an_open_session_at_once() {
         })
         .await;
     let late = send(&bob, &alice, "after the block").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    advance(Duration::from_secs(2)).await;
     let late = bob.e().message(late.id).await.expect("message");
     assert_ne!(late.status, api::MessageStatus::Delivered);
     let alice_view = bodies(&alice, &bob).await;
     assert_eq!(alice_view, vec![(api::Direction::In, "before".into())]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn both_adding_each_other_at_once_ends_accepted_with_one_session() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let bob = Node::create(&net, dir.path(), "bob", config()).await;
     let add = |to: &Node| api::ContactAdd {
@@ -450,17 +498,17 @@ async fn both_adding_each_other_at_once_ends_accepted_with_one_session() {
     );
     alice.wait_delivered(m1.id).await;
     bob.wait_delivered(m2.id).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    advance(Duration::from_secs(1)).await;
     assert!(alice.e().contact(&bob.address()).await.expect("c").online);
     assert!(bob.e().contact(&alice.address()).await.expect("c").online);
     assert_eq!(bodies(&alice, &bob).await.len(), 2);
     assert_eq!(bodies(&bob, &alice).await.len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_flood_of_strangers_is_rate_limited() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let mut strangers = Vec::new();
     for i in 0..8 {
@@ -477,7 +525,7 @@ async fn a_flood_of_strangers_is_rate_limited() {
             .expect("queued");
         strangers.push(s);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    advance(Duration::from_secs(3)).await;
     let stored = alice
         .count_events(api::event::CONTACT_REQUEST_RECEIVED)
         .await;
@@ -485,10 +533,10 @@ async fn a_flood_of_strangers_is_rate_limited() {
     assert!((4..=5).contains(&stored), "stored {stored} requests");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn bad_input_gets_clear_errors_and_retries_are_idempotent() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let bob = Node::create(&net, dir.path(), "bob", config()).await;
     let bad = alice
@@ -547,11 +595,11 @@ async fn bad_input_gets_clear_errors_and_retries_are_idempotent() {
         .expect("same");
     assert_eq!(first.id, again.id);
     alice.wait_delivered(first.id).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    advance(Duration::from_millis(300)).await;
     assert_eq!(bodies(&bob, &alice).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_responder_registers_its_session_even_when_the_dialler_goes_quiet() {
     // Regression: accepting a session emits `Established`; the connection used to wait for
     // the peer's next bytes before handling it, so a quiet dialler left the responder without
@@ -561,7 +609,7 @@ async fn a_responder_registers_its_session_even_when_the_dialler_goes_quiet() {
     // Pairing shows it: Bob accepts and dials Alice to deliver the acceptance, then has nothing
     // more to say. Both must see the session at once, without any further traffic.
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let quiet = EngineConfig {
         presence: false,
         ..config()
@@ -582,7 +630,7 @@ async fn a_responder_registers_its_session_even_when_the_dialler_goes_quiet() {
             bob_at_alice.online,
             alice_at_bob.online
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        advance(Duration::from_millis(50)).await;
     }
 }
 
@@ -603,7 +651,7 @@ async fn drain_backlog(alice_config: EngineConfig, bob_config: EngineConfig, who
     const COUNT: usize = 1_400;
     const SIZE: usize = 32_000;
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", alice_config).await;
     let mut bob = Node::create(&net, dir.path(), "bob", bob_config).await;
     pair(&alice, &bob).await;
@@ -617,7 +665,8 @@ async fn drain_backlog(alice_config: EngineConfig, bob_config: EngineConfig, who
         last = Some(send_to(&alice, &bob_address, &body).await);
     }
     let last = last.expect("sent");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
+    let real = std::time::Instant::now();
     bob.restart(&net).await;
     let deadline = started + Duration::from_secs(300);
     loop {
@@ -626,18 +675,20 @@ async fn drain_backlog(alice_config: EngineConfig, bob_config: EngineConfig, who
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "{who}: the backlog stalled; Bob has {} messages",
             count_received(&bob, &alice).await
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        advance(Duration::from_millis(200)).await;
     }
-    let took = started.elapsed();
+    let took = real.elapsed();
     let rate = (COUNT * SIZE) as f64 / took.as_secs_f64();
     println!(
-        "{who}: {COUNT} × {SIZE} bytes drained in {:.1} s ({:.2} MB/s); RSS {rss_before:.0} → {:.0} MiB",
+        "{who}: {COUNT} × {SIZE} bytes drained in {:.1} s of real time ({:.2} MB/s; {:.1} s of \
+         virtual time); RSS {rss_before:.0} → {:.0} MiB",
         took.as_secs_f64(),
         rate / 1e6,
+        started.elapsed().as_secs_f64(),
         rss_mib()
     );
     // Every message once, in order.
@@ -680,7 +731,7 @@ async fn count_received(node: &Node, from: &Node) -> usize {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_backlog_ten_times_the_window_drains_when_the_recipient_dials() {
     // Alice gives up dialling for an hour after her first failure: Bob's presence dial at his
     // restart opens the session, and Alice delivers as the responder.
@@ -693,7 +744,7 @@ async fn a_backlog_ten_times_the_window_drains_when_the_recipient_dials() {
     drain_backlog(alice, config(), "Bob dials").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_backlog_ten_times_the_window_drains_when_the_sender_dials() {
     // Bob does not dial on his own: Alice's retry opens the session.
     let bob = EngineConfig {
@@ -703,7 +754,7 @@ async fn a_backlog_ten_times_the_window_drains_when_the_sender_dials() {
     drain_backlog(config(), bob, "Alice dials").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_burst_of_sends_to_an_offline_contact_does_not_push_its_retries_out() {
     // Retries start at 100 ms and could grow to a minute; neither side dials for presence.
     let quiet = EngineConfig {
@@ -712,7 +763,7 @@ async fn a_burst_of_sends_to_an_offline_contact_does_not_push_its_retries_out() 
         ..config()
     };
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", quiet.clone()).await;
     let mut bob = Node::create(&net, dir.path(), "bob", quiet).await;
     pair(&alice, &bob).await;
@@ -725,9 +776,9 @@ async fn a_burst_of_sends_to_an_offline_contact_does_not_push_its_retries_out() 
     // A short outage: after one second Bob is back. A schedule that grew once per failed
     // attempt retries within about a second more; one pushed out by the burst would wait
     // for its one-minute cap.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    advance(Duration::from_secs(1)).await;
     bob.restart(&net).await;
-    let back = std::time::Instant::now();
+    let back = tokio::time::Instant::now();
     alice.wait_delivered(sent[39].id).await;
     println!(
         "delivered {:.2} s after the contact came back",
@@ -736,7 +787,7 @@ async fn a_burst_of_sends_to_an_offline_contact_does_not_push_its_retries_out() 
     assert!(back.elapsed() < Duration::from_secs(10));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff() {
     // Alice's scheduled retries are an hour apart: only "Tor is ready now" can bring her
     // request out within the test. A dial that found Tor not bootstrapped must not count as
@@ -748,23 +799,28 @@ async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff(
         ..config()
     };
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let bob = Node::create(&net, dir.path(), "bob", config()).await;
     let db = dir.path().join("alice.db");
     let key = *DbKey::generate().expect("key").as_bytes();
     let mut store = Store::create(&db, &DbKey::from_bytes(key)).expect("store");
     let profile = create_profile(&mut store, &patient).expect("profile");
-    let transport = LoopbackTransport::new(&net, &profile.identity)
-        .await
-        .expect("transport");
+    let transport = MemoryTransport::new(&net, &profile.identity);
     let tor = transport.bootstrap_switch();
     tor.set(false);
     let alice = Node {
-        engine: Some(Engine::start(store, &profile, transport, patient.clone()).expect("engine")),
+        engine: Some(start(
+            store,
+            &profile,
+            transport,
+            patient.clone(),
+            Clock::Virtual,
+        )),
         profile,
         db,
         key,
         config: patient,
+        clock: Clock::Virtual,
     };
     assert!(!alice.e().tor_status().ready);
     alice
@@ -786,10 +842,10 @@ async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff(
             tokio::time::Instant::now() < deadline,
             "the request was never dialled"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        advance(Duration::from_millis(10)).await;
     }
     tor.set(true);
-    let back = std::time::Instant::now();
+    let back = tokio::time::Instant::now();
     alice
         .wait_event(api::event::CONTACT_REQUEST_DELIVERED, |_| true)
         .await;
@@ -799,13 +855,13 @@ async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn asking_someone_we_declined_while_they_were_away_ends_accepted() {
     // Bob asks Alice and goes offline; Alice declines, changes her mind and asks him. Her
     // refusal, still queued, must not reach Bob before her request (he would take it as
     // final and refuse the request).
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
     ask(&bob, &alice).await;
@@ -863,6 +919,7 @@ async fn asking_someone_we_declined_while_they_were_away_ends_accepted() {
     assert!(!told_no, "Bob was told no");
 }
 
+// Real time: a certificate expires by the wall clock, which only real time moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_engine_renews_its_device_key_before_the_certificate_expires() {
     // Alice's certificates live 4 s and are renewed 2 s before expiry. Carol meets her only
@@ -874,9 +931,10 @@ async fn a_running_engine_renews_its_device_key_before_the_certificate_expires()
         ..config()
     };
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
-    let alice = Node::create(&net, dir.path(), "alice", short).await;
-    let carol = Node::create(&net, dir.path(), "carol", config()).await;
+    let net = MemoryNetwork::new(LATENCY);
+    let alice = Node::create_on(&net, dir.path(), "alice", short, Clock::Real);
+    let carol = Node::create_on(&net, dir.path(), "carol", config(), Clock::Real);
+    // The wall clock must pass the first certificate's expiry.
     tokio::time::sleep(Duration::from_secs(6)).await;
     pair(&carol, &alice).await;
     let m = send(&alice, &carol, "still trusted").await;
@@ -885,14 +943,14 @@ async fn a_running_engine_renews_its_device_key_before_the_certificate_expires()
 
 /// Strangers that open connections and stall in the middle of a HELLO hold a bounded number of
 /// places: beyond [`MAX_PREAUTH`], the oldest is dropped, and a contact still gets through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn stalled_handshakes_are_bounded_and_a_contact_still_gets_through() {
     use carom_engine::MAX_PREAUTH;
     use carom_tor::Transport as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let mut alice = Node::create(&net, dir.path(), "alice", config()).await;
     // Bob never dials: the session below must be one Bob accepts during the flood.
     let quiet = EngineConfig {
@@ -903,9 +961,7 @@ async fn stalled_handshakes_are_bounded_and_a_contact_still_gets_through() {
     pair(&alice, &bob).await;
     alice.stop().await;
 
-    let flooder = LoopbackTransport::new(&net, &carom_proto::IdentityKey::from_seed(&[9; 32]))
-        .await
-        .expect("transport");
+    let flooder = MemoryTransport::new(&net, &carom_proto::IdentityKey::from_seed(&[9; 32]));
     let target: carom_proto::OnionAddress = bob.address().parse().expect("address");
     let extra = 40;
     let accepted_before = bob.e().stats().connections;
@@ -926,7 +982,7 @@ async fn stalled_handshakes_are_bounded_and_a_contact_still_gets_through() {
             tokio::time::Instant::now() < deadline,
             "not every stream was accepted"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        advance(Duration::from_millis(20)).await;
     }
     // … and he holds no more than the bound, because exactly the surplus was dropped: that
     // many streams end (whichever were oldest when each newcomer came), the rest stay open.
@@ -971,13 +1027,13 @@ async fn stalled_handshakes_are_bounded_and_a_contact_still_gets_through() {
 /// Someone who recorded Alice's IK message 1 replays it to Bob. Bob answers (he cannot tell a
 /// replay from a redial), but the replayer cannot read the answer; the session Alice really
 /// has with Bob must stay up, and carry on delivering.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
     use carom_tor::Transport as _;
     use tokio::io::AsyncWriteExt as _;
 
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     // No presence dials: pairing then ends with exactly one session (Bob's dial to deliver
     // his acceptance), which carries everything after. With presence on, both sides may dial
     // at once during pairing, and the duplicate they resolve can finish at any later moment.
@@ -1009,13 +1065,11 @@ async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
         bob.profile.identity.address(),
         Some(bob.profile.device.public()),
         now,
-        std::time::Instant::now(),
+        tokio::time::Instant::now().into_std(),
         &mut rand_core::OsRng,
     );
     let message_1 = recorded.poll_transmit().expect("IK message 1");
-    let replayer = LoopbackTransport::new(&net, &carom_proto::IdentityKey::from_seed(&[7; 32]))
-        .await
-        .expect("transport");
+    let replayer = MemoryTransport::new(&net, &carom_proto::IdentityKey::from_seed(&[7; 32]));
     let bob_address = bob.profile.identity.address();
     let mut replays = Vec::new();
     for _ in 0..3 {
@@ -1023,7 +1077,7 @@ async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
         stream.write_all(&message_1).await.expect("replay");
         replays.push(stream);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    advance(Duration::from_secs(2)).await;
 
     // Alice's session was never closed under her, and still delivers.
     let b = bob.address();
@@ -1054,10 +1108,10 @@ async fn a_replayed_ik_first_message_does_not_displace_the_real_session() {
 /// When the list of unanswered requests is full, the oldest makes room: the newest are always
 /// there to review (refusing new ones let a flood lock every later request out). Clearing
 /// forgets them all at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_full_request_list_drops_the_oldest_and_can_be_cleared() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let bob_config = EngineConfig {
         max_pending_requests: 3,
         stranger_burst: 10,
@@ -1104,12 +1158,13 @@ async fn a_full_request_list_drops_the_oldest_and_can_be_cleared() {
 
 /// A rejected stranger is remembered (asking again gets a rejection) for a while, then
 /// forgotten: rejected rows cannot pile up.
+// Real time: a rejection's age is measured by the wall clock, which only real time moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
-    let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
-    let stranger = Node::create(&net, dir.path(), "stranger", config()).await;
+    let net = MemoryNetwork::new(LATENCY);
+    let mut bob = Node::create_on(&net, dir.path(), "bob", config(), Clock::Real);
+    let stranger = Node::create_on(&net, dir.path(), "stranger", config(), Clock::Real);
     ask(&stranger, &bob).await;
     let s = stranger.address();
     bob.e()
@@ -1126,6 +1181,7 @@ async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
     assert_eq!(c.state, api::ContactState::Rejected);
     // … and forgotten by the housekeeping at start once the memory is shorter than its age.
     bob.config.rejection_memory = Duration::ZERO;
+    // The wall clock must move past the rejection's millisecond.
     tokio::time::sleep(Duration::from_millis(5)).await;
     bob.restart(&net).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -1134,17 +1190,17 @@ async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
             tokio::time::Instant::now() < deadline,
             "the rejection was never forgotten"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        advance(Duration::from_millis(50)).await;
     }
 }
 
 /// A contact may make us store only so much a day. Beyond that their messages are refused
 /// with a negative acknowledgement, and fail at their end with the reason: the sender stops
 /// retrying, and its user sees why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn messages_over_a_contacts_quota_are_refused_and_fail_at_the_sender() {
     let dir = tempfile::tempdir().expect("dir");
-    let net = LoopbackNetwork::new();
+    let net = MemoryNetwork::new(LATENCY);
     let alice = Node::create(&net, dir.path(), "alice", config()).await;
     let stingy = EngineConfig {
         // Four messages of up to 1 KiB a day.

@@ -141,10 +141,7 @@ impl LoopbackTransport {
     /// A handle that makes this transport pretend Tor is (not) bootstrapped, usable after the
     /// transport was handed to an engine.
     pub fn bootstrap_switch(&self) -> BootstrapSwitch {
-        BootstrapSwitch {
-            status: Arc::clone(&self.status),
-            dials_while_down: Arc::clone(&self.dials_while_down),
-        }
+        BootstrapSwitch::new(Arc::clone(&self.status), Arc::clone(&self.dials_while_down))
     }
 
     /// Switch dialling off (`false`: dials fail with `NetworkDisabled`) or back on.
@@ -153,7 +150,7 @@ impl LoopbackTransport {
     }
 }
 
-/// Makes a [`LoopbackTransport`] pretend Tor lost (`false`) or finished (`true`) its
+/// Makes a [`LoopbackTransport`] (or a [`MemoryTransport`](crate::MemoryTransport)) pretend Tor lost (`false`) or finished (`true`) its
 /// bootstrap: while not bootstrapped, `status()` says so and dials fail with
 /// `NotBootstrapped`, as arti's do.
 #[derive(Clone, Debug)]
@@ -163,6 +160,17 @@ pub struct BootstrapSwitch {
 }
 
 impl BootstrapSwitch {
+    /// A switch over a transport's status, and the count of its dials refused while down.
+    pub(crate) fn new(
+        status: Arc<watch::Sender<TransportStatus>>,
+        dials_while_down: Arc<AtomicU64>,
+    ) -> BootstrapSwitch {
+        BootstrapSwitch {
+            status,
+            dials_while_down,
+        }
+    }
+
     /// How many dials failed because the transport was not bootstrapped.
     pub fn dials_while_down(&self) -> u64 {
         self.dials_while_down.load(Ordering::SeqCst)

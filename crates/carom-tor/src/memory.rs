@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -19,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::{BootstrapProgress, ServiceState, Transport, TransportError, TransportStatus};
+use crate::{
+    BootstrapProgress, BootstrapSwitch, ServiceState, Transport, TransportError, TransportStatus,
+};
 
 /// An in-process network: an address book, a one-way latency, and the links that are cut.
 ///
@@ -182,7 +185,10 @@ pub struct MemoryTransport {
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<MemoryStream>>,
     /// Our entry in the address book.
     listener: mpsc::UnboundedSender<MemoryStream>,
-    status: watch::Sender<TransportStatus>,
+    status: Arc<watch::Sender<TransportStatus>>,
+    /// Dials refused because we pretended not to be bootstrapped (see [`BootstrapSwitch`]).
+    dials_while_down: Arc<AtomicU64>,
+    network_enabled: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
@@ -197,7 +203,9 @@ impl MemoryTransport {
             address,
             listener: tx,
             incoming: tokio::sync::Mutex::new(rx),
-            status: watch::Sender::new(TransportStatus {
+            dials_while_down: Arc::new(AtomicU64::new(0)),
+            network_enabled: AtomicBool::new(true),
+            status: Arc::new(watch::Sender::new(TransportStatus {
                 bootstrap: BootstrapProgress {
                     percent: 100,
                     phase: "in memory (no Tor)".into(),
@@ -205,9 +213,19 @@ impl MemoryTransport {
                 },
                 service: ServiceState::Reachable,
                 last_error: None,
-            }),
+            })),
             shutdown: watch::channel(false).0,
         }
+    }
+
+    /// A handle that makes this transport pretend Tor is (not) bootstrapped.
+    pub fn bootstrap_switch(&self) -> BootstrapSwitch {
+        BootstrapSwitch::new(Arc::clone(&self.status), Arc::clone(&self.dials_while_down))
+    }
+
+    /// Switch dialling off (`false`: dials fail with `NetworkDisabled`) or back on.
+    pub fn set_network_enabled(&self, enabled: bool) {
+        self.network_enabled.store(enabled, Ordering::SeqCst);
     }
 
     /// Leave the address book, unless a successor (a restart) has taken our place.
@@ -229,6 +247,15 @@ impl Transport for MemoryTransport {
     async fn dial(&self, peer: &OnionAddress) -> Result<MemoryStream, TransportError> {
         if *self.shutdown.borrow() {
             return Err(TransportError::Shutdown);
+        }
+        if !self.network_enabled.load(Ordering::SeqCst) {
+            return Err(TransportError::NetworkDisabled);
+        }
+        if !self.status.borrow().bootstrap.ready {
+            self.dials_while_down.fetch_add(1, Ordering::SeqCst);
+            return Err(TransportError::NotBootstrapped {
+                detail: "the in-memory transport was told it is not bootstrapped".into(),
+            });
         }
         let latency = self.network.latency();
         if self.network.is_cut(&self.address, peer) {
