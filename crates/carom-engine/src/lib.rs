@@ -16,8 +16,11 @@
 //! - **Events**: every change a frontend may care about is appended to the store's durable,
 //!   sequenced event log in the same transaction as the change itself.
 //!
-//! Architecture: one thread owns the store (group commit); one task, the *core*, owns contact
-//! rules and the session registry; one task per connection drives a sans-IO session.
+//! Architecture: one thread owns the store (group commit); the *core*'s decisions (contact
+//! rules, the session registry, when to dial) are a sans-IO state machine (`machine.rs`: inputs
+//! and the time in, effects out) that a thin tokio task drives (`core.rs`); one task per
+//! connection drives a sans-IO session. [`Engine::start_in_virtual_time`] runs it all on one
+//! thread for tests whose clock is paused.
 //!
 //! What it is not: the API server (that is `caromd`) or a transport.
 
