@@ -37,12 +37,26 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
-    /// A bug: an invariant did not hold.
+    /// Something the user cannot act on went wrong inside the daemon (the OS refused a
+    /// thread, stored data is unreadable).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A bug: an invariant of the engine did not hold. Made with [`EngineError::bug`], which
+    /// logs it with where it happened.
+    #[error("a bug in caromd: {0} (please report it, with the daemon's log)")]
+    Bug(String),
 }
 
 impl EngineError {
+    /// A broken invariant at the caller's location: logged at error level (with where, never
+    /// with data), returned as [`EngineError::Bug`].
+    #[track_caller]
+    pub(crate) fn bug(what: &str) -> EngineError {
+        let at = std::panic::Location::caller();
+        tracing::error!(%at, "bug: {what}");
+        EngineError::Bug(format!("{what} (at {at})"))
+    }
+
     /// The API error kind for this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -55,7 +69,7 @@ impl EngineError {
             EngineError::RateLimited(_) => ErrorKind::RateLimited,
             EngineError::Store(e) => store_kind(e),
             EngineError::ShuttingDown => ErrorKind::ShuttingDown,
-            EngineError::Internal(_) => ErrorKind::Internal,
+            EngineError::Internal(_) | EngineError::Bug(_) => ErrorKind::Internal,
         }
     }
 }

@@ -423,7 +423,7 @@ impl Engine {
                 let existing = tx.contact_by_identity(&key)?;
                 let step = contact::step(existing.as_ref().map(|c| c.state), Input::Add)?;
                 let Some(state) = step.state else {
-                    return Err(EngineError::Internal("adding left no contact".into()));
+                    return Err(EngineError::bug("adding left no contact"));
                 };
                 let id = match existing {
                     None => tx.insert_contact(&NewContact {
@@ -457,7 +457,7 @@ impl Engine {
                 };
                 contact::apply(tx, id, &peer, &step, By::Us, &wire_request, now)?;
                 tx.contact_by_identity(&key)?
-                    .ok_or_else(|| EngineError::Internal("contact vanished".into()))
+                    .ok_or_else(|| EngineError::bug("contact vanished"))
             })
             .await?;
         self.notify(peer, Some(&contact));
@@ -489,7 +489,7 @@ impl Engine {
                 };
                 let step = contact::step(existing.as_ref().map(|c| c.state), input)?;
                 let Some(new_state) = step.state else {
-                    return Err(EngineError::Internal("a response left no contact".into()));
+                    return Err(EngineError::bug("a response left no contact"));
                 };
                 let id = match existing {
                     Some(mut c) => {
@@ -517,7 +517,7 @@ impl Engine {
                 };
                 contact::apply(tx, id, &peer, &step, By::Us, &Vec::new, now)?;
                 tx.contact(id)?
-                    .ok_or_else(|| EngineError::Internal("contact vanished".into()))
+                    .ok_or_else(|| EngineError::bug("contact vanished"))
             })
             .await?;
         self.notify(peer, Some(&contact));

@@ -245,7 +245,7 @@ fn downcast<T: 'static>(value: AnyBox) -> Result<T> {
     value
         .downcast::<T>()
         .map(|b| *b)
-        .map_err(|_| EngineError::Internal("store reply of the wrong type".into()))
+        .map_err(|_| EngineError::bug("a store reply of the wrong type"))
 }
 
 fn run(store: Store, mut jobs: mpsc::UnboundedReceiver<Job>, seq: &watch::Sender<u64>) {
@@ -406,8 +406,8 @@ fn panicked(job: &str, payload: &(dyn Any + Send)) -> EngineError {
         "a store job panicked, which is a bug: its transaction was rolled back and its caller \
          got an internal error; the store carries on"
     );
-    EngineError::Internal(
-        "a bug interrupted this storage operation, and none of it was saved (the daemon's log \
+    EngineError::Bug(
+        "a store job panicked; none of this storage operation was saved (the daemon's log \
          says more)"
             .into(),
     )
@@ -482,8 +482,9 @@ mod tests {
         StoreHandle::spawn(Store::open_in_memory().expect("store")).expect("store thread")
     }
 
+    /// The caller got an internal error (a bug, or a store out of service).
     fn is_internal(result: &Result<impl std::fmt::Debug>) -> bool {
-        matches!(result, Err(EngineError::Internal(_)))
+        matches!(result, Err(e) if e.kind() == carom_api::ErrorKind::Internal)
     }
 
     async fn append(store: &StoreHandle, kind: &'static str) -> Result<u64> {
@@ -508,7 +509,7 @@ mod tests {
         let answer = store
             .read(|_| -> Result<()> { panic!("a bug in a read") })
             .await;
-        assert!(is_internal(&answer), "{answer:?}");
+        assert!(matches!(answer, Err(EngineError::Bug(_))), "{answer:?}");
         append(&store, "after").await.expect("a write still works");
         assert_eq!(kinds(&store).await, ["after"], "and so does a read");
     }
