@@ -430,10 +430,15 @@ where
         }
         if !self.just_sent.is_empty() && self.session.phase() == Phase::Established {
             let rows = std::mem::take(&mut self.just_sent);
-            if let Some(peer) = self.peer
-                && let Err(e) = mark_sent(&self.shared, peer, rows).await
-            {
-                debug!(error = %e, "could not record messages as sent");
+            if let Some(peer) = self.peer {
+                // "Sent" is for people; nothing here waits for its commit (an fsync), so the
+                // session goes on delivering and reading acknowledgements meanwhile.
+                let written = mark_sent(&self.shared, peer, rows);
+                tokio::spawn(async move {
+                    if let Err(e) = written.await {
+                        debug!(error = %e, "could not record messages as sent");
+                    }
+                });
             }
         }
         Ok(())
@@ -939,8 +944,14 @@ fn coalesce(
     Some(command)
 }
 
-/// Record chats as written to a session (only those still queued: an ack may have won).
-async fn mark_sent(shared: &Shared, peer: OnionAddress, rows: Vec<i64>) -> Result<()> {
+/// Record chats as written to a session (only those still queued: an ack may have won). The
+/// job is sent when this is called, so it commits before the write of any acknowledgement that
+/// arrives later.
+fn mark_sent(
+    shared: &Shared,
+    peer: OnionAddress,
+    rows: Vec<i64>,
+) -> impl Future<Output = Result<()>> + Send + 'static {
     let now = unix_ms();
     shared
         .store
@@ -958,7 +969,6 @@ async fn mark_sent(shared: &Shared, peer: OnionAddress, rows: Vec<i64>) -> Resul
             }
             Ok(())
         })
-        .await
 }
 
 /// A `message.status` event for each message whose status changed.
