@@ -953,22 +953,20 @@ fn mark_sent(
     rows: Vec<i64>,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let now = unix_ms();
-    shared
-        .store
-        .write(move |tx| {
-            for &row in &rows {
-                if let Some(m) = tx.message(row)?
-                    && m.status == MessageStatus::Queued
-                    && m.direction == Direction::Outgoing
-                {
-                    tx.set_message_status(row, MessageStatus::Sent, None, now)?;
-                    let mut m = m;
-                    m.status = MessageStatus::Sent;
-                    append(tx, &view::status_event(&m, &peer), now)?;
-                }
+    shared.store.write(move |tx| {
+        for &row in &rows {
+            if let Some(m) = tx.message(row)?
+                && m.status == MessageStatus::Queued
+                && m.direction == Direction::Outgoing
+            {
+                tx.set_message_status(row, MessageStatus::Sent, None, now)?;
+                let mut m = m;
+                m.status = MessageStatus::Sent;
+                append(tx, &view::status_event(&m, &peer), now)?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
+    })
 }
 
 /// A `message.status` event for each message whose status changed.
