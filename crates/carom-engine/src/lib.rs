@@ -275,14 +275,16 @@ impl Engine {
 
     /// Start the engine for a test in virtual time: on a current-thread runtime whose clock is
     /// paused, with the store's jobs run on that thread as they are sent, so that the runtime
-    /// is idle (and its clock moves on) only when the engine has nothing left to do. **Tests
-    /// only**: every fsync stalls every task, and writes are not group-committed.
+    /// is idle (and its clock moves on) only when the engine has nothing left to do. From then
+    /// on the engine's wall clock on this thread moves with the virtual one. **Tests only**:
+    /// every fsync stalls every task, and writes are not group-committed.
     pub fn start_in_virtual_time<T: Transport>(
         store: Store,
         profile: &Profile,
         transport: T,
         config: EngineConfig,
     ) -> Result<Engine> {
+        view::follow_the_virtual_clock();
         Engine::launch(StoreHandle::inline(store)?, profile, transport, config)
     }
 

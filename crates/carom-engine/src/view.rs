@@ -14,8 +14,37 @@ pub(crate) fn monotonic() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+thread_local! {
+    /// On a thread that runs engines in virtual time: the wall clock's reading and the
+    /// monotonic clock's when the first of them started (see [`follow_the_virtual_clock`]).
+    static VIRTUAL_WALL: std::cell::Cell<Option<(u64, std::time::Instant)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// From now on, on this thread, the wall clock moves with the runtime's (virtual) monotonic
+/// clock: a test that lets a day pass in virtual time sees certificates expire and rejections
+/// age by a day. Only `Engine::start_in_virtual_time` calls it, whose engines run wholly on
+/// this thread.
+pub(crate) fn follow_the_virtual_clock() {
+    VIRTUAL_WALL.with(|wall| {
+        if wall.get().is_none() {
+            wall.set(Some((system_ms(), monotonic())));
+        }
+    });
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn unix_ms() -> u64 {
+    match VIRTUAL_WALL.with(std::cell::Cell::get) {
+        Some((base_ms, base)) => {
+            let passed = monotonic().saturating_duration_since(base).as_millis();
+            base_ms.saturating_add(u64::try_from(passed).unwrap_or(u64::MAX))
+        }
+        None => system_ms(),
+    }
+}
+
+fn system_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

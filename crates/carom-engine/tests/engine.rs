@@ -3,8 +3,8 @@
 //! stores run inline, and the clock moves only when every engine is idle. A wait here is for
 //! an event; "later" is a timer (`advance`), and takes no real time.
 //!
-//! Two tests are about the wall clock (a certificate's expiry, the age of a rejection), which
-//! the virtual clock does not move: they run in real time, and say so.
+//! The engines' wall clock moves with the virtual one, so a certificate's expiry and a
+//! rejection's age are tested in virtual time too.
 //!
 //! These are the fast tests of the messenger logic; the same flows run over a private Tor
 //! network with real daemons in `daemon/tests/`.
@@ -22,7 +22,7 @@ use carom_engine::{Engine, EngineConfig, EngineError, create_profile, load_profi
 use carom_store::{DbKey, Store};
 use carom_tor::{MemoryNetwork, MemoryTransport};
 
-/// How long a test waits for what it expects (virtual time, except where a test says not).
+/// How long a test waits (in virtual time) for what it expects.
 const WAIT: Duration = Duration::from_secs(600);
 /// One-way latency of the simulated network.
 const LATENCY: Duration = Duration::from_millis(50);
@@ -32,25 +32,13 @@ async fn advance(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-/// How an engine runs: in virtual time (the store inline), or in real time (its own thread).
-#[derive(Clone, Copy)]
-enum Clock {
-    Virtual,
-    Real,
-}
-
 fn start(
     store: Store,
     profile: &carom_engine::Profile,
     transport: MemoryTransport,
     config: EngineConfig,
-    clock: Clock,
 ) -> Engine {
-    match clock {
-        Clock::Virtual => Engine::start_in_virtual_time(store, profile, transport, config),
-        Clock::Real => Engine::start(store, profile, transport, config),
-    }
-    .expect("engine")
+    Engine::start_in_virtual_time(store, profile, transport, config).expect("engine")
 }
 
 fn config() -> EngineConfig {
@@ -71,34 +59,22 @@ struct Node {
     db: PathBuf,
     key: [u8; 32],
     config: EngineConfig,
-    clock: Clock,
 }
 
 impl Node {
     async fn create(net: &MemoryNetwork, dir: &Path, name: &str, config: EngineConfig) -> Node {
-        Node::create_on(net, dir, name, config, Clock::Virtual)
-    }
-
-    fn create_on(
-        net: &MemoryNetwork,
-        dir: &Path,
-        name: &str,
-        config: EngineConfig,
-        clock: Clock,
-    ) -> Node {
         let db = dir.join(format!("{name}.db"));
         let key = *DbKey::generate().expect("key").as_bytes();
         let mut store = Store::create(&db, &DbKey::from_bytes(key)).expect("store");
         let profile = create_profile(&mut store, &config).expect("profile");
         let transport = MemoryTransport::new(net, &profile.identity);
-        let engine = start(store, &profile, transport, config.clone(), clock);
+        let engine = start(store, &profile, transport, config.clone());
         Node {
             engine: Some(engine),
             profile,
             db,
             key,
             config,
-            clock,
         }
     }
 
@@ -121,13 +97,7 @@ impl Node {
         let mut store = Store::open(&self.db, &DbKey::from_bytes(self.key)).expect("reopen");
         let profile = load_profile(&mut store, &self.config).expect("profile");
         let transport = MemoryTransport::new(net, &profile.identity);
-        self.engine = Some(start(
-            store,
-            &profile,
-            transport,
-            self.config.clone(),
-            self.clock,
-        ));
+        self.engine = Some(start(store, &profile, transport, self.config.clone()));
     }
 
     /// Wait for the first event (after `after`) of `kind` whose data satisfies `pred`.
@@ -809,18 +779,11 @@ async fn a_dial_that_finds_tor_not_bootstrapped_waits_for_tor_not_for_a_backoff(
     let tor = transport.bootstrap_switch();
     tor.set(false);
     let alice = Node {
-        engine: Some(start(
-            store,
-            &profile,
-            transport,
-            patient.clone(),
-            Clock::Virtual,
-        )),
+        engine: Some(start(store, &profile, transport, patient.clone())),
         profile,
         db,
         key,
         config: patient,
-        clock: Clock::Virtual,
     };
     assert!(!alice.e().tor_status().ready);
     alice
@@ -919,8 +882,7 @@ async fn asking_someone_we_declined_while_they_were_away_ends_accepted() {
     assert!(!told_no, "Bob was told no");
 }
 
-// Real time: a certificate expires by the wall clock, which only real time moves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_running_engine_renews_its_device_key_before_the_certificate_expires() {
     // Alice's certificates live 4 s and are renewed 2 s before expiry. Carol meets her only
     // after her first certificate has expired: Carol's handshake checks the certificate Alice
@@ -932,10 +894,10 @@ async fn a_running_engine_renews_its_device_key_before_the_certificate_expires()
     };
     let dir = tempfile::tempdir().expect("dir");
     let net = MemoryNetwork::new(LATENCY);
-    let alice = Node::create_on(&net, dir.path(), "alice", short, Clock::Real);
-    let carol = Node::create_on(&net, dir.path(), "carol", config(), Clock::Real);
-    // The wall clock must pass the first certificate's expiry.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let alice = Node::create(&net, dir.path(), "alice", short).await;
+    let carol = Node::create(&net, dir.path(), "carol", config()).await;
+    // Past the first certificate's expiry, by the engines' wall clock too.
+    advance(Duration::from_secs(6)).await;
     pair(&carol, &alice).await;
     let m = send(&alice, &carol, "still trusted").await;
     alice.wait_delivered(m.id).await;
@@ -1158,13 +1120,12 @@ async fn a_full_request_list_drops_the_oldest_and_can_be_cleared() {
 
 /// A rejected stranger is remembered (asking again gets a rejection) for a while, then
 /// forgotten: rejected rows cannot pile up.
-// Real time: a rejection's age is measured by the wall clock, which only real time moves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
     let dir = tempfile::tempdir().expect("dir");
     let net = MemoryNetwork::new(LATENCY);
-    let mut bob = Node::create_on(&net, dir.path(), "bob", config(), Clock::Real);
-    let stranger = Node::create_on(&net, dir.path(), "stranger", config(), Clock::Real);
+    let mut bob = Node::create(&net, dir.path(), "bob", config()).await;
+    let stranger = Node::create(&net, dir.path(), "stranger", config()).await;
     ask(&stranger, &bob).await;
     let s = stranger.address();
     bob.e()
@@ -1181,8 +1142,7 @@ async fn rejected_requests_are_forgotten_after_the_rejection_memory() {
     assert_eq!(c.state, api::ContactState::Rejected);
     // … and forgotten by the housekeeping at start once the memory is shorter than its age.
     bob.config.rejection_memory = Duration::ZERO;
-    // The wall clock must move past the rejection's millisecond.
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    advance(Duration::from_millis(5)).await;
     bob.restart(&net).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while bob.e().contact(&s).await.is_ok() {
