@@ -219,17 +219,26 @@ async fn run(
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut store_failed = profiles.store_failed();
+    let mut failure = None;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
         _ = stop_rx.changed() => {}
+        Ok(_) = store_failed.wait_for(|failed| *failed) => {
+            let why = "the store took itself out of service after a bug left its database \
+                       connection in an unknown state; everything saved before is safe: start \
+                       caromd again (and please report the bug, with this log)";
+            tracing::error!("{why}");
+            failure = Some(why.to_owned());
+        }
     }
     let _ = stop_tx.send(true);
     let _ = serving.await;
     profiles.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     info!("caromd stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// Take the single-instance lock, or explain who holds it.

@@ -40,6 +40,8 @@ pub(crate) struct Profiles {
     tor: TorSettings,
     engine_config: EngineConfig,
     state: RwLock<State>,
+    /// Set when a running engine's store takes itself out of service: the daemon then stops.
+    store_failed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Read access to the running engine.
@@ -72,7 +74,26 @@ impl Profiles {
             tor,
             engine_config,
             state: RwLock::new(state),
+            store_failed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Becomes `true` when the running engine's store has taken itself out of service (a bug
+    /// left its connection in doubt): every later call would fail, so the daemon must stop and
+    /// say why rather than look alive.
+    pub(crate) fn store_failed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.store_failed.subscribe()
+    }
+
+    /// Pass on the engine's store failure to [`Profiles::store_failed`].
+    fn watch_store(&self, engine: &Engine) {
+        let mut out_of_service = engine.store_out_of_service();
+        let failed = self.store_failed.clone();
+        tokio::spawn(async move {
+            if out_of_service.wait_for(|failed| *failed).await.is_ok() {
+                failed.send_replace(true);
+            }
+        });
     }
 
     pub(crate) fn paths(&self) -> &Paths {
@@ -221,6 +242,7 @@ impl Profiles {
             .await
             .map_err(|e| self.after_failed_creation(&mut state, e))?;
         let identity = engine.identity();
+        self.watch_store(&engine);
         *state = State::Running { engine, protected };
         tracing::info!(address = %profile.identity.address().redacted(), "profile created");
         Ok(identity)
@@ -276,6 +298,7 @@ impl Profiles {
         .map_err(|_| err(ErrorKind::Internal, "unlocking was interrupted"))??;
         let engine = self.start_engine(store, &profile).await?;
         let identity = engine.identity();
+        self.watch_store(&engine);
         *state = State::Running { engine, protected };
         tracing::info!(address = %profile.identity.address().redacted(), "profile unlocked");
         Ok(identity)

@@ -9,6 +9,11 @@
 //! and with an unprotected one (which the daemon opens by itself at start: a half-created one
 //! used to make it exit at every start).
 //!
+//! The same harness shows that a store which takes itself out of service (a bug left its
+//! connection in doubt; here a debug build's fault injection, `CAROM_DEBUG_STORE_POISON_AFTER_WRITES`)
+//! stops the daemon with a reason and a failing exit status, instead of leaving it looking
+//! alive while every call fails; and that what was saved before is there at the next start.
+//!
 //! No Tor network is needed. The daemons get an arti configuration whose only directory cache
 //! is a port on 127.0.0.1 that the test holds open and never serves, so arti starts and waits
 //! for a directory without contacting anything else.
@@ -43,6 +48,8 @@ struct Daemon {
     dir: PathBuf,
     arti: PathBuf,
     child: Option<Child>,
+    /// More environment for the next start (a fault injection of debug builds).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Daemon {
@@ -69,6 +76,7 @@ impl Daemon {
             dir: dir.to_owned(),
             arti,
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -104,6 +112,10 @@ impl Daemon {
             .stderr(log);
         if let Some(step) = crash_after {
             command.env("CAROMD_CRASH_AFTER", step);
+        }
+        command.env_remove(carom_engine::POISON_AFTER_WRITES_VAR);
+        for (name, value) in &self.env {
+            command.env(name, value);
         }
         self.child = Some(command.spawn().expect("caromd starts"));
     }
@@ -295,4 +307,76 @@ crash_tests! {
     crash_after_saving_the_identity_unprotected: "identity-saved", false => NoProfile;
     crash_after_placing_the_key_file_protected: "key-placed", true => Complete;
     crash_after_placing_the_key_file_unprotected: "key-placed", false => Complete;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the fault injection is compiled into debug builds only"
+)]
+async fn a_store_that_takes_itself_out_of_service_stops_the_daemon_with_a_reason() {
+    let directory = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = directory.local_addr().expect("port").port();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut daemon = Daemon::new(root.path(), port);
+    daemon.start(None);
+    let client = daemon.client().await;
+    client
+        .create_profile(&create_params(false))
+        .await
+        .expect("created");
+    drop(client);
+    daemon.stop().await;
+
+    // From the tenth committed write on, the store acts as if a bug had left it in doubt.
+    daemon.env = vec![(carom_engine::POISON_AFTER_WRITES_VAR, "10".to_owned())];
+    daemon.start(None);
+    let client = daemon.client().await;
+    let mut added = Vec::new();
+    for n in 0..200u8 {
+        let address = carom_proto::IdentityKey::from_seed(&[n; 32])
+            .address()
+            .to_string();
+        let params = api::ContactAdd {
+            address: address.clone(),
+            nickname: format!("contact {n}"),
+            offer_nickname: String::new(),
+            greeting: String::new(),
+            kind: api::PeerKind::Human,
+        };
+        match client.add_contact(&params).await {
+            Ok(_) => added.push(address),
+            Err(_) => break,
+        }
+    }
+    drop(client);
+    let status = daemon.wait_exit().await;
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(1), "caromd ended with {status}\n{log}");
+    assert!(
+        log.contains("took itself out of service"),
+        "the log says why\n{log}"
+    );
+    assert!(added.len() < 200, "calls stopped succeeding");
+
+    // Started again without the fault: everything saved before is there.
+    daemon.env.clear();
+    daemon.start(None);
+    let client = daemon.client().await;
+    let contacts: Vec<String> = client
+        .contacts()
+        .await
+        .expect("contacts")
+        .into_iter()
+        .map(|c| c.address)
+        .collect();
+    for address in &added {
+        assert!(
+            contacts.contains(address),
+            "{address} was saved and is there"
+        );
+    }
+    drop(client);
+    daemon.stop().await;
+    drop(directory);
 }

@@ -62,6 +62,8 @@ pub use crate::conn::MAX_PREAUTH;
 use crate::conn::{append, forget_contact};
 use crate::contact::Input;
 use crate::core::{ConnId, Core, CoreMsg};
+#[cfg(debug_assertions)]
+pub use crate::store_actor::POISON_AFTER_WRITES_VAR;
 use crate::store_actor::StoreHandle;
 use crate::view::{address_of, unix_ms, unix_secs};
 use api::event::{By, RemovalReason};
@@ -768,6 +770,13 @@ impl Engine {
             .store
             .read(|s| Ok((s.last_event_seq()?, s.oldest_event_seq(api::event::CHURN)?)))
             .await
+    }
+
+    /// Becomes `true` if the store takes itself out of service (a bug left its connection in
+    /// doubt; everything committed before is safe). Every later call fails: the daemon should
+    /// stop, and say why.
+    pub fn store_out_of_service(&self) -> watch::Receiver<bool> {
+        self.shared.store.out_of_service()
     }
 
     /// Changes whenever new events are committed (the value is the newest sequence number).

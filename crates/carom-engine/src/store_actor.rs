@@ -65,6 +65,7 @@ enum Job {
 pub(crate) struct StoreHandle {
     backend: Backend,
     event_seq: watch::Receiver<u64>,
+    out_of_service: watch::Receiver<bool>,
 }
 
 #[derive(Clone)]
@@ -78,6 +79,7 @@ enum Backend {
 struct Inline {
     store: Mutex<Option<Store>>,
     seq: watch::Sender<u64>,
+    out_of_service: watch::Sender<bool>,
 }
 
 impl Inline {
@@ -99,7 +101,7 @@ impl Inline {
                 }
             },
             Job::Write { run, reply } => {
-                let trusted = commit_batch(store, vec![(run, reply)]);
+                let trusted = commit_batch(store, vec![(run, reply)]) && !debug_poisoned();
                 if trusted && let Ok(last) = store.last_event_seq() {
                     self.seq.send_if_modified(|current| {
                         let changed = last > *current;
@@ -124,6 +126,7 @@ impl Inline {
             if let Some(store) = guard.take() {
                 let _ = store.close();
             }
+            self.out_of_service.send_replace(true);
         }
     }
 }
@@ -158,10 +161,11 @@ impl StoreHandle {
     pub(crate) fn spawn(store: Store) -> Result<StoreHandle> {
         let last = store.last_event_seq()?;
         let (seq_tx, seq_rx) = watch::channel(last);
+        let (failed, out_of_service) = watch::channel(false);
         let (jobs, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("carom-store".into())
-            .spawn(move || run(store, rx, &seq_tx))
+            .spawn(move || run(store, rx, &seq_tx, &failed))
             .map_err(|e| EngineError::Internal(format!("cannot start the store thread: {e}")))?;
         Ok(StoreHandle {
             backend: Backend::Thread(Arc::new(StoreThread {
@@ -169,6 +173,7 @@ impl StoreHandle {
                 thread: Mutex::new(Some(thread)),
             })),
             event_seq: seq_rx,
+            out_of_service,
         })
     }
 
@@ -178,12 +183,15 @@ impl StoreHandle {
     pub(crate) fn inline(store: Store) -> Result<StoreHandle> {
         let last = store.last_event_seq()?;
         let (seq, event_seq) = watch::channel(last);
+        let (failed, out_of_service) = watch::channel(false);
         Ok(StoreHandle {
             backend: Backend::Inline(Arc::new(Inline {
                 store: Mutex::new(Some(store)),
                 seq,
+                out_of_service: failed,
             })),
             event_seq,
+            out_of_service,
         })
     }
 
@@ -228,6 +236,12 @@ impl StoreHandle {
         }
     }
 
+    /// Becomes `true` when the store has taken itself out of service (a bug left its
+    /// connection in doubt): every later job fails, and the daemon should stop.
+    pub(crate) fn out_of_service(&self) -> watch::Receiver<bool> {
+        self.out_of_service.clone()
+    }
+
     /// The newest event sequence number, updated after each commit.
     pub(crate) fn event_seq(&self) -> watch::Receiver<u64> {
         self.event_seq.clone()
@@ -248,15 +262,47 @@ fn downcast<T: 'static>(value: AnyBox) -> Result<T> {
         .map_err(|_| EngineError::bug("a store reply of the wrong type"))
 }
 
-fn run(store: Store, mut jobs: mpsc::UnboundedReceiver<Job>, seq: &watch::Sender<u64>) {
+fn run(
+    store: Store,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    seq: &watch::Sender<u64>,
+    out_of_service: &watch::Sender<bool>,
+) {
     if let Some(untrusted) = serve(store, &mut jobs, seq) {
         // Closing rolls back whatever transaction is still open; everything committed before
         // is on disk.
         if let Err(e) = untrusted.close() {
             tracing::warn!(error = %e, "closing the store after the failure failed too");
         }
+        out_of_service.send_replace(true);
         refuse(&mut jobs);
     }
+}
+
+/// The environment variable of a debug build's fault injection: after this many committed
+/// write batches, the store acts as if a bug had left its connection in doubt (so that a test
+/// can watch a real daemon take its store out of service and stop).
+#[cfg(debug_assertions)]
+pub const POISON_AFTER_WRITES_VAR: &str = "CAROM_DEBUG_STORE_POISON_AFTER_WRITES";
+
+/// Whether the debug build's fault injection says this commit leaves the store untrusted.
+fn debug_poisoned() -> bool {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let limit = LIMIT.get_or_init(|| {
+            std::env::var(POISON_AFTER_WRITES_VAR)
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(limit) = *limit {
+            return WRITES.fetch_add(1, Ordering::SeqCst) + 1 >= limit;
+        }
+    }
+    false
 }
 
 /// Runs jobs until a `Close` (or the last sender is gone), then returns `None` with the store
@@ -306,7 +352,7 @@ fn serve(
                         Err(_) => break,
                     }
                 }
-                let trusted = commit_batch(&mut store, batch);
+                let trusted = commit_batch(&mut store, batch) && !debug_poisoned();
                 if trusted && let Ok(last) = store.last_event_seq() {
                     seq.send_if_modified(|current| {
                         let changed = last > *current;
@@ -612,6 +658,7 @@ mod tests {
         let key = DbKey::generate().expect("key");
         let store = StoreHandle::spawn(Store::create(&db, &key).expect("store")).expect("thread");
         append(&store, "kept").await.expect("write");
+        assert!(!*store.out_of_service().borrow());
         let answer = store
             .read(|_| -> Result<()> {
                 CONNECTION_UNTRUSTED.with(|flag| flag.set(true));
@@ -623,6 +670,10 @@ mod tests {
         assert!(
             matches!(&later, Err(EngineError::Internal(m)) if m.contains("restart")),
             "{later:?}"
+        );
+        assert!(
+            *store.out_of_service().borrow(),
+            "the store says it is out of service"
         );
         // Refusals come only after the close.
         assert!(
