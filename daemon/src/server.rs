@@ -12,7 +12,7 @@
 //! dropped, and grow only as bytes arrive.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use carom_api::{self as api, ErrorKind, ErrorObject, EventData, Method, Request, method};
@@ -58,12 +58,17 @@ impl Server {
 pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
     let mut stop = server.stop.subscribe();
     let mut connections = Vec::new();
+    let connected = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     connections.retain(|h: &JoinHandle<()>| !h.is_finished());
-                    if connections.len() >= api::MAX_CONNECTIONS {
+                    // What counts is frontends still connected: one that hung up no longer
+                    // holds a place while its connection finishes (writing its detach event
+                    // waits for a commit), or a frontend that reconnects quickly would be
+                    // refused for connections it already closed.
+                    if connected.load(Ordering::SeqCst) >= api::MAX_CONNECTIONS {
                         warn!(
                             limit = api::MAX_CONNECTIONS,
                             "refused a frontend: too many connected"
@@ -71,7 +76,8 @@ pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
                         tokio::spawn(refuse(stream));
                         continue;
                     }
-                    connections.push(tokio::spawn(connection(Arc::clone(&server), stream)));
+                    let place = Place::take(&connected);
+                    connections.push(tokio::spawn(connection(Arc::clone(&server), stream, place)));
                 }
                 Err(e) => {
                     debug!(error = %e, "accept failed");
@@ -83,6 +89,23 @@ pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
     }
     for c in connections {
         c.abort();
+    }
+}
+
+/// One of the [`api::MAX_CONNECTIONS`] places for connected frontends, given back when
+/// dropped.
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(connected: &Arc<AtomicUsize>) -> Place {
+        connected.fetch_add(1, Ordering::SeqCst);
+        Place(Arc::clone(connected))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -258,7 +281,7 @@ struct Conn {
     events: Option<JoinHandle<()>>,
 }
 
-async fn connection(server: Arc<Server>, stream: UnixStream) {
+async fn connection(server: Arc<Server>, stream: UnixStream, place: Place) {
     // Only our own user may drive the daemon (the socket is 0600 in a 0700 directory; this is
     // the belt to those braces).
     let me = rustix::process::geteuid().as_raw();
@@ -383,6 +406,8 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
         events.abort();
     }
     server.frontends().remove(&id);
+    // The frontend is gone: its place is free before the detach event is written.
+    drop(place);
     if let Ok(engine) = server.profiles.engine().await {
         let detached = api::event::Detached { session: id };
         let _ = engine.append_event(EventData::Detached(detached)).await;
