@@ -733,7 +733,7 @@ fn invalid_utf8_is_refused_not_altered(socket: &Path, bob: &str) {
 /// gets in.
 async fn connections_are_limited(socket: &Path) {
     let mut open = Vec::new();
-    // Connections closed a moment ago may still be finishing on the daemon's side.
+    // Connections closed a moment ago hold their places until the daemon reads their end.
     let deadline = Instant::now() + Duration::from_secs(10);
     while open.len() < api::MAX_CONNECTIONS {
         let (stream, reader, first) = connect_raw(socket);
