@@ -25,7 +25,7 @@ use tracing::{debug, info, trace, warn};
 use carom_api::EventData;
 use carom_api::event::{self, By, ContactStateChange, RemovalReason};
 
-use crate::core::{Admission, ConnId, CoreMsg};
+use crate::core::{Admission, ConnId, CoreMsg, SessionUp};
 use crate::err::{EngineError, Result};
 use crate::view::{self, unix_ms, unix_secs};
 use crate::{Counters, Shared};
@@ -591,17 +591,17 @@ where
         self.peer = Some(peer);
         let (conn, initiator) = (self.conn, self.initiator);
         let live = self.session.peer_is_live();
+        let up = SessionUp {
+            conn,
+            peer,
+            initiator,
+            live,
+            peer_static,
+            expires,
+        };
         let registration = self
             .shared
-            .ask(|reply| CoreMsg::Established {
-                conn,
-                peer,
-                initiator,
-                live,
-                peer_static,
-                expires,
-                reply,
-            })
+            .ask(|reply| CoreMsg::Established { up, reply })
             .await?;
         if registration.on_probation {
             // Ask for an answer only the real peer can give; its first authenticated frame

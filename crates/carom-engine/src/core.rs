@@ -23,9 +23,9 @@ use crate::config::EngineConfig;
 use crate::conn::{self, ConnCmd, Ticket, append, forget_contact};
 use crate::contact;
 use crate::err::Result;
-pub(crate) use crate::machine::{Admission, ConnId, ContactOutcome, Registration};
+pub(crate) use crate::machine::{Admission, ConnId, ContactOutcome, Registration, SessionUp};
 use crate::machine::{
-    ContactReply, DialFailure, Effect, Input, Known, Machine, Now, SessionUp, StoreOp,
+    ContactReply, DialFailure, EXPIRY_BATCH, Effect, Input, Known, Machine, Now, StoreOp,
 };
 use crate::view::{self, address_of, unix_ms};
 
@@ -49,13 +49,7 @@ pub(crate) enum CoreMsg {
     },
     /// A session is up (either role). The reply is the contact's state, if it is one.
     Established {
-        conn: ConnId,
-        peer: OnionAddress,
-        initiator: bool,
-        /// The peer has shown it holds the session's keys (`Session::peer_is_live`).
-        live: bool,
-        peer_static: [u8; 32],
-        expires: u64,
+        up: SessionUp,
         reply: oneshot::Sender<Registration>,
     },
     /// A contact request or response arrived.
@@ -203,25 +197,8 @@ impl<T: Transport> Core<T> {
                         .authenticated(conn, peer, peer_static, expires, tracked);
                 let _ = reply.send(admission);
             }
-            CoreMsg::Established {
-                conn,
-                peer,
-                initiator,
-                live,
-                peer_static,
-                expires,
-                reply,
-            } => {
-                let up = SessionUp {
-                    conn,
-                    peer,
-                    initiator,
-                    live,
-                    peer_static,
-                    expires,
-                };
-                let registration = self.machine.established(up, now);
-                let _ = reply.send(registration);
+            CoreMsg::Established { up, reply } => {
+                let _ = reply.send(self.machine.established(up, now));
             }
             CoreMsg::ContactMessage {
                 peer,
@@ -701,7 +678,7 @@ fn housekeeping(
     let forgotten = tx.oldest_contacts(
         ContactState::Rejected,
         forget_rejected_before_ms,
-        EXPIRY_BATCH_FORGET,
+        EXPIRY_BATCH,
     )?;
     let mut peers = Vec::with_capacity(forgotten.len());
     for c in &forgotten {
@@ -712,6 +689,3 @@ fn housekeeping(
     }
     Ok(peers)
 }
-
-/// Most forgotten rejections in one housekeeping pass.
-const EXPIRY_BATCH_FORGET: u32 = 256;

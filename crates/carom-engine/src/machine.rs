@@ -479,8 +479,8 @@ const SIMULTANEOUS_DIALS: Duration = Duration::from_secs(10);
 /// running time (the monotonic clock): a clock that jumps forward cannot fail the whole
 /// queue at once, and a backward jump only delays expiry.
 const EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
-/// Most outbox items looked at for expiry in one pass.
-const EXPIRY_BATCH: u32 = 256;
+/// Most outbox items looked at for expiry, and most old rejections forgotten, in one pass.
+pub(crate) const EXPIRY_BATCH: u32 = 256;
 /// A renewal of the device key that failed is tried again this much later (wall clock).
 const RENEWAL_RETRY_SECS: u64 = 1;
 

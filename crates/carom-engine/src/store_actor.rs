@@ -90,24 +90,11 @@ impl Inline {
             return;
         };
         let trusted = match job {
-            Job::Read { run, reply } => match catch_unwind(AssertUnwindSafe(|| run(store))) {
-                Ok(result) => {
-                    let _ = reply.send(result);
-                    true
-                }
-                Err(payload) => {
-                    let _ = reply.send(Err(panicked("read", payload.as_ref())));
-                    still_trusted(store)
-                }
-            },
+            Job::Read { run, reply } => run_read(store, run, reply),
             Job::Write { run, reply } => {
                 let trusted = commit_batch(store, vec![(run, reply)]) && !debug_poisoned();
-                if trusted && let Ok(last) = store.last_event_seq() {
-                    self.seq.send_if_modified(|current| {
-                        let changed = last > *current;
-                        *current = (*current).max(last);
-                        changed
-                    });
+                if trusted {
+                    publish_seq(store, &self.seq);
                 }
                 trusted
             }
@@ -316,16 +303,7 @@ fn serve(
     let mut next = jobs.blocking_recv();
     while let Some(job) = next.take() {
         let trusted = match job {
-            Job::Read { run, reply } => match catch_unwind(AssertUnwindSafe(|| run(&store))) {
-                Ok(result) => {
-                    let _ = reply.send(result);
-                    true
-                }
-                Err(payload) => {
-                    let _ = reply.send(Err(panicked("read", payload.as_ref())));
-                    still_trusted(&store)
-                }
-            },
+            Job::Read { run, reply } => run_read(&store, run, reply),
             Job::Close(reply) => {
                 let closed = store.close().map_err(EngineError::from);
                 match reply {
@@ -353,12 +331,8 @@ fn serve(
                     }
                 }
                 let trusted = commit_batch(&mut store, batch) && !debug_poisoned();
-                if trusted && let Ok(last) = store.last_event_seq() {
-                    seq.send_if_modified(|current| {
-                        let changed = last > *current;
-                        *current = (*current).max(last);
-                        changed
-                    });
+                if trusted {
+                    publish_seq(&store, seq);
                 }
                 trusted
             }
@@ -379,6 +353,32 @@ fn serve(
         }
     }
     None
+}
+
+/// Runs a read and answers it; returns whether the connection can still be trusted (a read
+/// that panicked may have left it inside a transaction).
+fn run_read(store: &Store, run: ReadFn, reply: Reply) -> bool {
+    match catch_unwind(AssertUnwindSafe(|| run(store))) {
+        Ok(result) => {
+            let _ = reply.send(result);
+            true
+        }
+        Err(payload) => {
+            let _ = reply.send(Err(panicked("read", payload.as_ref())));
+            still_trusted(store)
+        }
+    }
+}
+
+/// After a commit: tell event subscribers the newest sequence number, if it moved.
+fn publish_seq(store: &Store, seq: &watch::Sender<u64>) {
+    if let Ok(last) = store.last_event_seq() {
+        seq.send_if_modified(|current| {
+            let changed = last > *current;
+            *current = (*current).max(last);
+            changed
+        });
+    }
 }
 
 /// Runs a batch of writes; returns whether the connection can still be trusted (if not, every
