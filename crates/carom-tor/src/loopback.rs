@@ -150,6 +150,31 @@ impl LoopbackTransport {
     }
 }
 
+/// What a test backend's dial meets before it reaches for the peer, failing as arti's would:
+/// the transport is shutting down, dialling is switched off, or it pretends not to be
+/// bootstrapped (such dials are counted; see [`BootstrapSwitch`]).
+pub(crate) fn refuse_dial(
+    shutdown: &watch::Sender<bool>,
+    network_enabled: &AtomicBool,
+    status: &watch::Sender<TransportStatus>,
+    dials_while_down: &AtomicU64,
+    backend: &str,
+) -> Result<(), TransportError> {
+    if *shutdown.borrow() {
+        return Err(TransportError::Shutdown);
+    }
+    if !network_enabled.load(Ordering::SeqCst) {
+        return Err(TransportError::NetworkDisabled);
+    }
+    if !status.borrow().bootstrap.ready {
+        dials_while_down.fetch_add(1, Ordering::SeqCst);
+        return Err(TransportError::NotBootstrapped {
+            detail: format!("the {backend} transport was told it is not bootstrapped"),
+        });
+    }
+    Ok(())
+}
+
 /// Makes a [`LoopbackTransport`] (or a [`MemoryTransport`](crate::MemoryTransport)) pretend Tor lost (`false`) or finished (`true`) its
 /// bootstrap: while not bootstrapped, `status()` says so and dials fail with
 /// `NotBootstrapped`, as arti's do.
@@ -213,18 +238,13 @@ impl Transport for LoopbackTransport {
     type Stream = TcpStream;
 
     async fn dial(&self, peer: &OnionAddress) -> Result<TcpStream, TransportError> {
-        if *self.shutdown.borrow() {
-            return Err(TransportError::Shutdown);
-        }
-        if !self.network_enabled.load(Ordering::SeqCst) {
-            return Err(TransportError::NetworkDisabled);
-        }
-        if !self.status.borrow().bootstrap.ready {
-            self.dials_while_down.fetch_add(1, Ordering::SeqCst);
-            return Err(TransportError::NotBootstrapped {
-                detail: "the loopback transport was told it is not bootstrapped".into(),
-            });
-        }
+        refuse_dial(
+            &self.shutdown,
+            &self.network_enabled,
+            &self.status,
+            &self.dials_while_down,
+            "loopback",
+        )?;
         let not_found = |detail: &str| TransportError::PeerNotFound {
             peer: peer.redacted().to_string(),
             detail: detail.into(),

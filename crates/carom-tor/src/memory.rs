@@ -34,7 +34,7 @@ pub struct MemoryNetwork {
 
 #[derive(Debug)]
 struct NetState {
-    listeners: HashMap<OnionAddress, mpsc::UnboundedSender<MemoryStream>>,
+    listeners: HashMap<OnionAddress, mpsc::Sender<MemoryStream>>,
     latency: Duration,
     /// Cut links, each stored as (smaller, larger) address.
     cut: HashSet<([u8; 32], [u8; 32])>,
@@ -80,6 +80,9 @@ impl MemoryNetwork {
         self.state().latency
     }
 }
+
+/// Depth of the queue of streams waiting for `accept()` (as the loopback backend's).
+const INCOMING_QUEUE: usize = 64;
 
 /// One chunk in flight: when it arrives, and its bytes.
 type Chunk = (Instant, Vec<u8>);
@@ -182,9 +185,9 @@ impl AsyncWrite for MemoryStream {
 pub struct MemoryTransport {
     network: MemoryNetwork,
     address: OnionAddress,
-    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<MemoryStream>>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<MemoryStream>>,
     /// Our entry in the address book.
-    listener: mpsc::UnboundedSender<MemoryStream>,
+    listener: mpsc::Sender<MemoryStream>,
     status: Arc<watch::Sender<TransportStatus>>,
     /// Dials refused because we pretended not to be bootstrapped (see [`BootstrapSwitch`]).
     dials_while_down: Arc<AtomicU64>,
@@ -196,7 +199,7 @@ impl MemoryTransport {
     /// Put `identity`'s address on `network`, replacing whoever had it (a restart).
     pub fn new(network: &MemoryNetwork, identity: &IdentityKey) -> MemoryTransport {
         let address = identity.address();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         network.state().listeners.insert(address, tx.clone());
         MemoryTransport {
             network: network.clone(),
@@ -245,18 +248,13 @@ impl Transport for MemoryTransport {
     type Stream = MemoryStream;
 
     async fn dial(&self, peer: &OnionAddress) -> Result<MemoryStream, TransportError> {
-        if *self.shutdown.borrow() {
-            return Err(TransportError::Shutdown);
-        }
-        if !self.network_enabled.load(Ordering::SeqCst) {
-            return Err(TransportError::NetworkDisabled);
-        }
-        if !self.status.borrow().bootstrap.ready {
-            self.dials_while_down.fetch_add(1, Ordering::SeqCst);
-            return Err(TransportError::NotBootstrapped {
-                detail: "the in-memory transport was told it is not bootstrapped".into(),
-            });
-        }
+        crate::loopback::refuse_dial(
+            &self.shutdown,
+            &self.network_enabled,
+            &self.status,
+            &self.dials_while_down,
+            "in-memory",
+        )?;
         let latency = self.network.latency();
         if self.network.is_cut(&self.address, peer) {
             // No answer, ever: the caller's own bound ends the dial.
@@ -271,17 +269,12 @@ impl Transport for MemoryTransport {
         };
         let listener = listener.ok_or_else(not_found)?;
         let (ours, theirs) = MemoryStream::pair(&self.network, self.address, *peer);
-        listener.send(theirs).map_err(|_| not_found())?;
+        listener.send(theirs).await.map_err(|_| not_found())?;
         Ok(ours)
     }
 
     async fn accept(&self) -> Option<MemoryStream> {
-        let mut shutdown = self.shutdown.subscribe();
-        let mut incoming = self.incoming.lock().await;
-        tokio::select! {
-            () = crate::stopped(&mut shutdown) => None,
-            stream = incoming.recv() => stream,
-        }
+        crate::next_incoming(&self.shutdown, &self.incoming).await
     }
 
     fn status(&self) -> watch::Receiver<TransportStatus> {
