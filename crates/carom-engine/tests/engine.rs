@@ -14,6 +14,8 @@
     reason = "the backlog and retry tests report the figures they measure"
 )]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,16 +23,12 @@ use carom_api as api;
 use carom_engine::{Engine, EngineConfig, EngineError, create_profile, load_profile};
 use carom_store::{DbKey, Store};
 use carom_tor::{MemoryNetwork, MemoryTransport};
+use support::advance;
 
 /// How long a test waits (in virtual time) for what it expects.
 const WAIT: Duration = Duration::from_secs(600);
 /// One-way latency of the simulated network.
 const LATENCY: Duration = Duration::from_millis(50);
-
-/// Let `d` of virtual time pass: every engine runs whatever falls due meanwhile.
-async fn advance(d: Duration) {
-    tokio::time::sleep(d).await;
-}
 
 fn start(
     store: Store,
@@ -100,37 +98,13 @@ impl Node {
         self.engine = Some(start(store, &profile, transport, self.config.clone()));
     }
 
-    /// Wait for the first event (after `after`) of `kind` whose data satisfies `pred`.
+    /// Wait for the first event of `kind` whose data satisfies `pred`.
     async fn wait_event(
         &self,
         kind: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> api::Event {
-        let engine = self.e();
-        let mut notify = engine.event_notifier();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let events = engine.events_since(0, 100_000).await.expect("events");
-            if let Some(e) = events
-                .into_iter()
-                .find(|e| e.kind() == kind && pred(&e.data.to_value()))
-            {
-                return e;
-            }
-            if tokio::time::timeout_at(deadline, notify.changed())
-                .await
-                .is_err()
-            {
-                let kinds: Vec<String> = engine
-                    .events_since(0, 1000)
-                    .await
-                    .expect("events")
-                    .into_iter()
-                    .map(|e| format!("{} {}", e.kind(), e.data.to_value()))
-                    .collect();
-                panic!("no {kind} event within {WAIT:?}; events: {kinds:#?}");
-            }
-        }
+        support::wait_event(self.e(), kind, pred, WAIT).await
     }
 
     async fn count_events(&self, kind: &str) -> usize {

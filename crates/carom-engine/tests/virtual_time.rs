@@ -10,6 +10,8 @@
 //! and random schedules of sends, cuts and restarts, after each of which nothing is lost,
 //! nothing arrives twice and order is kept.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use carom_store::{DbKey, Store};
 use carom_tor::{MemoryNetwork, MemoryTransport};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+use support::advance;
 
 /// One-way latency of the simulated network: about what a Tor circuit to an onion service
 /// takes.
@@ -108,30 +111,13 @@ impl Node {
         self.start(net).await;
     }
 
-    /// Wait (in virtual time) for the first event of `kind` whose data satisfies `pred`.
+    /// Wait for the first event of `kind` whose data satisfies `pred`.
     async fn wait_event(
         &self,
         kind: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> api::Event {
-        let engine = self.e();
-        let mut notify = engine.event_notifier();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let events = engine.events_since(0, 100_000).await.expect("events");
-            if let Some(e) = events
-                .into_iter()
-                .find(|e| e.kind() == kind && pred(&e.data.to_value()))
-            {
-                return e;
-            }
-            if tokio::time::timeout_at(deadline, notify.changed())
-                .await
-                .is_err()
-            {
-                panic!("no {kind} event within {WAIT:?} of virtual time");
-            }
-        }
+        support::wait_event(self.e(), kind, pred, WAIT).await
     }
 
     /// Wait until every message this node sent to `to` is delivered.
@@ -140,13 +126,7 @@ impl Node {
         let mut notify = engine.event_notifier();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let outstanding = self
-                .conversation(to)
-                .await
-                .into_iter()
-                .filter(|m| m.direction == api::Direction::Out)
-                .filter(|m| m.status != api::MessageStatus::Delivered)
-                .count();
+            let outstanding = self.undelivered(to).await;
             if outstanding == 0 {
                 return;
             }
@@ -223,11 +203,6 @@ impl Node {
             .map(|d| d["online"] == true)
             .collect()
     }
-}
-
-/// Let `d` of virtual time pass (every engine runs whatever falls due meanwhile).
-async fn advance(d: Duration) {
-    tokio::time::sleep(d).await;
 }
 
 async fn pair(alice: &Node, bob: &Node) {
