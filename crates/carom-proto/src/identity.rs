@@ -57,6 +57,23 @@ impl IdentityKey {
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }
+
+    /// Sign the encoded body of a group operation (`docs/protocol.md` §15): the signature
+    /// covers [`GROUP_OPERATION_LABEL`] followed by `body`, so that it can never be taken for
+    /// a device certificate's signature (whose label differs) or the other way round.
+    pub fn sign_group_operation(&self, body: &[u8]) -> [u8; 64] {
+        self.sign(&group_operation_message(body))
+    }
+}
+
+/// Domain separation for group-operation signatures.
+pub const GROUP_OPERATION_LABEL: &[u8] = b"carom/group-op/v1";
+
+fn group_operation_message(body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(GROUP_OPERATION_LABEL.len() + body.len());
+    message.extend_from_slice(GROUP_OPERATION_LABEL);
+    message.extend_from_slice(body);
+    message
 }
 
 impl fmt::Debug for IdentityKey {
@@ -181,6 +198,16 @@ impl OnionAddress {
 
     pub(crate) fn verifying_key(&self) -> &VerifyingKey {
         &self.key
+    }
+
+    /// Whether `signature` is this identity's signature of the group-operation `body`
+    /// (see [`IdentityKey::sign_group_operation`]). Strict verification: no malleable or
+    /// small-order forms.
+    pub fn verifies_group_operation(&self, body: &[u8], signature: &[u8; 64]) -> bool {
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.key
+            .verify_strict(&group_operation_message(body), &signature)
+            .is_ok()
     }
 
     /// The 56-character form without `.onion`, lower case.

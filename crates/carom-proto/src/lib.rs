@@ -34,7 +34,8 @@ mod session;
 pub use cert::{CertError, DeviceCertificate, DeviceKey};
 pub use frame::{FrameReader, MAGIC, MAX_FRAME_BODY};
 pub use identity::{
-    AddressError, IdentityKey, ONION_ADDRESS_LEN, OnionAddress, Redacted, URI_SCHEME,
+    AddressError, GROUP_OPERATION_LABEL, IdentityKey, ONION_ADDRESS_LEN, OnionAddress, Redacted,
+    URI_SCHEME,
 };
 pub use message::{
     Ack, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision, Decoded, MAX_ACK_IDS,
