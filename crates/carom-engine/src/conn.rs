@@ -678,6 +678,15 @@ where
                         return Ok(());
                     }
                 }
+                Message::GroupOperations(_) | Message::GroupChat(_) => {
+                    // The wire format is defined (protocol §15) but this daemon does not take
+                    // part in groups yet: such messages are treated as of an unknown type.
+                    debug!(
+                        peer = %peer.redacted(),
+                        message_type = message.message_type(),
+                        "ignored a group message: groups are not supported by this daemon yet"
+                    );
+                }
                 _ => {}
             }
         }

@@ -24,7 +24,8 @@ use carom_proto::{IdentityKey, OnionAddress, PeerKind};
 use sha3::{Digest as _, Sha3_256};
 
 use crate::limits::{MAX_MEMBERS, MAX_OPERATIONS, MAX_WAITING};
-use crate::op::{Action, GroupId, OpId, Operation, Policy, Role, SignedOperation};
+use crate::op::{Action, Operation, Policy, Role, SignedOperation};
+use carom_proto::{GroupId, OpId};
 
 /// A member of a group.
 #[derive(Clone, Debug, PartialEq, Eq)]

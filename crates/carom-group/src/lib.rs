@@ -20,8 +20,9 @@ mod history;
 pub mod limits;
 mod op;
 
+pub use carom_proto::{GroupId, OpId};
 pub use history::{
     Added, History, HistoryError, Ignored, Invitation, MEMBERS_DIGEST_LABEL, Member, Membership,
     Resolution,
 };
-pub use op::{Action, GroupId, OpId, Operation, OperationError, Policy, Role, SignedOperation};
+pub use op::{Action, Operation, OperationError, Policy, Role, SignedOperation};

@@ -10,12 +10,12 @@ pub const MAX_NAME_BYTES: usize = 64;
 
 /// Most parents of one operation. An author names the heads of its history; more than a few
 /// heads means many concurrent changes, and 16 bounds the bytes an operation can make a
-/// receiver hash and look up.
-pub const MAX_PARENTS: usize = 16;
+/// receiver hash and look up. (A wire limit: `carom-proto` holds it.)
+pub const MAX_PARENTS: usize = carom_proto::MAX_GROUP_HEADS;
 
-/// Largest encoded operation body. The largest valid body (a creation with two 64-byte names and
-/// 16 parents is far smaller) fits; the bound is checked before any decoding.
-pub const MAX_OPERATION_BYTES: usize = 1024;
+/// Largest encoded operation body. The largest valid body (a creation with two 64-byte names, or
+/// an operation with 16 parents) is far smaller; the bound is checked before any decoding.
+pub const MAX_OPERATION_BYTES: usize = carom_proto::MAX_GROUP_OPERATION_BYTES;
 
 /// Most operations in one group's history. Resolving the membership looks at every operation,
 /// so this bounds the work a member can make the others do; a group that reaches it refuses

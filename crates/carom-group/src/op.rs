@@ -7,55 +7,10 @@
 
 use std::fmt;
 
-use carom_proto::{IdentityKey, OnionAddress, PeerKind};
+use carom_proto::{GroupId, GroupOperation, IdentityKey, OnionAddress, OpId, PeerKind};
 use minicbor::{Decoder, Encoder};
-use sha3::{Digest as _, Sha3_256};
 
 use crate::limits::{MAX_NAME_BYTES, MAX_OPERATION_BYTES, MAX_PARENTS};
-
-/// A group's identifier: 16 random bytes chosen by its creator. Every operation names it, so
-/// that an operation signed for one group can never be replayed into another.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupId(pub [u8; 16]);
-
-impl GroupId {
-    /// A random id.
-    pub fn random<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R) -> GroupId {
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        GroupId(id)
-    }
-}
-
-impl fmt::Debug for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        short_hex(f, &self.0)
-    }
-}
-
-/// An operation's identifier: the SHA3-256 of its body's bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OpId(pub [u8; 32]);
-
-impl OpId {
-    /// The id of an operation with this body.
-    pub fn of_body(body: &[u8]) -> OpId {
-        OpId(Sha3_256::digest(body).into())
-    }
-}
-
-impl fmt::Debug for OpId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        short_hex(f, &self.0)
-    }
-}
-
-fn short_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for b in &bytes[..4] {
-        write!(f, "{b:02x}")?;
-    }
-    f.write_str("…")
-}
 
 /// What a member may do beyond sending messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -622,6 +577,19 @@ impl SignedOperation {
             .try_into()
             .map_err(|_| OperationError::Malformed("a signature is 64 bytes".into()))?;
         SignedOperation::from_parts(body, signature)
+    }
+
+    /// The form a [`carom_proto::GroupOperations`] message carries.
+    pub fn to_wire(&self) -> GroupOperation {
+        GroupOperation {
+            body: self.body.clone(),
+            signature: self.signature,
+        }
+    }
+
+    /// Verify an operation received in a [`carom_proto::GroupOperations`] message.
+    pub fn from_wire(wire: GroupOperation) -> Result<SignedOperation, OperationError> {
+        SignedOperation::from_parts(wire.body, wire.signature)
     }
 
     /// Verify a body and its signature (as read back from a store, say).

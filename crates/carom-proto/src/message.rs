@@ -21,6 +21,12 @@ pub const MAX_GREETING_BYTES: usize = 1024;
 pub const MAX_CLOSE_TEXT_BYTES: usize = 256;
 /// Most message ids in one acknowledgement.
 pub const MAX_ACK_IDS: usize = 512;
+/// Largest encoded group-operation body, in bytes (checked before any decoding).
+pub const MAX_GROUP_OPERATION_BYTES: usize = 1024;
+/// Most parents of a group operation, and most heads a group chat names.
+pub const MAX_GROUP_HEADS: usize = 16;
+/// Most operations in one group-operations message: 32 of the largest fit one frame with room.
+pub const MAX_GROUP_OPERATIONS_PER_MESSAGE: usize = 32;
 
 /// A message's stable identifier, chosen by its sender at random. Receivers deduplicate on
 /// (sender, id), which makes every message idempotent: a replay or a retry is harmless.
@@ -65,6 +71,74 @@ impl<'b, C> Decode<'b, C> for MessageId {
         Ok(MessageId(id))
     }
 }
+
+/// A group's identifier: 16 random bytes chosen by its creator.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub [u8; 16]);
+
+impl GroupId {
+    /// A random id.
+    pub fn random<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R) -> GroupId {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        GroupId(id)
+    }
+}
+
+/// A group operation's identifier: the SHA3-256 of its body's bytes (`docs/protocol.md` §15.1).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub [u8; 32]);
+
+impl OpId {
+    /// The id of the operation with this body.
+    pub fn of_body(body: &[u8]) -> OpId {
+        use sha3::{Digest as _, Sha3_256};
+        OpId(Sha3_256::digest(body).into())
+    }
+}
+
+macro_rules! fixed_bytes {
+    ($name:ident, $len:literal, $what:literal) => {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                for b in &self.0[..4] {
+                    write!(f, "{b:02x}")?;
+                }
+                f.write_str("…")
+            }
+        }
+
+        impl<C> Encode<C> for $name {
+            fn encode<W: minicbor::encode::Write>(
+                &self,
+                e: &mut Encoder<W>,
+                _: &mut C,
+            ) -> Result<(), minicbor::encode::Error<W::Error>> {
+                e.bytes(&self.0)?;
+                Ok(())
+            }
+        }
+
+        impl<'b, C> Decode<'b, C> for $name {
+            fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, CborError> {
+                let bytes: [u8; $len] = d
+                    .bytes()?
+                    .try_into()
+                    .map_err(|_| CborError::message($what))?;
+                Ok($name(bytes))
+            }
+        }
+    };
+}
+
+fixed_bytes!(GroupId, 16, "a group id is 16 bytes");
+fixed_bytes!(OpId, 32, "an operation id is 32 bytes");
+
+/// A 32-byte digest (the members digest of a group chat).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest32(pub [u8; 32]);
+
+fixed_bytes!(Digest32, 32, "a digest is 32 bytes");
 
 /// Whether the sender of a contact request says it is a person or a program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -274,6 +348,99 @@ pub struct Close {
 #[cbor(map)]
 pub struct Rekey {}
 
+/// One signed group operation as it travels: the body's bytes exactly as signed, and the
+/// author's signature. What the body means, and the signature check, are `carom-group`'s.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupOperation {
+    /// The canonical CBOR body (`docs/protocol.md` §15.1).
+    pub body: Vec<u8>,
+    /// The author's ed25519 signature of the body, in its group-operation context.
+    pub signature: [u8; 64],
+}
+
+impl std::fmt::Debug for GroupOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GroupOperation({:?})", OpId::of_body(&self.body))
+    }
+}
+
+impl<C> Encode<C> for GroupOperation {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.array(2)?.bytes(&self.body)?.bytes(&self.signature)?;
+        Ok(())
+    }
+}
+
+impl<'b, C> Decode<'b, C> for GroupOperation {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, CborError> {
+        if d.array()? != Some(2) {
+            return Err(CborError::message(
+                "a group operation is a definite array of two byte strings",
+            ));
+        }
+        let body = d.bytes()?;
+        if body.len() > MAX_GROUP_OPERATION_BYTES {
+            return Err(CborError::message(
+                "a group operation body is at most 1024 bytes",
+            ));
+        }
+        let body = body.to_vec();
+        let signature: [u8; 64] = d
+            .bytes()?
+            .try_into()
+            .map_err(|_| CborError::message("a signature is 64 bytes"))?;
+        Ok(GroupOperation { body, signature })
+    }
+}
+
+/// Operations of one group: an invitation with the history it builds on, or changes members
+/// pass to each other. Acknowledged by its id like a chat.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct GroupOperations {
+    /// Idempotency key.
+    #[n(0)]
+    pub id: MessageId,
+    /// The group every operation belongs to.
+    #[n(1)]
+    pub group: GroupId,
+    /// The operations, each after the ones it builds on where both are present.
+    #[n(2)]
+    pub operations: Vec<GroupOperation>,
+}
+
+/// A message to a group, sent to each member over its own session.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct GroupChat {
+    /// The sender's id for it, the same for every member it is sent to.
+    #[n(0)]
+    pub id: MessageId,
+    /// The group.
+    #[n(1)]
+    pub group: GroupId,
+    /// The heads of the sender's history when it sent: the membership they resolve to is the
+    /// set of ends the message was sent to.
+    #[n(2)]
+    pub heads: Vec<OpId>,
+    /// The digest of that set (§15.3), so that a receiver whose view differs refuses it.
+    #[n(3)]
+    pub members_digest: Digest32,
+    /// When the sender wrote it, milliseconds since the Unix epoch, by the sender's clock.
+    #[n(4)]
+    pub sent_at: u64,
+    /// The text.
+    #[n(5)]
+    pub body: String,
+    /// The group message this one answers, if any.
+    #[n(6)]
+    pub reply_to: Option<MessageId>,
+}
+
 /// A message of a type this version knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -296,6 +463,10 @@ pub enum Message {
     Rekey(Rekey),
     /// Type 9.
     Reject(Reject),
+    /// Type 32.
+    GroupOperations(GroupOperations),
+    /// Type 33.
+    GroupChat(GroupChat),
 }
 
 /// Wire numbers of the message types.
@@ -318,6 +489,10 @@ pub mod types {
     pub const REKEY: u32 = 8;
     /// Negative acknowledgement.
     pub const REJECT: u32 = 9;
+    /// Group operations.
+    pub const GROUP_OPERATIONS: u32 = 32;
+    /// Group chat.
+    pub const GROUP_CHAT: u32 = 33;
 }
 
 /// Why a message of a known type was refused.
@@ -364,6 +539,8 @@ impl Message {
             Message::Close(_) => types::CLOSE,
             Message::Rekey(_) => types::REKEY,
             Message::Reject(_) => types::REJECT,
+            Message::GroupOperations(_) => types::GROUP_OPERATIONS,
+            Message::GroupChat(_) => types::GROUP_CHAT,
         }
     }
 
@@ -400,6 +577,15 @@ impl Message {
                 c.text.as_ref().map_or(0, String::len),
                 MAX_CLOSE_TEXT_BYTES,
             ),
+            Message::GroupOperations(m) => limit(
+                "group operations",
+                m.operations.len(),
+                MAX_GROUP_OPERATIONS_PER_MESSAGE,
+            ),
+            Message::GroupChat(c) => {
+                limit("group heads", c.heads.len(), MAX_GROUP_HEADS)?;
+                limit("body", c.body.len(), MAX_BODY_BYTES)
+            }
             Message::ContactResponse(_)
             | Message::Ping(_)
             | Message::Pong(_)
@@ -423,6 +609,8 @@ impl Message {
             Message::Close(m) => e.encode(m)?,
             Message::Rekey(m) => e.encode(m)?,
             Message::Reject(m) => e.encode(m)?,
+            Message::GroupOperations(m) => e.encode(m)?,
+            Message::GroupChat(m) => e.encode(m)?,
         };
         Ok(())
     }
@@ -486,6 +674,8 @@ impl Message {
             types::CLOSE => Message::Close(d.decode().map_err(malformed)?),
             types::REKEY => Message::Rekey(d.decode().map_err(malformed)?),
             types::REJECT => Message::Reject(d.decode().map_err(malformed)?),
+            types::GROUP_OPERATIONS => Message::GroupOperations(d.decode().map_err(malformed)?),
+            types::GROUP_CHAT => Message::GroupChat(d.decode().map_err(malformed)?),
             _ => {
                 d.skip().map_err(malformed)?;
                 return Ok(Decoded::Unknown { message_type });
@@ -537,6 +727,23 @@ mod tests {
                 text: None,
             }),
             Message::Rekey(Rekey {}),
+            Message::GroupOperations(GroupOperations {
+                id: id(9),
+                group: GroupId([1; 16]),
+                operations: vec![GroupOperation {
+                    body: vec![0xa0],
+                    signature: [2; 64],
+                }],
+            }),
+            Message::GroupChat(GroupChat {
+                id: id(10),
+                group: GroupId([1; 16]),
+                heads: vec![OpId([3; 32]), OpId([4; 32])],
+                members_digest: Digest32([5; 32]),
+                sent_at: 1,
+                body: "to all".into(),
+                reply_to: None,
+            }),
         ]
     }
 
@@ -622,6 +829,36 @@ mod tests {
         assert!(matches!(
             Message::decode(&long.encode()),
             Err(MessageError::TooLong { field: "body", .. })
+        ));
+        let many = Message::GroupOperations(GroupOperations {
+            id: id(1),
+            group: GroupId([1; 16]),
+            operations: vec![
+                GroupOperation {
+                    body: vec![0xa0],
+                    signature: [0; 64],
+                };
+                MAX_GROUP_OPERATIONS_PER_MESSAGE + 1
+            ],
+        });
+        assert!(matches!(
+            Message::decode(&many.encode()),
+            Err(MessageError::TooLong {
+                field: "group operations",
+                ..
+            })
+        ));
+        let big_body = Message::GroupOperations(GroupOperations {
+            id: id(1),
+            group: GroupId([1; 16]),
+            operations: vec![GroupOperation {
+                body: vec![0; MAX_GROUP_OPERATION_BYTES + 1],
+                signature: [0; 64],
+            }],
+        });
+        assert!(matches!(
+            Message::decode(&big_body.encode()),
+            Err(MessageError::Malformed(_))
         ));
     }
 

@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use carom_proto::{
     Ack, AddressError, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision,
-    Decoded, DeviceCertificate, DeviceKey, Event, IdentityKey, Message, MessageId, OnionAddress,
+    Decoded, DeviceCertificate, DeviceKey, Digest32, Event, GROUP_OPERATION_LABEL, GroupChat,
+    GroupId, GroupOperation, GroupOperations, IdentityKey, Message, MessageId, OnionAddress, OpId,
     PeerKind, Phase, Ping, Pong, Reject, Rekey, Session, SessionConfig, reject, types,
 };
 use rand_chacha::ChaCha20Rng;
@@ -191,6 +192,28 @@ fn fields(m: &Message) -> Value {
             f.insert("reason".into(), json!(r.reason));
             if let Some(text) = &r.text {
                 f.insert("text".into(), json!(text));
+            }
+        }
+        Message::GroupOperations(g) => {
+            f.insert("id".into(), json!(h(&g.id.0)));
+            f.insert("group".into(), json!(h(&g.group.0)));
+            let ops: Vec<Value> = g
+                .operations
+                .iter()
+                .map(|op| json!({ "body": h(&op.body), "signature": h(&op.signature) }))
+                .collect();
+            f.insert("operations".into(), json!(ops));
+        }
+        Message::GroupChat(c) => {
+            f.insert("id".into(), json!(h(&c.id.0)));
+            f.insert("group".into(), json!(h(&c.group.0)));
+            let heads: Vec<String> = c.heads.iter().map(|id| h(&id.0)).collect();
+            f.insert("heads".into(), json!(heads));
+            f.insert("members_digest".into(), json!(h(&c.members_digest.0)));
+            f.insert("sent_at".into(), json!(c.sent_at));
+            f.insert("body".into(), json!(c.body));
+            if let Some(r) = c.reply_to {
+                f.insert("reply_to".into(), json!(h(&r.0)));
             }
         }
         other => panic!("a message type the vectors do not know: {other:?}"),
@@ -1332,6 +1355,47 @@ fn handshake_errors() -> Vec<Value> {
     out
 }
 
+/// A group operation for the message vectors: bob (seed 02…) leaves group 0b…, building on one
+/// operation. Its body is written with the §15.1 encoding by hand here (the meaning of group
+/// operations is `carom-group`'s, whose own vectors cover every action); the signature is
+/// the reference identity's.
+fn group_operation_sample() -> GroupOperation {
+    let bob = IdentityKey::from_seed(&[2; 32]);
+    let mut body = Vec::new();
+    put(
+        &mut body,
+        &Item::M(vec![
+            (0, Item::B(vec![0x0b; 16])),
+            (1, Item::B(bob.address().public_key().to_vec())),
+            (2, Item::A(vec![Item::B(vec![0x0c; 32])])),
+            (3, Item::U(1_800_000_000_000)),
+            (4, Item::A(vec![Item::U(4)])),
+        ]),
+    );
+    let signature = bob.sign_group_operation(&body);
+    GroupOperation { body, signature }
+}
+
+fn group_operations_sample() -> Message {
+    Message::GroupOperations(GroupOperations {
+        id: MessageId([0x0d; 16]),
+        group: GroupId([0x0b; 16]),
+        operations: vec![group_operation_sample()],
+    })
+}
+
+fn group_chat_sample() -> Message {
+    Message::GroupChat(GroupChat {
+        id: MessageId([0x0e; 16]),
+        group: GroupId([0x0b; 16]),
+        heads: vec![OpId::of_body(&group_operation_sample().body)],
+        members_digest: Digest32([0x0f; 32]),
+        sent_at: 1_800_000_000_000,
+        body: "to the whole group".into(),
+        reply_to: Some(MessageId([0x10; 16])),
+    })
+}
+
 fn generate() -> Value {
     let addresses: Vec<Value> = [[0u8; 32], [1u8; 32], [0xff; 32]]
         .iter()
@@ -1418,6 +1482,8 @@ fn generate() -> Value {
                 text: Some("64 MiB a day".into()),
             }),
         ),
+        ("group_operations", group_operations_sample()),
+        ("group_chat", group_chat_sample()),
     ]
     .into_iter()
     .map(|(name, m)| json!({ "name": name, "cbor": h(&m.encode()), "fields": fields(&m) }))
@@ -1548,10 +1614,40 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
                 (1, u("reason")),
             ]
         }
+        32 => {
+            let ops = f["operations"].as_array().expect("operations");
+            let ops = ops
+                .iter()
+                .map(|op| {
+                    Item::A(vec![
+                        Item::B(unhex(&op["body"])),
+                        Item::B(unhex(&op["signature"])),
+                    ])
+                })
+                .collect();
+            vec![(0, b("id")), (1, b("group")), (2, Item::A(ops))]
+        }
+        33 => {
+            let heads = f["heads"].as_array().expect("heads");
+            vec![
+                (0, b("id")),
+                (1, b("group")),
+                (
+                    2,
+                    Item::A(heads.iter().map(|id| Item::B(unhex(id))).collect()),
+                ),
+                (3, b("members_digest")),
+                (4, u("sent_at")),
+                (5, t("body")),
+            ]
+        }
         other => panic!("type {other}"),
     };
     if message_type == 3 && f.get("reply_to").is_some() {
         body.push((3, b("reply_to")));
+    }
+    if message_type == 33 && f.get("reply_to").is_some() {
+        body.push((6, b("reply_to")));
     }
     if message_type == 7 && f.get("text").is_some() {
         body.push((1, t("text")));
@@ -1630,6 +1726,41 @@ fn an_independent_construction_matches_the_vectors() {
             m["cbor"].as_str().expect("cbor"),
             "{}",
             m["fields"]
+        );
+    }
+
+    // §15.1: each group operation is signed by the identity key in its body (key 1), over the
+    // label and the body; a group chat's heads are SHA3-256 ids of operation bodies.
+    for m in &message_entries {
+        for op in m["fields"]["operations"].as_array().into_iter().flatten() {
+            let body = unhex(&op["body"]);
+            let author: [u8; 32] = body[22..54]
+                .try_into()
+                .expect("key 1 of a body is the author");
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&author).expect("a key");
+            let signature =
+                ed25519_dalek::Signature::from_slice(&unhex(&op["signature"])).expect("64 bytes");
+            let mut signed = GROUP_OPERATION_LABEL.to_vec();
+            signed.extend_from_slice(&body);
+            key.verify_strict(&signed, &signature)
+                .expect("the author's signature");
+        }
+    }
+    let group_ops = &stored["messages"].as_array().expect("messages");
+    let op_body = group_ops
+        .iter()
+        .find(|m| m["name"] == "group_operations")
+        .map(|m| unhex(&m["fields"]["operations"][0]["body"]))
+        .expect("a group operations vector");
+    let chat = group_ops
+        .iter()
+        .find(|m| m["name"] == "group_chat")
+        .expect("a group chat vector");
+    {
+        use sha3::Digest as _;
+        assert_eq!(
+            h(&sha3::Sha3_256::digest(&op_body)),
+            chat["fields"]["heads"][0].as_str().expect("a head")
         );
     }
 
