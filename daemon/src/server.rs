@@ -58,25 +58,25 @@ impl Server {
 pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
     let mut stop = server.stop.subscribe();
     let mut connections = Vec::new();
-    let connected = Arc::new(AtomicUsize::new(0));
+    let places = Arc::new(Places::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     connections.retain(|h: &JoinHandle<()>| !h.is_finished());
-                    // What counts is frontends still connected: one that hung up no longer
-                    // holds a place while its connection finishes (writing its detach event
-                    // waits for a commit), or a frontend that reconnects quickly would be
-                    // refused for connections it already closed.
-                    if connected.load(Ordering::SeqCst) >= api::MAX_CONNECTIONS {
+                    // What counts is frontends still connected. One that hung up holds its
+                    // place until its connection reads the end of the stream, which can lag
+                    // behind a frontend that reconnects at once (a polling bot): at the limit,
+                    // connections get a moment to notice they were closed before this one is
+                    // refused.
+                    let Some(place) = places.take_within(CLOSING_GRACE).await else {
                         warn!(
                             limit = api::MAX_CONNECTIONS,
                             "refused a frontend: too many connected"
                         );
                         tokio::spawn(refuse(stream));
                         continue;
-                    }
-                    let place = Place::take(&connected);
+                    };
                     connections.push(tokio::spawn(connection(Arc::clone(&server), stream, place)));
                 }
                 Err(e) => {
@@ -92,20 +92,47 @@ pub(crate) async fn serve(listener: UnixListener, server: Arc<Server>) {
     }
 }
 
-/// One of the [`api::MAX_CONNECTIONS`] places for connected frontends, given back when
-/// dropped.
-struct Place(Arc<AtomicUsize>);
+/// How long a frontend over the limit waits for a place held by a connection whose frontend
+/// already hung up (noticing takes a read of the stream's end).
+const CLOSING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-impl Place {
-    fn take(connected: &Arc<AtomicUsize>) -> Place {
-        connected.fetch_add(1, Ordering::SeqCst);
-        Place(Arc::clone(connected))
+/// The [`api::MAX_CONNECTIONS`] places for connected frontends.
+#[derive(Default)]
+struct Places {
+    taken: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+impl Places {
+    /// A place, waiting up to `grace` for one to be given back if all are taken.
+    async fn take_within(self: &Arc<Places>, grace: std::time::Duration) -> Option<Place> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            // Registered before the check, so a place given back in between is not missed.
+            let freed = self.freed.notified();
+            if self
+                .taken
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < api::MAX_CONNECTIONS).then_some(n + 1)
+                })
+                .is_ok()
+            {
+                return Some(Place(Arc::clone(self)));
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
+/// One place, given back when dropped.
+struct Place(Arc<Places>);
+
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.taken.fetch_sub(1, Ordering::SeqCst);
+        self.0.freed.notify_waiters();
     }
 }
 
@@ -346,7 +373,10 @@ async fn connection(server: Arc<Server>, stream: UnixStream, place: Place) {
             pid,
             process,
         };
-        let _ = engine.append_event(EventData::Attached(attached)).await;
+        // Queued now, so it precedes in the log whatever this frontend causes; not waited
+        // for, so that a frontend that hangs up at once is noticed at once (its place is free
+        // without waiting for a commit).
+        drop(engine.append_event(EventData::Attached(attached)));
     }
 
     let mut conn = Conn {

@@ -380,3 +380,64 @@ async fn a_store_that_takes_itself_out_of_service_stops_the_daemon_with_a_reason
     daemon.stop().await;
     drop(directory);
 }
+
+/// A frontend that reconnects at once, hundreds of times (a polling bot), is never refused for
+/// the connections it already closed — even when every commit lags (a slow disk: a debug
+/// build's fault injection, `CAROM_DEBUG_STORE_WRITE_DELAY_MS`), which once kept a closed
+/// connection's place taken while its attach event waited to commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the fault injection is compiled into debug builds only"
+)]
+async fn a_frontend_that_reconnects_at_once_is_never_refused_for_closed_connections() {
+    use std::io::{BufRead as _, BufReader};
+    use std::os::unix::net::UnixStream;
+
+    let directory = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = directory.local_addr().expect("port").port();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut daemon = Daemon::new(root.path(), port);
+    daemon.start(None);
+    let client = daemon.client().await;
+    client
+        .create_profile(&create_params(false))
+        .await
+        .expect("created");
+    drop(client);
+    daemon.stop().await;
+
+    daemon.env = vec![(carom_engine::SLOW_WRITES_VAR, "50".to_owned())];
+    daemon.start(None);
+    drop(daemon.client().await);
+    let socket = daemon.socket();
+    let firsts = tokio::task::spawn_blocking(move || {
+        (0..300)
+            .map(|_| {
+                let stream = UnixStream::connect(&socket).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut line = String::new();
+                BufReader::new(stream)
+                    .read_line(&mut line)
+                    .expect("a first line");
+                line
+            })
+            .collect::<Vec<String>>()
+    })
+    .await
+    .expect("the frontend loop");
+    let refused: Vec<&String> = firsts
+        .iter()
+        .filter(|line| !line.contains(api::method::BANNER))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 300 connections were refused, the first with {}\n{}",
+        refused.len(),
+        refused[0],
+        daemon.log()
+    );
+    daemon.stop().await;
+}

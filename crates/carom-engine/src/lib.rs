@@ -62,9 +62,9 @@ pub use crate::conn::MAX_PREAUTH;
 use crate::conn::{append, forget_contact};
 use crate::contact::Input;
 use crate::core::{ConnId, Core, CoreMsg};
-#[cfg(debug_assertions)]
-pub use crate::store_actor::POISON_AFTER_WRITES_VAR;
 use crate::store_actor::StoreHandle;
+#[cfg(debug_assertions)]
+pub use crate::store_actor::{POISON_AFTER_WRITES_VAR, SLOW_WRITES_VAR};
 use crate::view::{address_of, unix_ms, unix_secs};
 use api::event::{By, RemovalReason};
 
@@ -785,11 +785,16 @@ impl Engine {
     }
 
     /// Append an event from outside the engine (e.g. a frontend attached).
-    pub async fn append_event(&self, event: api::EventData) -> Result<u64> {
+    ///
+    /// The write is queued when this is called (so it is ordered before anything asked of the
+    /// store afterwards); the future only waits for its commit, and may be dropped.
+    pub fn append_event(
+        &self,
+        event: api::EventData,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static {
         self.shared
             .store
             .write(move |tx| append(tx, &event, unix_ms()))
-            .await
     }
 
     /// Close every session, stop the transport, and close the store (checkpointing it).

@@ -292,6 +292,29 @@ fn debug_poisoned() -> bool {
     false
 }
 
+/// The environment variable of a debug build's slow disk: every write batch takes this many
+/// milliseconds longer (so that a test can watch a real daemon whose commits lag).
+#[cfg(debug_assertions)]
+pub const SLOW_WRITES_VAR: &str = "CAROM_DEBUG_STORE_WRITE_DELAY_MS";
+
+/// In a debug build with [`SLOW_WRITES_VAR`] set, wait before a write batch.
+fn debug_slow_disk() {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::OnceLock;
+        static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+        let delay = DELAY.get_or_init(|| {
+            std::env::var(SLOW_WRITES_VAR)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+        });
+        if let Some(delay) = *delay {
+            std::thread::sleep(delay);
+        }
+    }
+}
+
 /// Runs jobs until a `Close` (or the last sender is gone), then returns `None` with the store
 /// closed; or, should a panic leave the connection in a state it cannot be trusted in, returns
 /// the store at once, every job answered that was taken from the queue.
@@ -330,6 +353,7 @@ fn serve(
                         Err(_) => break,
                     }
                 }
+                debug_slow_disk();
                 let trusted = commit_batch(&mut store, batch) && !debug_poisoned();
                 if trusted {
                     publish_seq(&store, seq);
