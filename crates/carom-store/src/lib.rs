@@ -100,6 +100,7 @@ mod contacts;
 mod err;
 mod events;
 mod fsutil;
+mod groups;
 mod identity;
 mod keyfile;
 mod messages;
@@ -112,10 +113,15 @@ mod store;
 mod tests;
 
 pub use err::{Error, ErrorKind, Result};
+pub use groups::{
+    GroupDelivery, GroupMessage, GroupQueued, GroupReceived, GroupRecord, NewGroupChat,
+    NewGroupIncoming, StoredOperation,
+};
 pub use keyfile::{DB_KEY_LEN, DbKey, KdfParams, KeyFile, Protection, StagedKeyFile};
 pub use model::{
-    Contact, ContactState, Direction, Event, IdentityRecord, Message, MessageStatus, NewContact,
-    NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind, Queued, Received, UnixMillis,
+    Contact, ContactState, DeliveryStatus, Direction, Event, GroupState, IdentityRecord, Message,
+    MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind, Queued,
+    Received, UnixMillis,
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::{Store, StoreRead, WriteTx};

@@ -138,6 +138,36 @@ stored_enum! {
         ContactRequest => "contact_request",
         /// Our answer to their contact request.
         ContactResponse => "contact_response",
+        /// Group operations for a member or an invitee (protocol §15.4).
+        GroupOperations => "group_operations",
+        /// A group message (the item points at its group message row).
+        GroupChat => "group_chat",
+    }
+}
+
+stored_enum! {
+    /// Where this profile stands in a group.
+    GroupState, "group state" {
+        /// Someone invited us; we have not answered.
+        Invited => "invited",
+        /// We are a member (we created it, or accepted an invitation).
+        Member => "member",
+        /// We declined the invitation.
+        Declined => "declined",
+        /// We left, or were removed.
+        Left => "left",
+    }
+}
+
+stored_enum! {
+    /// How far an outgoing group message got to one recipient.
+    DeliveryStatus, "delivery status" {
+        /// Not yet acknowledged by the recipient.
+        Queued => "queued",
+        /// The recipient's daemon acknowledged it: stored durably.
+        Delivered => "delivered",
+        /// It will not be delivered (refused, or expired).
+        Failed => "failed",
     }
 }
 
@@ -367,6 +397,8 @@ pub struct OutboxItem {
     pub kind: OutboxKind,
     /// The message it carries, for [`OutboxKind::Chat`].
     pub message_row: Option<i64>,
+    /// The group message it carries, for [`OutboxKind::GroupChat`].
+    pub group_message_row: Option<i64>,
     /// The encoded wire message; opaque to the store.
     pub payload: Vec<u8>,
     /// Delivery attempts so far.
@@ -422,7 +454,20 @@ mod tests {
             ["queued", "sent", "delivered", "failed", "received"]
         );
         let kinds: Vec<_> = OutboxKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(kinds, ["chat", "contact_request", "contact_response"]);
+        assert_eq!(
+            kinds,
+            [
+                "chat",
+                "contact_request",
+                "contact_response",
+                "group_operations",
+                "group_chat"
+            ]
+        );
+        let states: Vec<_> = GroupState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(states, ["invited", "member", "declined", "left"]);
+        let deliveries: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(deliveries, ["queued", "delivered", "failed"]);
         assert_eq!(PeerKind::Bot.to_string(), "bot");
         assert_eq!(Direction::Incoming.to_string(), "incoming");
     }

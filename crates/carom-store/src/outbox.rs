@@ -9,7 +9,8 @@ use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
 /// The columns [`from_row`] reads.
 macro_rules! outbox_columns {
     () => {
-        "id, contact_id, kind, message_id, payload, attempts, next_attempt_at, created_at"
+        "id, contact_id, kind, message_id, payload, attempts, next_attempt_at, created_at, \
+         group_message_id"
     };
 }
 
@@ -53,6 +54,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
         attempts: row.get(5)?,
         next_attempt_at: get_u64(row, 6)?,
         created_at: get_u64(row, 7)?,
+        group_message_row: row.get(8)?,
     })
 }
 
@@ -163,6 +165,42 @@ pub(crate) fn insert(
             if e.is_missing_reference() {
                 Error::NotFound {
                     what: "contact or message",
+                }
+            } else {
+                e
+            }
+        })
+}
+
+/// Adds a group item (operations, or a group chat pointing at its row).
+pub(crate) fn insert_group(
+    db: Db<'_>,
+    contact_id: i64,
+    kind: OutboxKind,
+    group_message_row: Option<i64>,
+    payload: &[u8],
+    now: i64,
+) -> Result<i64> {
+    db.conn
+        .prepare_cached(
+            "INSERT INTO outbox (contact_id, kind, message_id, group_message_id, payload,
+                 attempts, next_attempt_at, created_at)
+             VALUES (?1, ?2, NULL, ?3, ?4, 0, ?5, ?5)",
+        )
+        .and_then(|mut stmt| {
+            stmt.insert(rusqlite::params![
+                contact_id,
+                kind,
+                group_message_row,
+                payload,
+                now
+            ])
+        })
+        .at(db.path)
+        .map_err(|e| {
+            if e.is_missing_reference() {
+                Error::NotFound {
+                    what: "contact or group message",
                 }
             } else {
                 e

@@ -41,10 +41,97 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         summary: "drop the unused conversation summaries and settings",
         sql: V3,
     },
+    Migration {
+        version: 4,
+        summary: "groups: their histories, messages and per-recipient delivery; group outbox items",
+        sql: V4,
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// Groups (protocol §15). The outbox is rebuilt to carry group traffic (two more kinds, and the
+/// group message an item carries): no table references it, so dropping the old one cascades
+/// nothing, and its AUTOINCREMENT counter is carried over so that no outbox id is reused.
+const V4: &str = "
+CREATE TABLE groups (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id   BLOB NOT NULL UNIQUE CHECK (length(group_id) = 16),
+    state      TEXT NOT NULL CHECK (state IN ('invited', 'member', 'declined', 'left')),
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+
+-- Each group's operations in the order they were added: every one after its parents.
+CREATE TABLE group_ops (
+    group_row INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+    seq       INTEGER NOT NULL CHECK (seq > 0),
+    op_id     BLOB NOT NULL CHECK (length(op_id) = 32),
+    body      BLOB NOT NULL CHECK (length(body) <= 1024),
+    signature BLOB NOT NULL CHECK (length(signature) = 64),
+    PRIMARY KEY (group_row, seq),
+    UNIQUE (group_row, op_id)
+) STRICT;
+
+CREATE TABLE group_messages (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_row    INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+    sender       BLOB NOT NULL CHECK (length(sender) = 32),
+    direction    TEXT NOT NULL CHECK (direction IN ('incoming', 'outgoing')),
+    msg_id       BLOB NOT NULL CHECK (length(msg_id) = 16),
+    heads        BLOB NOT NULL CHECK (length(heads) > 0 AND length(heads) % 32 = 0),
+    sent_at      INTEGER NOT NULL,
+    stored_at    INTEGER NOT NULL,
+    body         TEXT NOT NULL,
+    reply_to     BLOB CHECK (reply_to IS NULL OR length(reply_to) = 16),
+    client_token TEXT,
+    CHECK (client_token IS NULL OR direction = 'outgoing')
+) STRICT;
+
+-- Exactly once: one row per (group, sender, message id).
+CREATE UNIQUE INDEX group_messages_exactly_once ON group_messages (group_row, sender, msg_id);
+CREATE UNIQUE INDEX group_messages_client_token ON group_messages (group_row, client_token)
+    WHERE client_token IS NOT NULL;
+CREATE INDEX group_messages_history ON group_messages (group_row, id);
+
+-- Each outgoing group message's recipients, and how far it got to each.
+CREATE TABLE group_deliveries (
+    message_row INTEGER NOT NULL REFERENCES group_messages(id) ON DELETE CASCADE,
+    recipient   BLOB NOT NULL CHECK (length(recipient) = 32),
+    status      TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'failed')),
+    failure     TEXT,
+    status_at   INTEGER NOT NULL,
+    PRIMARY KEY (message_row, recipient)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE outbox_v4 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id       INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    kind             TEXT NOT NULL CHECK (kind IN ('chat', 'contact_request', 'contact_response',
+                                                   'group_operations', 'group_chat')),
+    message_id       INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+    group_message_id INTEGER REFERENCES group_messages(id) ON DELETE CASCADE,
+    payload          BLOB NOT NULL,
+    attempts         INTEGER NOT NULL CHECK (attempts >= 0),
+    next_attempt_at  INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    CHECK (group_message_id IS NULL OR kind = 'group_chat')
+) STRICT;
+INSERT INTO outbox_v4 (id, contact_id, kind, message_id, group_message_id, payload, attempts,
+                       next_attempt_at, created_at)
+    SELECT id, contact_id, kind, message_id, NULL, payload, attempts, next_attempt_at, created_at
+    FROM outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v4';
+UPDATE sqlite_sequence SET name = 'outbox_v4' WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_v4 RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox (next_attempt_at, id);
+CREATE INDEX outbox_by_contact ON outbox (contact_id, id);
+CREATE INDEX outbox_by_message ON outbox (message_id);
+CREATE INDEX outbox_by_age ON outbox (created_at, id);
+CREATE INDEX outbox_by_group_message ON outbox (group_message_id);
+";
 
 /// Expiry looks at the oldest queued items without scanning the outbox.
 const V2: &str = "CREATE INDEX outbox_by_age ON outbox (created_at, id);";

@@ -10,11 +10,12 @@ use zeroize::Zeroizing;
 
 use crate::err::{Error, Result, SqlResultExt};
 use crate::fsutil::{self, Placement};
+use crate::groups::{GroupDelivery, GroupMessage, GroupRecord, StoredOperation};
 use crate::keyfile::DbKey;
 use crate::model::{
     Contact, ContactState, Direction, Event, IdentityRecord, Message, OutboxItem, UnixMillis,
 };
-use crate::{contacts, events, identity, messages, outbox, schema};
+use crate::{contacts, events, groups, identity, messages, outbox, schema};
 
 /// How long a write waits for another connection's lock before reporting [`Error::Busy`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -418,6 +419,41 @@ pub trait StoreRead: sealed::Connected {
     /// Whether a contact has anything in its outbox (reads no payloads).
     fn has_outbox(&self, contact_id: i64) -> Result<bool> {
         outbox::has_items(self.db(), contact_id)
+    }
+
+    /// Every group this profile holds, by row.
+    fn groups(&self) -> Result<Vec<GroupRecord>> {
+        groups::all(self.db())
+    }
+
+    /// The group with this id.
+    fn group(&self, group_id: &[u8; 16]) -> Result<Option<GroupRecord>> {
+        groups::by_group_id(self.db(), group_id)
+    }
+
+    /// A group's operations, in the order they were added.
+    fn group_operations(&self, group_row: i64) -> Result<Vec<StoredOperation>> {
+        groups::operations(self.db(), group_row)
+    }
+
+    /// The group message with local id `row`.
+    fn group_message(&self, row: i64) -> Result<Option<GroupMessage>> {
+        groups::message(self.db(), row)
+    }
+
+    /// Up to `limit` of a group's messages before row `before` (all if `None`), newest first.
+    fn group_history(
+        &self,
+        group_row: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<GroupMessage>> {
+        groups::history(self.db(), group_row, before, limit)
+    }
+
+    /// How far an outgoing group message got to each recipient.
+    fn group_deliveries(&self, message_row: i64) -> Result<Vec<GroupDelivery>> {
+        groups::deliveries(self.db(), message_row)
     }
 
     /// The contacts that have something in their outbox, by id (reads no payloads).

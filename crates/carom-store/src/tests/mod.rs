@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod damage;
+mod groups;
 mod migrations;
 mod ops;
 mod profile;

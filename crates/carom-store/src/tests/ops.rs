@@ -593,11 +593,43 @@ fn plan(store: &Store, sql: &str) -> String {
 
 #[test]
 fn every_daemon_query_is_served_by_an_index() {
-    use crate::{contacts, events, messages, outbox};
+    use crate::{contacts, events, groups, messages, outbox};
     let store = memory();
     // (query, what its plan must contain). None may scan a whole table of messages, outbox
     // items or events, or sort them.
     let cases = [
+        (
+            groups::SELECT_BY_GROUP_ID,
+            "SEARCH groups USING INDEX sqlite_autoindex_groups_1",
+        ),
+        (
+            groups::SELECT_OPERATIONS,
+            "SEARCH group_ops USING INDEX sqlite_autoindex_group_ops_1 (group_row=?)",
+        ),
+        (
+            groups::SELECT_MESSAGE_BY_ROW,
+            "SEARCH group_messages USING INTEGER PRIMARY KEY",
+        ),
+        (
+            groups::SELECT_HISTORY,
+            "SEARCH group_messages USING INDEX group_messages_history (group_row=? AND id<?)",
+        ),
+        (
+            groups::SELECT_BY_SENDER_ID,
+            "SEARCH group_messages USING INDEX group_messages_exactly_once",
+        ),
+        (
+            groups::SELECT_BY_CLIENT_TOKEN,
+            "SEARCH group_messages USING INDEX group_messages_client_token",
+        ),
+        (
+            groups::SELECT_DELIVERIES,
+            "SEARCH group_deliveries USING PRIMARY KEY (message_row=?)",
+        ),
+        (
+            groups::SET_DELIVERY,
+            "SEARCH group_deliveries USING PRIMARY KEY (message_row=? AND recipient=?)",
+        ),
         (
             messages::SELECT_HISTORY,
             "SEARCH messages USING INDEX messages_history (contact_id=? AND id<?)",

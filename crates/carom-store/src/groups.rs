@@ -1,0 +1,599 @@
+//! Groups: each group's history of signed operations (kept as received, in the order added),
+//! its messages, and how far each outgoing message got to each recipient.
+//!
+//! The store keeps operations as opaque bytes: what they mean, and whether they verify, is
+//! `carom-group`'s business (the engine verifies everything before it writes it here, and again
+//! when it reads it back at start).
+
+use rusqlite::{OptionalExtension, Row};
+
+use crate::err::{Error, Result, SqlResultExt};
+use crate::model::{DeliveryStatus, Direction, GroupState, OutboxKind, UnixMillis};
+use crate::outbox;
+use crate::store::{Db, WriteTx, get_u64, to_sql_int};
+
+/// A group this profile holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Local row id.
+    pub row: i64,
+    /// The group's id (protocol §15).
+    pub group_id: [u8; 16],
+    /// Where we stand.
+    pub state: GroupState,
+    /// When the row was made.
+    pub created_at: UnixMillis,
+    /// When `state` last changed.
+    pub updated_at: UnixMillis,
+}
+
+/// One operation of a group's history, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOperation {
+    /// Its id (SHA3-256 of the body).
+    pub op_id: [u8; 32],
+    /// The body's bytes, exactly as signed.
+    pub body: Vec<u8>,
+    /// The author's signature.
+    pub signature: [u8; 64],
+}
+
+/// A group message, either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// Local row id.
+    pub row: i64,
+    /// The group's row.
+    pub group_row: i64,
+    /// Who sent it (identity key; ourselves for outgoing ones).
+    pub sender: [u8; 32],
+    /// Which way it went.
+    pub direction: Direction,
+    /// The sender's id for it.
+    pub msg_id: [u8; 16],
+    /// The heads it was sent at (their membership is its set of ends).
+    pub heads: Vec<[u8; 32]>,
+    /// When the sender wrote it (sender's clock).
+    pub sent_at: UnixMillis,
+    /// When it was stored here.
+    pub stored_at: UnixMillis,
+    /// The text.
+    pub body: String,
+    /// The group message it answers.
+    pub reply_to: Option<[u8; 16]>,
+    /// The API client's idempotency token (outgoing only).
+    pub client_token: Option<String>,
+}
+
+/// How far an outgoing group message got to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDelivery {
+    /// The recipient's identity key.
+    pub recipient: [u8; 32],
+    /// Its status.
+    pub status: DeliveryStatus,
+    /// Why it failed, for [`DeliveryStatus::Failed`].
+    pub failure: Option<String>,
+    /// When the status last changed.
+    pub status_at: UnixMillis,
+}
+
+/// An outgoing group message to queue.
+#[derive(Debug, Clone)]
+pub struct NewGroupChat {
+    /// The group's row.
+    pub group_row: i64,
+    /// Our identity key.
+    pub sender: [u8; 32],
+    /// The message id (the same for every recipient).
+    pub msg_id: [u8; 16],
+    /// The heads it is sent at.
+    pub heads: Vec<[u8; 32]>,
+    /// When we wrote it.
+    pub sent_at: UnixMillis,
+    /// The text.
+    pub body: String,
+    /// The group message it answers.
+    pub reply_to: Option<[u8; 16]>,
+    /// The API client's idempotency token.
+    pub client_token: Option<String>,
+    /// Every recipient: its contact row (whose outbox carries it) and identity key.
+    pub recipients: Vec<(i64, [u8; 32])>,
+    /// The encoded wire message, the same for every recipient.
+    pub payload: Vec<u8>,
+    /// Now.
+    pub now: UnixMillis,
+}
+
+/// An incoming group message to store.
+#[derive(Debug, Clone)]
+pub struct NewGroupIncoming {
+    /// The group's row.
+    pub group_row: i64,
+    /// The sender (the session's verified identity).
+    pub sender: [u8; 32],
+    /// Its id.
+    pub msg_id: [u8; 16],
+    /// Its heads.
+    pub heads: Vec<[u8; 32]>,
+    /// When the sender wrote it.
+    pub sent_at: UnixMillis,
+    /// The text.
+    pub body: String,
+    /// The group message it answers.
+    pub reply_to: Option<[u8; 16]>,
+    /// Now.
+    pub now: UnixMillis,
+}
+
+/// The outcome of [`WriteTx::queue_group_chat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupQueued {
+    /// Stored now.
+    New(GroupMessage),
+    /// A message with the same client token was queued before: nothing was stored.
+    Existing(GroupMessage),
+}
+
+/// The outcome of [`WriteTx::store_group_incoming`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupReceived {
+    /// Stored now.
+    New(GroupMessage),
+    /// Stored before (a retry or replay): acknowledge it again.
+    Duplicate(GroupMessage),
+}
+
+macro_rules! group_columns {
+    () => {
+        "id, group_id, state, created_at, updated_at"
+    };
+}
+
+macro_rules! group_message_columns {
+    () => {
+        "id, group_row, sender, direction, msg_id, heads, sent_at, stored_at, body, reply_to, \
+         client_token"
+    };
+}
+
+pub(crate) const SELECT_GROUPS: &str =
+    concat!("SELECT ", group_columns!(), " FROM groups ORDER BY id");
+pub(crate) const SELECT_BY_GROUP_ID: &str = concat!(
+    "SELECT ",
+    group_columns!(),
+    " FROM groups WHERE group_id = ?1"
+);
+pub(crate) const SELECT_OPERATIONS: &str =
+    "SELECT op_id, body, signature FROM group_ops WHERE group_row = ?1 ORDER BY seq";
+pub(crate) const SELECT_MESSAGE_BY_ROW: &str = concat!(
+    "SELECT ",
+    group_message_columns!(),
+    " FROM group_messages WHERE id = ?1"
+);
+pub(crate) const SELECT_HISTORY: &str = concat!(
+    "SELECT ",
+    group_message_columns!(),
+    " FROM group_messages WHERE group_row = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
+);
+pub(crate) const SELECT_BY_SENDER_ID: &str = concat!(
+    "SELECT ",
+    group_message_columns!(),
+    " FROM group_messages WHERE group_row = ?1 AND sender = ?2 AND msg_id = ?3"
+);
+pub(crate) const SELECT_BY_CLIENT_TOKEN: &str = concat!(
+    "SELECT ",
+    group_message_columns!(),
+    " FROM group_messages WHERE group_row = ?1 AND client_token = ?2"
+);
+pub(crate) const SELECT_DELIVERIES: &str = "SELECT recipient, status, failure, status_at \
+     FROM group_deliveries WHERE message_row = ?1 ORDER BY recipient";
+pub(crate) const SET_DELIVERY: &str = "UPDATE group_deliveries \
+     SET status = ?3, failure = ?4, status_at = ?5 \
+     WHERE message_row = ?1 AND recipient = ?2 AND status = 'queued'";
+
+fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
+    Ok(GroupRecord {
+        row: row.get(0)?,
+        group_id: row.get(1)?,
+        state: row.get(2)?,
+        created_at: get_u64(row, 3)?,
+        updated_at: get_u64(row, 4)?,
+    })
+}
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<GroupMessage> {
+    let heads: Vec<u8> = row.get(5)?;
+    Ok(GroupMessage {
+        row: row.get(0)?,
+        group_row: row.get(1)?,
+        sender: row.get(2)?,
+        direction: row.get(3)?,
+        msg_id: row.get(4)?,
+        heads: heads
+            .chunks_exact(32)
+            .map(|h| h.try_into().unwrap_or([0; 32]))
+            .collect(),
+        sent_at: get_u64(row, 6)?,
+        stored_at: get_u64(row, 7)?,
+        body: row.get(8)?,
+        reply_to: row.get(9)?,
+        client_token: row.get(10)?,
+    })
+}
+
+fn heads_blob(heads: &[[u8; 32]]) -> Result<Vec<u8>> {
+    if heads.is_empty() {
+        return Err(Error::Invalid {
+            what: "group message heads",
+            reason: "a group message names at least one head".into(),
+        });
+    }
+    Ok(heads.concat())
+}
+
+pub(crate) fn all(db: Db<'_>) -> Result<Vec<GroupRecord>> {
+    db.conn
+        .prepare_cached(SELECT_GROUPS)
+        .and_then(|mut stmt| {
+            stmt.query_map([], group_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn by_group_id(db: Db<'_>, group_id: &[u8; 16]) -> Result<Option<GroupRecord>> {
+    db.conn
+        .prepare_cached(SELECT_BY_GROUP_ID)
+        .and_then(|mut stmt| stmt.query_row([group_id], group_from_row).optional())
+        .at(db.path)
+}
+
+pub(crate) fn operations(db: Db<'_>, group_row: i64) -> Result<Vec<StoredOperation>> {
+    db.conn
+        .prepare_cached(SELECT_OPERATIONS)
+        .and_then(|mut stmt| {
+            stmt.query_map([group_row], |row| {
+                Ok(StoredOperation {
+                    op_id: row.get(0)?,
+                    body: row.get(1)?,
+                    signature: row.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn message(db: Db<'_>, row: i64) -> Result<Option<GroupMessage>> {
+    db.conn
+        .prepare_cached(SELECT_MESSAGE_BY_ROW)
+        .and_then(|mut stmt| stmt.query_row([row], message_from_row).optional())
+        .at(db.path)
+}
+
+pub(crate) fn history(
+    db: Db<'_>,
+    group_row: i64,
+    before_row: Option<i64>,
+    limit: u32,
+) -> Result<Vec<GroupMessage>> {
+    db.conn
+        .prepare_cached(SELECT_HISTORY)
+        .and_then(|mut stmt| {
+            stmt.query_map(
+                rusqlite::params![group_row, before_row.unwrap_or(i64::MAX), limit],
+                message_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+pub(crate) fn deliveries(db: Db<'_>, message_row: i64) -> Result<Vec<GroupDelivery>> {
+    db.conn
+        .prepare_cached(SELECT_DELIVERIES)
+        .and_then(|mut stmt| {
+            stmt.query_map([message_row], |row| {
+                Ok(GroupDelivery {
+                    recipient: row.get(0)?,
+                    status: row.get(1)?,
+                    failure: row.get(2)?,
+                    status_at: get_u64(row, 3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .at(db.path)
+}
+
+fn by_sender_id(
+    db: Db<'_>,
+    group_row: i64,
+    sender: &[u8; 32],
+    msg_id: &[u8; 16],
+) -> Result<Option<GroupMessage>> {
+    db.conn
+        .prepare_cached(SELECT_BY_SENDER_ID)
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                rusqlite::params![group_row, sender, msg_id],
+                message_from_row,
+            )
+            .optional()
+        })
+        .at(db.path)
+}
+
+fn by_client_token(db: Db<'_>, group_row: i64, token: &str) -> Result<Option<GroupMessage>> {
+    db.conn
+        .prepare_cached(SELECT_BY_CLIENT_TOKEN)
+        .and_then(|mut stmt| {
+            stmt.query_row(rusqlite::params![group_row, token], message_from_row)
+                .optional()
+        })
+        .at(db.path)
+}
+
+fn group_must_exist(error: Error) -> Error {
+    if error.is_missing_reference() {
+        Error::NotFound { what: "group" }
+    } else {
+        error
+    }
+}
+
+impl WriteTx<'_> {
+    /// Records a group this profile now holds. Fails with [`Error::AlreadyExists`] if it holds
+    /// it already.
+    pub fn insert_group(
+        &self,
+        group_id: &[u8; 16],
+        state: GroupState,
+        now: UnixMillis,
+    ) -> Result<GroupRecord> {
+        let db = self.db();
+        let at = to_sql_int(now, "now")?;
+        db.conn
+            .prepare_cached(
+                "INSERT INTO groups (group_id, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?3)",
+            )
+            .and_then(|mut stmt| stmt.insert(rusqlite::params![group_id, state, at]))
+            .at(db.path)
+            .map_err(|e| {
+                if e.is_unique_conflict() {
+                    Error::AlreadyExists { what: "group" }
+                } else {
+                    e
+                }
+            })
+            .map(|row| GroupRecord {
+                row,
+                group_id: *group_id,
+                state,
+                created_at: now,
+                updated_at: now,
+            })
+    }
+
+    /// Sets where this profile stands in a group. Fails with [`Error::NotFound`] for an unknown
+    /// row.
+    pub fn set_group_state(&self, row: i64, state: GroupState, now: UnixMillis) -> Result<()> {
+        let db = self.db();
+        let now = to_sql_int(now, "now")?;
+        let changed = db
+            .conn
+            .prepare_cached("UPDATE groups SET state = ?2, updated_at = ?3 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(rusqlite::params![row, state, now]))
+            .at(db.path)?;
+        if changed == 0 {
+            return Err(Error::NotFound { what: "group" });
+        }
+        Ok(())
+    }
+
+    /// Appends operations to a group's history, after those it holds, skipping any it holds
+    /// already. Returns how many were new.
+    pub fn add_group_operations(&self, group_row: i64, ops: &[StoredOperation]) -> Result<u64> {
+        let db = self.db();
+        let mut added = 0;
+        for op in ops {
+            let inserted = db
+                .conn
+                .prepare_cached(
+                    "INSERT INTO group_ops (group_row, seq, op_id, body, signature)
+                     VALUES (?1,
+                             (SELECT coalesce(max(seq), 0) + 1 FROM group_ops WHERE group_row = ?1),
+                             ?2, ?3, ?4)
+                     ON CONFLICT (group_row, op_id) DO NOTHING",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(rusqlite::params![
+                        group_row,
+                        op.op_id,
+                        op.body,
+                        op.signature
+                    ])
+                })
+                .at(db.path)
+                .map_err(group_must_exist)?;
+            added += inserted as u64;
+        }
+        Ok(added)
+    }
+
+    /// Stores an outgoing group message, one delivery row per recipient (queued), and one
+    /// outbox item per recipient carrying `payload`.
+    ///
+    /// Idempotent on (group, `client_token`), like [`WriteTx::queue_outgoing`].
+    pub fn queue_group_chat(&self, new: &NewGroupChat) -> Result<GroupQueued> {
+        let db = self.db();
+        if let Some(token) = &new.client_token
+            && let Some(existing) = by_client_token(db, new.group_row, token)?
+        {
+            return Ok(GroupQueued::Existing(existing));
+        }
+        let now = to_sql_int(new.now, "now")?;
+        let sent_at = to_sql_int(new.sent_at, "sent_at")?;
+        let heads = heads_blob(&new.heads)?;
+        let row = db
+            .conn
+            .prepare_cached(
+                "INSERT INTO group_messages (group_row, sender, direction, msg_id, heads, sent_at,
+                     stored_at, body, reply_to, client_token)
+                 VALUES (?1, ?2, 'outgoing', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut stmt| {
+                stmt.insert(rusqlite::params![
+                    new.group_row,
+                    new.sender,
+                    new.msg_id,
+                    heads,
+                    sent_at,
+                    now,
+                    new.body,
+                    new.reply_to,
+                    new.client_token,
+                ])
+            })
+            .at(db.path)
+            .map_err(|e| {
+                if e.is_unique_conflict() {
+                    Error::AlreadyExists {
+                        what: "group message with this id",
+                    }
+                } else {
+                    group_must_exist(e)
+                }
+            })?;
+        for (contact_id, identity) in &new.recipients {
+            db.conn
+                .prepare_cached(
+                    "INSERT INTO group_deliveries (message_row, recipient, status, failure,
+                         status_at)
+                     VALUES (?1, ?2, 'queued', NULL, ?3)",
+                )
+                .and_then(|mut stmt| stmt.execute(rusqlite::params![row, identity, now]))
+                .at(db.path)?;
+            outbox::insert_group(
+                db,
+                *contact_id,
+                OutboxKind::GroupChat,
+                Some(row),
+                &new.payload,
+                now,
+            )?;
+        }
+        Ok(GroupQueued::New(GroupMessage {
+            row,
+            group_row: new.group_row,
+            sender: new.sender,
+            direction: Direction::Outgoing,
+            msg_id: new.msg_id,
+            heads: new.heads.clone(),
+            sent_at: new.sent_at,
+            stored_at: new.now,
+            body: new.body.clone(),
+            reply_to: new.reply_to,
+            client_token: new.client_token.clone(),
+        }))
+    }
+
+    /// Queues a group-operations message (`payload`) for a contact. Returns the outbox id.
+    pub fn queue_group_operations(
+        &self,
+        contact_id: i64,
+        payload: &[u8],
+        now: UnixMillis,
+    ) -> Result<i64> {
+        let now = to_sql_int(now, "now")?;
+        outbox::insert_group(
+            self.db(),
+            contact_id,
+            OutboxKind::GroupOperations,
+            None,
+            payload,
+            now,
+        )
+    }
+
+    /// Stores an incoming group message exactly once per (group, sender, id).
+    pub fn store_group_incoming(&self, new: &NewGroupIncoming) -> Result<GroupReceived> {
+        let db = self.db();
+        let now = to_sql_int(new.now, "now")?;
+        let sent_at = to_sql_int(new.sent_at, "sent_at")?;
+        let heads = heads_blob(&new.heads)?;
+        let inserted = db
+            .conn
+            .prepare_cached(
+                "INSERT INTO group_messages (group_row, sender, direction, msg_id, heads, sent_at,
+                     stored_at, body, reply_to, client_token)
+                 VALUES (?1, ?2, 'incoming', ?3, ?4, ?5, ?6, ?7, ?8, NULL)
+                 ON CONFLICT (group_row, sender, msg_id) DO NOTHING",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params![
+                    new.group_row,
+                    new.sender,
+                    new.msg_id,
+                    heads,
+                    sent_at,
+                    now,
+                    new.body,
+                    new.reply_to,
+                ])
+            })
+            .at(db.path)
+            .map_err(group_must_exist)?;
+        if inserted == 0 {
+            let stored = by_sender_id(db, new.group_row, &new.sender, &new.msg_id)?.ok_or(
+                Error::NotFound {
+                    what: "group message",
+                },
+            )?;
+            return Ok(GroupReceived::Duplicate(stored));
+        }
+        Ok(GroupReceived::New(GroupMessage {
+            row: db.conn.last_insert_rowid(),
+            group_row: new.group_row,
+            sender: new.sender,
+            direction: Direction::Incoming,
+            msg_id: new.msg_id,
+            heads: new.heads.clone(),
+            sent_at: new.sent_at,
+            stored_at: new.now,
+            body: new.body.clone(),
+            reply_to: new.reply_to,
+            client_token: None,
+        }))
+    }
+
+    /// Sets how far an outgoing group message got to one recipient. Returns whether it
+    /// changed (a delivery already delivered stays so).
+    pub fn set_group_delivery(
+        &self,
+        message_row: i64,
+        recipient: &[u8; 32],
+        status: DeliveryStatus,
+        failure: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let db = self.db();
+        let now = to_sql_int(now, "now")?;
+        let changed = db
+            .conn
+            .prepare_cached(SET_DELIVERY)
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params![
+                    message_row,
+                    recipient,
+                    status,
+                    failure.filter(|_| status == DeliveryStatus::Failed),
+                    now
+                ])
+            })
+            .at(db.path)?;
+        Ok(changed > 0)
+    }
+}
