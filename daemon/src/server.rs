@@ -548,6 +548,21 @@ async fn dispatch(
             engine!().delete_message(p.id).await?;
             reply::<m::MessageDelete>(api::Empty {})
         }
+        Request::GroupCreate(p) => reply::<m::GroupCreate>(engine!().group_create(p).await?),
+        Request::GroupList(_) => reply::<m::GroupList>(engine!().group_list().await?),
+        Request::GroupGet(p) => reply::<m::GroupGet>(engine!().group_get(&p).await?),
+        Request::GroupInvite(p) => reply::<m::GroupInvite>(engine!().group_invite(p).await?),
+        Request::GroupAccept(p) => reply::<m::GroupAccept>(engine!().group_accept(p).await?),
+        Request::GroupDecline(p) => reply::<m::GroupDecline>(engine!().group_decline(&p).await?),
+        Request::GroupLeave(p) => reply::<m::GroupLeave>(engine!().group_leave(&p).await?),
+        Request::GroupRemove(p) => reply::<m::GroupRemove>(engine!().group_remove(&p).await?),
+        Request::GroupSetRole(p) => reply::<m::GroupSetRole>(engine!().group_set_role(&p).await?),
+        Request::GroupRename(p) => reply::<m::GroupRename>(engine!().group_rename(p).await?),
+        Request::GroupSetPolicy(p) => {
+            reply::<m::GroupSetPolicy>(engine!().group_set_policy(&p).await?)
+        }
+        Request::GroupSend(p) => reply::<m::GroupSend>(engine!().group_send(p).await?),
+        Request::GroupHistory(p) => reply::<m::GroupHistory>(engine!().group_history(&p).await?),
         Request::EventsSubscribe(p) => {
             reply::<m::EventsSubscribe>(subscribe(server, conn, p).await?)
         }

@@ -29,6 +29,14 @@ pub const CONTACT_UNREACHABLE: &str = "contact.unreachable";
 pub const MESSAGE_RECEIVED: &str = "message.received";
 /// A message's delivery state changed: [`StatusChanged`].
 pub const MESSAGE_STATUS: &str = "message.status";
+/// We were invited to a group: [`GroupInvited`] (see it with `group.get`).
+pub const GROUP_INVITED: &str = "group.invited";
+/// A group's membership, name, policy or our standing in it changed: [`GroupRef`].
+pub const GROUP_CHANGED: &str = "group.changed";
+/// A group message arrived: [`GroupMessageRef`] (fetch it with `group.history`).
+pub const GROUP_MESSAGE: &str = "group.message";
+/// An outgoing group message reached (or will not reach) one recipient: [`GroupDelivered`].
+pub const GROUP_DELIVERY: &str = "group.delivery";
 /// A frontend attached: [`Attached`].
 pub const FRONTEND_ATTACHED: &str = "frontend.attached";
 /// A frontend detached: [`Detached`].
@@ -80,6 +88,14 @@ pub enum EventData {
     MessageReceived(MessageRef),
     /// [`MESSAGE_STATUS`].
     MessageStatus(StatusChanged),
+    /// [`GROUP_INVITED`].
+    GroupInvited(GroupInvited),
+    /// [`GROUP_CHANGED`].
+    GroupChanged(GroupRef),
+    /// [`GROUP_MESSAGE`].
+    GroupMessage(GroupMessageRef),
+    /// [`GROUP_DELIVERY`].
+    GroupDelivery(GroupDelivered),
     /// [`FRONTEND_ATTACHED`].
     Attached(Attached),
     /// [`FRONTEND_DETACHED`].
@@ -234,6 +250,53 @@ pub struct StatusChanged {
     pub failure: Option<String>,
 }
 
+/// Data of [`GROUP_INVITED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInvited {
+    /// The group's id.
+    pub group: String,
+    /// Its name.
+    pub name: String,
+    /// Who invited us.
+    pub inviter: String,
+}
+
+/// Data naming a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    /// The group's id.
+    pub group: String,
+}
+
+/// Data of [`GROUP_MESSAGE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMessageRef {
+    /// The group's id.
+    pub group: String,
+    /// The local message id.
+    pub id: i64,
+    /// Who sent it.
+    pub sender: String,
+    /// The protocol message id (hex).
+    pub msg_id: String,
+}
+
+/// Data of [`GROUP_DELIVERY`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDelivered {
+    /// The group's id.
+    pub group: String,
+    /// The local message id.
+    pub id: i64,
+    /// The recipient.
+    pub recipient: String,
+    /// How far it got to them.
+    pub status: crate::group::DeliveryStatus,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
 /// Data of [`FRONTEND_ATTACHED`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attached {
@@ -273,6 +336,10 @@ impl EventData {
             EventData::Unreachable(_) => CONTACT_UNREACHABLE,
             EventData::MessageReceived(_) => MESSAGE_RECEIVED,
             EventData::MessageStatus(_) => MESSAGE_STATUS,
+            EventData::GroupInvited(_) => GROUP_INVITED,
+            EventData::GroupChanged(_) => GROUP_CHANGED,
+            EventData::GroupMessage(_) => GROUP_MESSAGE,
+            EventData::GroupDelivery(_) => GROUP_DELIVERY,
             EventData::Attached(_) => FRONTEND_ATTACHED,
             EventData::Detached(_) => FRONTEND_DETACHED,
             EventData::Gap(_) => GAP,
@@ -295,6 +362,10 @@ impl EventData {
             EventData::Unreachable(d) => value(d),
             EventData::MessageReceived(d) => value(d),
             EventData::MessageStatus(d) => value(d),
+            EventData::GroupInvited(d) => value(d),
+            EventData::GroupChanged(d) => value(d),
+            EventData::GroupMessage(d) => value(d),
+            EventData::GroupDelivery(d) => value(d),
             EventData::Attached(d) => value(d),
             EventData::Detached(d) => value(d),
             EventData::Gap(d) => value(d),
@@ -320,6 +391,10 @@ impl EventData {
             CONTACT_UNREACHABLE => typed(&data, EventData::Unreachable),
             MESSAGE_RECEIVED => typed(&data, EventData::MessageReceived),
             MESSAGE_STATUS => typed(&data, EventData::MessageStatus),
+            GROUP_INVITED => typed(&data, EventData::GroupInvited),
+            GROUP_CHANGED => typed(&data, EventData::GroupChanged),
+            GROUP_MESSAGE => typed(&data, EventData::GroupMessage),
+            GROUP_DELIVERY => typed(&data, EventData::GroupDelivery),
             FRONTEND_ATTACHED => typed(&data, EventData::Attached),
             FRONTEND_DETACHED => typed(&data, EventData::Detached),
             GAP => typed(&data, EventData::Gap),

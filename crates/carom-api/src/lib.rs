@@ -61,9 +61,18 @@ pub const MAX_EVENT_KINDS: usize = 64;
 pub const MAX_EVENT_KIND_BYTES: usize = 64;
 /// Frontends connected at once; one more is told so and disconnected.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Longest group name, and longest name a member gives itself in a group (protocol §12).
+pub const MAX_GROUP_NAME_BYTES: usize = 64;
 
 pub mod method;
 pub use method::{Method, Request};
+
+mod group;
+pub use group::{
+    DeliveryStatus, Group, GroupAccept, GroupCreate, GroupDelivery, GroupHistory, GroupInvitation,
+    GroupInvite, GroupMember, GroupMemberParams, GroupMessage, GroupMessagePage, GroupParams,
+    GroupRename, GroupRole, GroupSend, GroupSetPolicy, GroupSetRole, GroupState,
+};
 
 /// The first line on every connection (method [`method::BANNER`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

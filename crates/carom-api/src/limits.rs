@@ -5,10 +5,12 @@
 
 use crate::{
     AddressParams, ContactAdd, ContactRename, ContactRespond, Empty, ErrorKind, ErrorObject,
-    EventsSubscribe, MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES,
-    MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES,
-    MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageIdParams,
-    MessageList, MessageSend, ProfileChangePassphrase, ProfileCreate, ProfileUnlock, SessionHello,
+    EventsSubscribe, GroupAccept, GroupCreate, GroupHistory, GroupInvite, GroupMemberParams,
+    GroupParams, GroupRename, GroupSend, GroupSetPolicy, GroupSetRole, MAX_ADDRESS_BYTES,
+    MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES,
+    MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES,
+    MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageIdParams, MessageList, MessageSend,
+    ProfileChangePassphrase, ProfileCreate, ProfileUnlock, SessionHello,
 };
 
 /// Parameters whose fields have documented limits.
@@ -160,6 +162,91 @@ impl CheckLimits for EventsSubscribe {
 impl CheckLimits for SessionHello {
     fn check_limits(&self) -> Result<(), ErrorObject> {
         at_most("client", &self.client, MAX_CLIENT_NAME_BYTES)
+    }
+}
+
+fn before_is_an_id(before: Option<i64>) -> Result<(), ErrorObject> {
+    if before.is_some_and(|b| b < 1) {
+        return Err(ErrorObject::new(
+            ErrorKind::InvalidParams,
+            "`before` is a message id, which is at least 1",
+        ));
+    }
+    Ok(())
+}
+
+impl CheckLimits for GroupParams {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)
+    }
+}
+
+impl CheckLimits for GroupCreate {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("name", &self.name, MAX_GROUP_NAME_BYTES)?;
+        at_most("member_name", &self.member_name, MAX_GROUP_NAME_BYTES)
+    }
+}
+
+impl CheckLimits for GroupInvite {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        at_most("address", &self.address, MAX_ADDRESS_BYTES)
+    }
+}
+
+impl CheckLimits for GroupAccept {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        at_most("name", &self.name, MAX_GROUP_NAME_BYTES)
+    }
+}
+
+impl CheckLimits for GroupMemberParams {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        at_most("address", &self.address, MAX_ADDRESS_BYTES)
+    }
+}
+
+impl CheckLimits for GroupSetRole {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        at_most("address", &self.address, MAX_ADDRESS_BYTES)
+    }
+}
+
+impl CheckLimits for GroupRename {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        at_most("name", &self.name, MAX_GROUP_NAME_BYTES)
+    }
+}
+
+impl CheckLimits for GroupSetPolicy {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)
+    }
+}
+
+impl CheckLimits for GroupSend {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        at_most("body", &self.body, MAX_BODY_BYTES)?;
+        if let Some(reply_to) = &self.reply_to {
+            at_most("reply_to", reply_to, MAX_ADDRESS_BYTES)?;
+        }
+        match &self.client_token {
+            Some(t) => at_most("client_token", t, MAX_CLIENT_TOKEN_BYTES),
+            None => Ok(()),
+        }
+    }
+}
+
+impl CheckLimits for GroupHistory {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        before_is_an_id(self.before)
     }
 }
 

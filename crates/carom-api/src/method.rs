@@ -129,6 +129,32 @@ methods! {
     MessageGet = "message.get" (crate::MessageIdParams) -> crate::Message;
     /// Delete one message locally.
     MessageDelete = "message.delete" (crate::MessageIdParams) -> crate::Empty;
+    /// Create a group; we are its first member and an admin.
+    GroupCreate = "group.create" (crate::GroupCreate) -> crate::Group;
+    /// Every group we hold (invitations included).
+    GroupList = "group.list" (crate::Empty) -> Vec<crate::Group>;
+    /// One group, with its members and their kinds.
+    GroupGet = "group.get" (crate::GroupParams) -> crate::Group;
+    /// Invite a contact (the first consent; they must accept).
+    GroupInvite = "group.invite" (crate::GroupInvite) -> crate::Group;
+    /// Accept an invitation (the second consent).
+    GroupAccept = "group.accept" (crate::GroupAccept) -> crate::Group;
+    /// Decline an invitation (nobody is told).
+    GroupDecline = "group.decline" (crate::GroupParams) -> crate::Group;
+    /// Leave a group.
+    GroupLeave = "group.leave" (crate::GroupParams) -> crate::Group;
+    /// Remove a member (admins), or withdraw someone's invitations.
+    GroupRemove = "group.remove" (crate::GroupMemberParams) -> crate::Group;
+    /// Change a member's role (admins).
+    GroupSetRole = "group.set_role" (crate::GroupSetRole) -> crate::Group;
+    /// Rename a group (admins).
+    GroupRename = "group.rename" (crate::GroupRename) -> crate::Group;
+    /// Let members invite, or not (admins).
+    GroupSetPolicy = "group.set_policy" (crate::GroupSetPolicy) -> crate::Group;
+    /// Send a message to every member.
+    GroupSend = "group.send" (crate::GroupSend) -> crate::GroupMessage;
+    /// Page a group's messages.
+    GroupHistory = "group.history" (crate::GroupHistory) -> crate::GroupMessagePage;
     /// Start receiving events.
     EventsSubscribe = "events.subscribe" (crate::EventsSubscribe) -> crate::Subscribed;
     /// Stop receiving events.
@@ -157,6 +183,19 @@ mod tests {
             "message.list" => serde_json::json!({ "with": "x" }),
             "message.get" | "message.delete" => serde_json::json!({ "id": 1 }),
             "session.hello" => serde_json::json!({ "client": "x" }),
+            "group.create" => serde_json::json!({ "name": "x" }),
+            "group.get" | "group.decline" | "group.leave" => serde_json::json!({ "group": "x" }),
+            "group.invite" | "group.remove" => {
+                serde_json::json!({ "group": "x", "address": "y" })
+            }
+            "group.accept" => serde_json::json!({ "group": "x" }),
+            "group.set_role" => {
+                serde_json::json!({ "group": "x", "address": "y", "role": "admin" })
+            }
+            "group.rename" => serde_json::json!({ "group": "x", "name": "y" }),
+            "group.set_policy" => serde_json::json!({ "group": "x", "members_can_invite": true }),
+            "group.send" => serde_json::json!({ "group": "x", "body": "y" }),
+            "group.history" => serde_json::json!({ "group": "x" }),
             _ => Value::Null,
         };
         for name in ALL {

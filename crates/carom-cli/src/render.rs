@@ -273,6 +273,35 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
             t.bootstrap_phase,
             t.service
         ),
+        EventData::GroupInvited(g) => format!(
+            "{} invited you to the group \"{}\" — `carom group show {}`, then `carom group accept {}`",
+            name(&g.inviter),
+            g.name,
+            g.group,
+            g.group
+        ),
+        EventData::GroupChanged(g) => {
+            format!("group {} changed — `carom group show {}`", g.group, g.group)
+        }
+        EventData::GroupMessage(m) => format!(
+            "group message #{} in {} from {} — `carom group history {}`",
+            m.id,
+            m.group,
+            short(&m.sender),
+            m.group
+        ),
+        EventData::GroupDelivery(d) => format!(
+            "group message #{} reached {}{}",
+            d.id,
+            short(&d.recipient),
+            match d.status {
+                api::DeliveryStatus::Delivered => String::new(),
+                _ => format!(
+                    " — no: {}",
+                    d.failure.as_deref().unwrap_or("it will not be delivered")
+                ),
+            }
+        ),
         EventData::Attached(a) => format!(
             "a frontend attached: #{} {}",
             a.session,

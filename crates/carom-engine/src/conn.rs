@@ -223,9 +223,10 @@ struct Conn<S> {
     /// Every outbox item up to this id has been written on this connection (items are sent
     /// in id order, so one number says it).
     sent_up_to: i64,
-    /// Contact requests and responses written on this connection, by message id → outbox id,
-    /// so their acknowledgements can clear them without searching the outbox.
-    control_sent: HashMap<MessageId, (i64, OutboxKind)>,
+    /// Items that live only in the outbox (contact requests and responses, group traffic)
+    /// written on this connection, by message id → outbox id, kind and group message row, so
+    /// their acknowledgements can clear them without searching the outbox.
+    control_sent: HashMap<MessageId, (i64, OutboxKind, Option<i64>)>,
     /// Chats written since the last flush whose status should become `sent`.
     just_sent: Vec<i64>,
     registered: bool,
@@ -651,7 +652,10 @@ where
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
                     self.rejected(peer, reject).await?;
                 }
-                Message::ContactRequest(_) | Message::ContactResponse(_) => {
+                Message::ContactRequest(_)
+                | Message::ContactResponse(_)
+                | Message::GroupOperations(_)
+                | Message::GroupChat(_) => {
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
                     let outcome = self
                         .shared
@@ -677,15 +681,6 @@ where
                         self.session.close(reason, now);
                         return Ok(());
                     }
-                }
-                Message::GroupOperations(_) | Message::GroupChat(_) => {
-                    // The wire format is defined (protocol §15) but this daemon does not take
-                    // part in groups yet: such messages are treated as of an unknown type.
-                    debug!(
-                        peer = %peer.redacted(),
-                        message_type = message.message_type(),
-                        "ignored a group message: groups are not supported by this daemon yet"
-                    );
                 }
                 _ => {}
             }
@@ -801,12 +796,28 @@ where
         let now = unix_ms();
         let failure = carom_proto::reject::name(reject.reason);
         info!(peer = %peer.redacted(), count = reject.ids.len(), failure, "the peer refused messages");
+        let control: Vec<(i64, OutboxKind, Option<i64>)> = reject
+            .ids
+            .iter()
+            .filter_map(|id| self.control_sent.remove(id))
+            .collect();
         self.shared
             .store
             .write(move |tx| {
                 let raw: Vec<[u8; 16]> = reject.ids.iter().map(|id| id.0).collect();
                 let failed = tx.mark_rejected(contact_id, &raw, failure, now)?;
-                status_events(tx, &failed, peer, now)
+                status_events(tx, &failed, peer, now)?;
+                // Refused group traffic leaves the outbox too; a group message fails for
+                // this recipient with the reason.
+                for &(item, kind, group_message) in &control {
+                    if tx.remove_outbox(item)?
+                        && kind == OutboxKind::GroupChat
+                        && let Some(row) = group_message
+                    {
+                        group_delivery(tx, row, peer, Some(failure), now)?;
+                    }
+                }
+                Ok(())
             })
             .await
     }
@@ -818,8 +829,9 @@ where
         };
         let now = unix_ms();
         trace!(count = ids.len(), "acknowledgement received");
-        // Contact requests and responses live only in the outbox; we know which we sent.
-        let control: Vec<(i64, OutboxKind)> = ids
+        // Contact requests and responses and group traffic live only in the outbox; we know
+        // which we sent.
+        let control: Vec<(i64, OutboxKind, Option<i64>)> = ids
             .iter()
             .filter_map(|id| self.control_sent.remove(id))
             .collect();
@@ -829,12 +841,21 @@ where
                 let raw: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
                 let delivered = tx.mark_delivered(contact_id, &raw, now)?;
                 status_events(tx, &delivered, peer, now)?;
-                for &(item, kind) in &control {
-                    if tx.remove_outbox(item)? && kind == OutboxKind::ContactRequest {
-                        let event = EventData::RequestDelivered(event::ContactRef {
-                            address: peer.to_string(),
-                        });
-                        append(tx, &event, now)?;
+                for &(item, kind, group_message) in &control {
+                    if !tx.remove_outbox(item)? {
+                        continue;
+                    }
+                    match (kind, group_message) {
+                        (OutboxKind::ContactRequest, _) => {
+                            let event = EventData::RequestDelivered(event::ContactRef {
+                                address: peer.to_string(),
+                            });
+                            append(tx, &event, now)?;
+                        }
+                        (OutboxKind::GroupChat, Some(row)) => {
+                            group_delivery(tx, row, peer, None, now)?;
+                        }
+                        _ => {}
                     }
                 }
                 Ok(())
@@ -888,9 +909,13 @@ where
                     continue;
                 }
             };
+            // Items that live only in the outbox (no message row): we must know which we sent
+            // to clear them when they are acknowledged or refused.
             let control = match &message {
                 Message::ContactRequest(r) => Some(r.id),
                 Message::ContactResponse(r) => Some(r.id),
+                Message::GroupOperations(g) => Some(g.id),
+                Message::GroupChat(c) => Some(c.id),
                 _ => None,
             };
             match self.session.send(message, view::monotonic()) {
@@ -917,7 +942,8 @@ where
                 self.just_sent.push(row);
             }
             if let Some(id) = control {
-                self.control_sent.insert(id, (item.id, item.kind));
+                self.control_sent
+                    .insert(id, (item.id, item.kind, item.group_message_row));
             }
         }
     }
@@ -976,6 +1002,43 @@ fn mark_sent(
         }
         Ok(())
     })
+}
+
+/// A group message reached `peer` (`failure`: it never will): its delivery row, and the event.
+fn group_delivery(
+    tx: &WriteTx<'_>,
+    message_row: i64,
+    peer: OnionAddress,
+    failure: Option<&str>,
+    now: u64,
+) -> Result<()> {
+    let status = if failure.is_some() {
+        carom_store::DeliveryStatus::Failed
+    } else {
+        carom_store::DeliveryStatus::Delivered
+    };
+    if !tx.set_group_delivery(message_row, &peer.public_key(), status, failure, now)? {
+        return Ok(());
+    }
+    let Some(message) = tx.group_message(message_row)? else {
+        return Ok(());
+    };
+    let Some(group) = tx.group_by_row(message.group_row)? else {
+        return Ok(());
+    };
+    let event = EventData::GroupDelivery(event::GroupDelivered {
+        group: hex::encode(group.group_id),
+        id: message_row,
+        recipient: peer.to_string(),
+        status: if failure.is_some() {
+            carom_api::DeliveryStatus::Failed
+        } else {
+            carom_api::DeliveryStatus::Delivered
+        },
+        failure: failure.map(str::to_owned),
+    });
+    append(tx, &event, now)?;
+    Ok(())
 }
 
 /// A `message.status` event for each message whose status changed.

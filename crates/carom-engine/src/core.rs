@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carom_proto::{CloseReason, ContactRequest, Message, OnionAddress};
-use carom_store::{ContactState, MessageStatus, NewContact, StoreRead, WriteTx};
+use carom_store::{
+    ContactState, GroupQueued, GroupReceived, GroupState, MessageStatus, NewContact, NewGroupChat,
+    NewGroupIncoming, StoreRead, WriteTx,
+};
 use carom_tor::Transport;
 use rand_core::{OsRng, RngCore as _};
 use tokio::sync::{mpsc, oneshot};
@@ -23,11 +26,13 @@ use crate::config::EngineConfig;
 use crate::conn::{self, ConnCmd, Ticket, append, forget_contact};
 use crate::contact;
 use crate::err::Result;
+use crate::groups::{GroupCommand, GroupWrite};
 pub(crate) use crate::machine::{Admission, ConnId, ContactOutcome, Registration, SessionUp};
 use crate::machine::{
     ContactReply, DialFailure, EXPIRY_BATCH, Effect, Input, Known, Machine, Now, StoreOp,
 };
 use crate::view::{self, address_of, unix_ms};
+use carom_group::{GroupId, OpId};
 
 /// Messages to the core.
 pub(crate) enum CoreMsg {
@@ -76,15 +81,36 @@ pub(crate) enum CoreMsg {
     },
     /// Tor became ready to carry traffic (after bootstrap, or after it lost the network).
     TorReady,
+    /// A group command from the API; answered once what it changed is committed.
+    Group {
+        command: GroupCommand,
+        reply: oneshot::Sender<Result<GroupDone>>,
+    },
+    /// The members of a group at each of these states.
+    GroupSentTo {
+        group: GroupId,
+        heads: Vec<Vec<OpId>>,
+        reply: oneshot::Sender<Vec<Vec<String>>>,
+    },
     /// A store result (or another outcome of an effect) for the machine.
     Result(Input),
     /// Close every session and stop.
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+/// The answer to a group command, once committed.
+#[derive(Debug, Default)]
+pub(crate) struct GroupDone {
+    pub(crate) view: Option<carom_api::Group>,
+    pub(crate) list: Vec<carom_api::Group>,
+    /// The row of the group message a `Send` queued (or had queued, for a repeated token).
+    pub(crate) message_row: Option<i64>,
+}
+
 /// What a store job the machine asked for produced.
 enum Written {
     Nothing,
+    GroupMessage(Option<i64>),
     Request {
         id: i64,
         displaced: Vec<OnionAddress>,
@@ -120,7 +146,8 @@ impl<T: Transport> Core<T> {
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let expires_at = shared.session_config().certificate.expires_at();
-        let machine = Machine::new(shared.me, config.clone(), expires_at, seed, now());
+        let identity = shared.session_config().identity.clone();
+        let machine = Machine::new(identity, config.clone(), expires_at, seed, now());
         Core {
             shared,
             transport,
@@ -141,15 +168,25 @@ impl<T: Transport> Core<T> {
                 for c in s.contacts()? {
                     contacts.push((address_of(&c.identity)?, Known::from(&c)));
                 }
-                Ok((contacts, s.outbox_contacts()?))
+                let mut groups = Vec::new();
+                for g in s.groups()? {
+                    groups.push((GroupId(g.group_id), g.state, s.group_operations(g.row)?));
+                }
+                Ok((contacts, s.outbox_contacts()?, groups))
             })
             .await;
-        let (contacts, queued) = known.unwrap_or_else(|e| {
+        let (contacts, queued, groups) = known.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the contacts; starting with none");
             Default::default()
         });
-        self.machine
-            .handle(Input::Loaded { contacts, queued }, now());
+        self.machine.handle(
+            Input::Loaded {
+                contacts,
+                queued,
+                groups,
+            },
+            now(),
+        );
         self.execute();
         loop {
             // No fixed tick: the core wakes when the machine's earliest timer is due, or for
@@ -234,6 +271,51 @@ impl<T: Transport> Core<T> {
                 now,
             ),
             CoreMsg::TorReady => self.machine.handle(Input::TorReady, now),
+            CoreMsg::Group { command, reply } => {
+                let decision = match self.machine.group_command(command, now) {
+                    Ok(decision) => decision,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let mut done = GroupDone {
+                    view: decision.view,
+                    list: decision.list,
+                    message_row: None,
+                };
+                let Some(write) = decision.write else {
+                    let _ = reply.send(Ok(done));
+                    return;
+                };
+                // Issued now, before the deliveries the machine queued: they read what this
+                // writes.
+                let written = self.write(StoreOp::Group(Box::new(write)));
+                tokio::spawn(async move {
+                    match written.await {
+                        Ok(Written::GroupMessage(row)) => {
+                            done.message_row = row;
+                            let _ = reply.send(Ok(done));
+                        }
+                        Ok(_) => {
+                            let _ = reply.send(Ok(done));
+                        }
+                        Err(e) => {
+                            // The machine's copy is ahead of the store: it stays so until the
+                            // next start, which reads the store again.
+                            tracing::warn!(error = %e, "a group change was not stored");
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                });
+            }
+            CoreMsg::GroupSentTo {
+                group,
+                heads,
+                reply,
+            } => {
+                let _ = reply.send(self.machine.group_sent_to(group, &heads));
+            }
             CoreMsg::Result(input) => self.machine.handle(input, now),
             CoreMsg::Shutdown { .. } => {}
         }
@@ -510,6 +592,10 @@ impl<T: Transport> Core<T> {
                 });
                 boxed(async move { written.await.map(|()| Written::Nothing) })
             }
+            StoreOp::Group(write) => {
+                let written = store.write(move |tx| group_write(tx, &write));
+                boxed(async move { written.await.map(Written::GroupMessage) })
+            }
             StoreOp::Housekeeping {
                 expired,
                 retention,
@@ -549,6 +635,9 @@ impl<T: Transport> Core<T> {
                 Ok(Some(CoreMsg::Dialed { reply, .. })) => {
                     let _ = reply.send(None);
                 }
+                Ok(Some(CoreMsg::Group { reply, .. })) => {
+                    let _ = reply.send(Err(crate::err::EngineError::ShuttingDown));
+                }
                 Ok(Some(_)) | Err(_) => {}
                 Ok(None) => break,
             }
@@ -569,7 +658,7 @@ fn op_peer(op: &StoreOp) -> Option<OnionAddress> {
         | StoreOp::Presence { peer, .. }
         | StoreOp::StoreRequest { peer, .. }
         | StoreOp::PeerStep { peer, .. } => Some(*peer),
-        StoreOp::Event(_) | StoreOp::Housekeeping { .. } => None,
+        StoreOp::Event(_) | StoreOp::Housekeeping { .. } | StoreOp::Group(_) => None,
     }
 }
 
@@ -688,4 +777,105 @@ fn housekeeping(
         }
     }
     Ok(peers)
+}
+
+/// Carry out a group write in its transaction: our standing, the operations, what is queued
+/// for whom, an incoming or outgoing message, the events. Returns the row of the group message
+/// it stored or queued, if any.
+fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
+    let now = unix_ms();
+    let row = match tx.group(&write.group.0)? {
+        Some(g) => {
+            if let Some(state) = write.state
+                && state != g.state
+            {
+                tx.set_group_state(g.row, state, now)?;
+            }
+            g.row
+        }
+        None => {
+            tx.insert_group(
+                &write.group.0,
+                write.state.unwrap_or(GroupState::Invited),
+                now,
+            )?
+            .row
+        }
+    };
+    tx.add_group_operations(row, &write.ops)?;
+    for (peer, payload) in &write.send {
+        if let Some(c) = tx.contact_by_identity(&peer.public_key())? {
+            tx.queue_group_operations(c.id, payload, now)?;
+        }
+    }
+    for event in &write.events {
+        append(tx, event, now)?;
+    }
+    let group = hex::encode(write.group.0);
+    let mut message_row = None;
+    if let Some(out) = &write.chat_out {
+        let mut recipients = Vec::with_capacity(out.recipients.len());
+        for peer in &out.recipients {
+            if let Some(c) = tx.contact_by_identity(&peer.public_key())? {
+                recipients.push((c.id, peer.public_key()));
+            }
+        }
+        let queued = tx.queue_group_chat(&NewGroupChat {
+            group_row: row,
+            sender: out.sender.public_key(),
+            msg_id: out.msg_id.0,
+            heads: out.heads.iter().map(|h| h.0).collect(),
+            sent_at: out.sent_at,
+            body: out.body.clone(),
+            reply_to: out.reply_to.map(|r| r.0),
+            client_token: out.client_token.clone(),
+            recipients,
+            unreachable: out
+                .unreachable
+                .iter()
+                .map(|p| (p.public_key(), crate::groups::NOT_A_CONTACT.to_owned()))
+                .collect(),
+            payload: out.payload.clone(),
+            now,
+        })?;
+        message_row = Some(match queued {
+            GroupQueued::New(m) => {
+                for peer in &out.unreachable {
+                    let event = EventData::GroupDelivery(event::GroupDelivered {
+                        group: group.clone(),
+                        id: m.row,
+                        recipient: peer.to_string(),
+                        status: carom_api::DeliveryStatus::Failed,
+                        failure: Some(crate::groups::NOT_A_CONTACT.to_owned()),
+                    });
+                    append(tx, &event, now)?;
+                }
+                m.row
+            }
+            GroupQueued::Existing(m) => m.row,
+        });
+    }
+    if let Some(chat) = &write.chat_in {
+        let received = tx.store_group_incoming(&NewGroupIncoming {
+            group_row: row,
+            sender: chat.sender.public_key(),
+            msg_id: chat.msg_id.0,
+            heads: chat.heads.iter().map(|h| h.0).collect(),
+            sent_at: chat.sent_at,
+            body: chat.body.clone(),
+            reply_to: chat.reply_to.map(|r| r.0),
+            now,
+        })?;
+        if let GroupReceived::New(m) = received {
+            let event = EventData::GroupMessage(event::GroupMessageRef {
+                group: group.clone(),
+                id: m.row,
+                sender: chat.sender.to_string(),
+                msg_id: hex::encode(m.msg_id),
+            });
+            append(tx, &event, now)?;
+            message_row = Some(m.row);
+        }
+    }
+    Ok(message_row)
 }

@@ -16,6 +16,9 @@ pub enum EngineError {
     /// No such message.
     #[error("no such message")]
     NoSuchMessage,
+    /// No such group (or not one this profile holds).
+    #[error("no such group")]
+    NoSuchGroup,
     /// Adding ourselves, or a similar contradiction.
     #[error("{0}")]
     InvalidRequest(String),
@@ -61,7 +64,9 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             EngineError::InvalidAddress(_) => ErrorKind::InvalidAddress,
-            EngineError::NoSuchContact | EngineError::NoSuchMessage => ErrorKind::NotFound,
+            EngineError::NoSuchContact | EngineError::NoSuchMessage | EngineError::NoSuchGroup => {
+                ErrorKind::NotFound
+            }
             EngineError::InvalidRequest(_) => ErrorKind::InvalidParams,
             EngineError::InvalidState(_) => ErrorKind::InvalidState,
             EngineError::AlreadyExists(_) => ErrorKind::AlreadyExists,

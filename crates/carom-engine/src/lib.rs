@@ -29,6 +29,7 @@ mod conn;
 mod contact;
 mod core;
 mod err;
+mod groups;
 mod limits;
 mod machine;
 mod store_actor;
@@ -61,12 +62,14 @@ pub use err::{EngineError, Result, store_kind};
 pub use crate::conn::MAX_PREAUTH;
 use crate::conn::{append, forget_contact};
 use crate::contact::Input;
-use crate::core::{ConnId, Core, CoreMsg};
+use crate::core::{ConnId, Core, CoreMsg, GroupDone};
+use crate::groups::GroupCommand;
 use crate::store_actor::StoreHandle;
 #[cfg(debug_assertions)]
 pub use crate::store_actor::{POISON_AFTER_WRITES_VAR, SLOW_WRITES_VAR};
 use crate::view::{address_of, unix_ms, unix_secs};
 use api::event::{By, RemovalReason};
+use carom_group::{GroupId, OpId, Role};
 
 /// A profile's keys: the identity (onion service key) and this device's certified Noise key.
 #[derive(Clone)]
@@ -705,6 +708,228 @@ impl Engine {
         })
     }
 
+    /// Run a group command in the core; the answer comes once its change is committed.
+    async fn group(&self, command: GroupCommand) -> Result<GroupDone> {
+        self.shared
+            .ask(|reply| CoreMsg::Group { command, reply })
+            .await?
+    }
+
+    fn group_view(done: GroupDone) -> Result<api::Group> {
+        done.view
+            .ok_or_else(|| EngineError::bug("a group command answered without the group"))
+    }
+
+    /// `group.create`.
+    pub async fn group_create(&self, p: api::GroupCreate) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Create {
+                name: p.name,
+                members_can_invite: p.members_can_invite,
+                member_name: p.member_name,
+                kind: proto_kind(p.kind),
+            })
+            .await?,
+        )
+    }
+
+    /// `group.list`.
+    pub async fn group_list(&self) -> Result<Vec<api::Group>> {
+        Ok(self.group(GroupCommand::List).await?.list)
+    }
+
+    /// `group.get`.
+    pub async fn group_get(&self, p: &api::GroupParams) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Get(parse_group(&p.group)?))
+                .await?,
+        )
+    }
+
+    /// `group.invite`.
+    pub async fn group_invite(&self, p: api::GroupInvite) -> Result<api::Group> {
+        let invitee = self.parse(&p.address)?;
+        if invitee == self.shared.me {
+            return Err(EngineError::InvalidRequest(
+                "that is your own address".into(),
+            ));
+        }
+        Engine::group_view(
+            self.group(GroupCommand::Invite {
+                group: parse_group(&p.group)?,
+                invitee,
+                role: group_role(p.role),
+            })
+            .await?,
+        )
+    }
+
+    /// `group.accept`.
+    pub async fn group_accept(&self, p: api::GroupAccept) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Accept {
+                group: parse_group(&p.group)?,
+                name: p.name,
+                kind: proto_kind(p.kind),
+            })
+            .await?,
+        )
+    }
+
+    /// `group.decline`.
+    pub async fn group_decline(&self, p: &api::GroupParams) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Decline(parse_group(&p.group)?))
+                .await?,
+        )
+    }
+
+    /// `group.leave`.
+    pub async fn group_leave(&self, p: &api::GroupParams) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Leave(parse_group(&p.group)?))
+                .await?,
+        )
+    }
+
+    /// `group.remove`.
+    pub async fn group_remove(&self, p: &api::GroupMemberParams) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Remove {
+                group: parse_group(&p.group)?,
+                member: self.parse(&p.address)?,
+            })
+            .await?,
+        )
+    }
+
+    /// `group.set_role`.
+    pub async fn group_set_role(&self, p: &api::GroupSetRole) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::SetRole {
+                group: parse_group(&p.group)?,
+                member: self.parse(&p.address)?,
+                role: group_role(p.role),
+            })
+            .await?,
+        )
+    }
+
+    /// `group.rename`.
+    pub async fn group_rename(&self, p: api::GroupRename) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::Rename {
+                group: parse_group(&p.group)?,
+                name: p.name,
+            })
+            .await?,
+        )
+    }
+
+    /// `group.set_policy`.
+    pub async fn group_set_policy(&self, p: &api::GroupSetPolicy) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::SetPolicy {
+                group: parse_group(&p.group)?,
+                members_can_invite: p.members_can_invite,
+            })
+            .await?,
+        )
+    }
+
+    /// `group.send`: queue a message to every member; answered once queued.
+    pub async fn group_send(&self, p: api::GroupSend) -> Result<api::GroupMessage> {
+        let group = parse_group(&p.group)?;
+        let reply_to = p
+            .reply_to
+            .as_deref()
+            .map(view::parse_msg_id)
+            .transpose()?
+            .map(MessageId);
+        let done = self
+            .group(GroupCommand::Send {
+                group,
+                body: p.body,
+                reply_to,
+                client_token: p.client_token,
+                now_ms: unix_ms(),
+            })
+            .await?;
+        let row = done
+            .message_row
+            .ok_or_else(|| EngineError::bug("a group message was queued without a row"))?;
+        let mut page = self
+            .group_messages(group, move |s, group_row| {
+                Ok(s.group_message(row)?
+                    .filter(|m| m.group_row == group_row)
+                    .into_iter()
+                    .collect())
+            })
+            .await?;
+        page.pop()
+            .ok_or_else(|| EngineError::bug("a queued group message is not in the store"))
+    }
+
+    /// `group.history`: newest first.
+    pub async fn group_history(&self, p: &api::GroupHistory) -> Result<api::GroupMessagePage> {
+        let group = parse_group(&p.group)?;
+        let limit = p.limit.unwrap_or(50).clamp(1, 500);
+        let before = p.before;
+        let messages = self
+            .group_messages(group, move |s, group_row| {
+                Ok(s.group_history(group_row, before, limit)?)
+            })
+            .await?;
+        let next_before = if messages.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
+            messages.last().map(|m| m.id)
+        } else {
+            None
+        };
+        Ok(api::GroupMessagePage {
+            messages,
+            next_before,
+        })
+    }
+
+    /// Group messages a read picks, with their deliveries and the set of ends of each.
+    async fn group_messages(
+        &self,
+        group: GroupId,
+        pick: impl FnOnce(&carom_store::Store, i64) -> Result<Vec<carom_store::GroupMessage>>
+        + Send
+        + 'static,
+    ) -> Result<Vec<api::GroupMessage>> {
+        let rows = self
+            .shared
+            .store
+            .read(move |s| {
+                let g = s.group(&group.0)?.ok_or(EngineError::NoSuchGroup)?;
+                let mut out = Vec::new();
+                for m in pick(s, g.row)? {
+                    let deliveries = s.group_deliveries(m.row)?;
+                    out.push((m, deliveries));
+                }
+                Ok(out)
+            })
+            .await?;
+        let heads: Vec<Vec<OpId>> = rows
+            .iter()
+            .map(|(m, _)| m.heads.iter().map(|h| OpId(*h)).collect())
+            .collect();
+        let sent_to = self
+            .shared
+            .ask(|reply| CoreMsg::GroupSentTo {
+                group,
+                heads,
+                reply,
+            })
+            .await?;
+        rows.into_iter()
+            .zip(sent_to)
+            .map(|((m, deliveries), sent_to)| view::group_message(&m, group, sent_to, &deliveries))
+            .collect()
+    }
+
     /// `message.get`.
     pub async fn message(&self, id: i64) -> Result<api::Message> {
         let (m, identity) = self
@@ -902,5 +1127,28 @@ async fn watch_status(mut status: watch::Receiver<TransportStatus>, shared: Arc<
         if status.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// A group id as the API gives it (32 hex digits).
+fn parse_group(text: &str) -> Result<GroupId> {
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(|| EngineError::InvalidRequest("a group id is 32 hex digits".into()))?;
+    Ok(GroupId(bytes))
+}
+
+fn group_role(role: api::GroupRole) -> Role {
+    match role {
+        api::GroupRole::Member => Role::Member,
+        api::GroupRole::Admin => Role::Admin,
+    }
+}
+
+fn proto_kind(kind: api::PeerKind) -> carom_proto::PeerKind {
+    match kind {
+        api::PeerKind::Human => carom_proto::PeerKind::Human,
+        api::PeerKind::Bot => carom_proto::PeerKind::Bot,
     }
 }

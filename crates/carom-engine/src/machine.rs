@@ -22,10 +22,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use carom_group::GroupId;
 use carom_proto::{
-    Ack, CloseReason, ContactRequest, ContactResponse, Decision, Message, MessageId, OnionAddress,
+    Ack, CloseReason, ContactRequest, ContactResponse, Decision, IdentityKey, Message, MessageId,
+    OnionAddress,
 };
-use carom_store::{Contact, ContactState};
+use carom_store::{Contact, ContactState, GroupState, StoredOperation};
 use carom_tor::{TransportError, TransportErrorKind};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha20Rng;
@@ -36,6 +38,7 @@ use carom_api::event;
 
 use crate::config::EngineConfig;
 use crate::contact::{self, Admit, Effect as Rule, Input as RuleInput};
+use crate::groups::{self, GroupCommand, GroupWrite, Groups};
 use crate::limits::RequestLimiter;
 
 /// Identifies one connection for the lifetime of the engine.
@@ -170,6 +173,9 @@ pub(crate) enum StoreOp {
         step: contact::Step,
         offered: Option<String>,
     },
+    /// A group change: operations, our standing, what to queue for whom, events (one
+    /// transaction; see [`GroupWrite`]). Boxed: it is far larger than the other writes.
+    Group(Box<GroupWrite>),
     /// Fail the outbox items that expired; prune the event log; forget old rejections. Its
     /// result comes back as [`Input::Forgotten`].
     Housekeeping {
@@ -206,10 +212,12 @@ pub(crate) enum Effect {
 /// Something that happened.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// The store at start: every contact, and the ids of those with something queued.
+    /// The store at start: every contact, the ids of those with something queued, and every
+    /// group with its history.
     Loaded {
         contacts: Vec<(OnionAddress, Known)>,
         queued: Vec<i64>,
+        groups: Vec<(GroupId, GroupState, Vec<StoredOperation>)>,
     },
     /// The API committed a change to a contact (`None`: it is gone).
     ContactChanged {
@@ -440,6 +448,8 @@ fn jitter(rng: &mut ChaCha20Rng) -> (f64, f64) {
 /// The core's state: the contacts table, the live connections, the timers.
 pub(crate) struct Machine {
     me: OnionAddress,
+    /// The groups we hold, with their histories.
+    groups: Groups,
     config: EngineConfig,
     rng: ChaCha20Rng,
     /// What the store holds about each contact (loaded at start, kept current by inputs).
@@ -485,11 +495,11 @@ pub(crate) const EXPIRY_BATCH: u32 = 256;
 const RENEWAL_RETRY_SECS: u64 = 1;
 
 impl Machine {
-    /// A machine for identity `me` whose device certificate expires at
-    /// `certificate_expires_at`; `seed` seeds its random numbers. Nothing is decided until
-    /// [`Input::Loaded`] arrives.
+    /// A machine for `identity` (which signs our group operations) whose device certificate
+    /// expires at `certificate_expires_at`; `seed` seeds its random numbers. Nothing is
+    /// decided until [`Input::Loaded`] arrives.
     pub(crate) fn new(
-        me: OnionAddress,
+        identity: IdentityKey,
         config: EngineConfig,
         certificate_expires_at: u64,
         seed: [u8; 32],
@@ -503,7 +513,8 @@ impl Machine {
             now.at,
         );
         Machine {
-            me,
+            me: identity.address(),
+            groups: Groups::new(identity),
             config,
             rng: ChaCha20Rng::from_seed(seed),
             known: HashMap::new(),
@@ -533,18 +544,16 @@ impl Machine {
     /// Handle one input.
     pub(crate) fn handle(&mut self, input: Input, now: Now) {
         match input {
-            Input::Loaded { contacts, queued } => self.loaded(contacts, &queued, now),
-            Input::ContactChanged { peer, row } => self.contact_changed(peer, row, now),
-            Input::Queued { peer } => {
-                // The common case — a session is up — needs no read: nudge it.
-                match self.contacts.get(&peer).and_then(|rt| rt.session) {
-                    Some(conn) if self.conns.contains_key(&conn) => {
-                        self.push(Effect::Deliver(conn));
-                    }
-                    Some(_) => {}
-                    None => self.nudge(peer, now),
-                }
+            Input::Loaded {
+                contacts,
+                queued,
+                groups,
+            } => {
+                self.groups.load(groups);
+                self.loaded(contacts, &queued, now);
             }
+            Input::ContactChanged { peer, row } => self.contact_changed(peer, row, now),
+            Input::Queued { peer } => self.queued(peer, now),
             Input::Closed { conn, reason } => self.closed(conn, reason, now),
             Input::DialFailed { peer, failure } => self.dial_failed(peer, failure, now),
             Input::TorReady => {
@@ -609,6 +618,100 @@ impl Machine {
                     None => self.renew_retry_at = Some(now.wall_secs() + RENEWAL_RETRY_SECS),
                 }
             }
+        }
+    }
+
+    /// Something was queued for a contact: send it on the open session, or dial.
+    fn queued(&mut self, peer: OnionAddress, now: Now) {
+        // The common case — a session is up — needs no read: nudge it.
+        match self.contacts.get(&peer).and_then(|rt| rt.session) {
+            Some(conn) if self.conns.contains_key(&conn) => {
+                self.push(Effect::Deliver(conn));
+            }
+            Some(_) => {}
+            None => self.nudge(peer, now),
+        }
+    }
+
+    fn is_contact(known: &HashMap<OnionAddress, Known>, peer: &OnionAddress) -> bool {
+        known
+            .get(peer)
+            .is_some_and(|k| k.state == ContactState::Accepted)
+    }
+
+    /// A group command from the API. The write (if any) must be issued before the effects
+    /// this leaves queued (deliveries to the contacts it fills outboxes for) are carried out.
+    pub(crate) fn group_command(
+        &mut self,
+        command: GroupCommand,
+        now: Now,
+    ) -> crate::err::Result<groups::Decision> {
+        let known = &self.known;
+        let decision = self
+            .groups
+            .command(command, now.wall_ms, &mut self.rng, &|p| {
+                Machine::is_contact(known, p)
+            })?;
+        for peer in decision.deliver.clone() {
+            self.queued(peer, now);
+        }
+        Ok(decision)
+    }
+
+    /// The members of `group` at each of these states (for a history's "sent to").
+    pub(crate) fn group_sent_to(
+        &self,
+        group: GroupId,
+        heads: &[Vec<carom_group::OpId>],
+    ) -> Vec<Vec<String>> {
+        heads
+            .iter()
+            .map(|h| self.groups.sent_to(group, h))
+            .collect()
+    }
+
+    /// Group operations or a group message from `peer` over its session.
+    fn group_message(&mut self, peer: OnionAddress, message: Message, now: Now) -> ContactReply {
+        let decision = if !Machine::is_contact(&self.known, &peer) {
+            // Group traffic rides contact sessions only (for now): anyone else is refused.
+            let id = match &message {
+                Message::GroupOperations(m) => m.id,
+                Message::GroupChat(m) => m.id,
+                _ => {
+                    return ContactReply {
+                        commit: None,
+                        outcome: ContactOutcome::default(),
+                    };
+                }
+            };
+            groups::PeerDecision {
+                answer: vec![Message::Reject(carom_proto::Reject {
+                    ids: vec![id],
+                    reason: groups::NOT_A_MEMBER,
+                    text: None,
+                })],
+                ..groups::PeerDecision::default()
+            }
+        } else {
+            let known = &self.known;
+            match message {
+                Message::GroupOperations(m) => {
+                    self.groups
+                        .operations_from(peer, m, &mut self.rng, &|p| Machine::is_contact(known, p))
+                }
+                Message::GroupChat(m) => self.groups.chat_from(peer, m),
+                _ => groups::PeerDecision::default(),
+            }
+        };
+        for member in decision.deliver.clone() {
+            self.queued(member, now);
+        }
+        ContactReply {
+            commit: decision.write.map(|w| StoreOp::Group(Box::new(w))),
+            outcome: ContactOutcome {
+                send: decision.answer,
+                ..ContactOutcome::default()
+            },
         }
     }
 
@@ -1159,6 +1262,9 @@ impl Machine {
         let reply = match message {
             Message::ContactRequest(request) => self.contact_request(peer, request, now),
             Message::ContactResponse(response) => self.contact_response(peer, response),
+            Message::GroupOperations(_) | Message::GroupChat(_) => {
+                Ok(self.group_message(peer, message, now))
+            }
             _ => Ok(ContactReply {
                 commit: None,
                 outcome: ContactOutcome::default(),
@@ -1514,11 +1620,18 @@ mod tests {
     fn loaded(seed: u8) -> (Machine, Instant) {
         let t0 = Instant::now();
         let cert_expires = at(t0, 0).wall_secs() + 365 * 24 * 3600;
-        let mut m = Machine::new(peer(1), config(), cert_expires, [seed; 32], at(t0, 0));
+        let mut m = Machine::new(
+            IdentityKey::from_seed(&[1; 32]),
+            config(),
+            cert_expires,
+            [seed; 32],
+            at(t0, 0),
+        );
         m.handle(
             Input::Loaded {
                 contacts: vec![(peer(2), accepted(7))],
                 queued: vec![],
+                groups: vec![],
             },
             at(t0, 0),
         );

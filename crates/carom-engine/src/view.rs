@@ -162,3 +162,42 @@ pub(crate) fn parse_msg_id(text: &str) -> Result<[u8; 16]> {
         .try_into()
         .map_err(|_| EngineError::InvalidRequest("reply_to must be 16 bytes of hex".into()))
 }
+
+/// A group message as the API shows it.
+pub(crate) fn group_message(
+    m: &carom_store::GroupMessage,
+    group: carom_group::GroupId,
+    sent_to: Vec<String>,
+    deliveries: &[carom_store::GroupDelivery],
+) -> Result<api::GroupMessage> {
+    let deliveries = deliveries
+        .iter()
+        .map(|d| {
+            Ok(api::GroupDelivery {
+                address: address_of(&d.recipient)?.to_string(),
+                status: match d.status {
+                    carom_store::DeliveryStatus::Queued => api::DeliveryStatus::Queued,
+                    carom_store::DeliveryStatus::Delivered => api::DeliveryStatus::Delivered,
+                    carom_store::DeliveryStatus::Failed => api::DeliveryStatus::Failed,
+                },
+                failure: d.failure.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(api::GroupMessage {
+        id: m.row,
+        group: hex::encode(group.0),
+        msg_id: hex::encode(m.msg_id),
+        sender: address_of(&m.sender)?.to_string(),
+        direction: match m.direction {
+            carom_store::Direction::Incoming => api::Direction::In,
+            carom_store::Direction::Outgoing => api::Direction::Out,
+        },
+        body: m.body.clone(),
+        sent_at: m.sent_at,
+        stored_at: m.stored_at,
+        reply_to: m.reply_to.map(hex::encode),
+        sent_to,
+        deliveries,
+    })
+}

@@ -245,6 +245,9 @@ pub mod reject {
     pub const MALFORMED: u32 = 2;
     /// The receiver's storage limit for this sender is reached for now.
     pub const OVER_QUOTA: u32 = 3;
+    /// A group message or operations for a group the sender (or the receiver) is not a member
+    /// of, as the receiver sees it (protocol §15.3).
+    pub const NOT_A_MEMBER: u32 = 4;
 
     /// The stable name of `code`, as the sender reports it (`"rejected"` for unknown codes).
     pub fn name(code: u32) -> &'static str {
@@ -252,6 +255,7 @@ pub mod reject {
             TOO_LARGE => "rejected: too_large",
             MALFORMED => "rejected: malformed",
             OVER_QUOTA => "rejected: over_quota",
+            NOT_A_MEMBER => "rejected: not_a_member",
             _ => "rejected",
         }
     }

@@ -99,6 +99,8 @@ pub struct NewGroupChat {
     pub client_token: Option<String>,
     /// Every recipient: its contact row (whose outbox carries it) and identity key.
     pub recipients: Vec<(i64, [u8; 32])>,
+    /// Members it cannot be sent to, and why: their deliveries are recorded as failed.
+    pub unreachable: Vec<([u8; 32], String)>,
     /// The encoded wire message, the same for every recipient.
     pub payload: Vec<u8>,
     /// Now.
@@ -164,6 +166,8 @@ pub(crate) const SELECT_BY_GROUP_ID: &str = concat!(
     group_columns!(),
     " FROM groups WHERE group_id = ?1"
 );
+pub(crate) const SELECT_BY_ROW: &str =
+    concat!("SELECT ", group_columns!(), " FROM groups WHERE id = ?1");
 pub(crate) const SELECT_OPERATIONS: &str =
     "SELECT op_id, body, signature FROM group_ops WHERE group_row = ?1 ORDER BY seq";
 pub(crate) const SELECT_MESSAGE_BY_ROW: &str = concat!(
@@ -246,6 +250,13 @@ pub(crate) fn by_group_id(db: Db<'_>, group_id: &[u8; 16]) -> Result<Option<Grou
     db.conn
         .prepare_cached(SELECT_BY_GROUP_ID)
         .and_then(|mut stmt| stmt.query_row([group_id], group_from_row).optional())
+        .at(db.path)
+}
+
+pub(crate) fn by_row(db: Db<'_>, row: i64) -> Result<Option<GroupRecord>> {
+    db.conn
+        .prepare_cached(SELECT_BY_ROW)
+        .and_then(|mut stmt| stmt.query_row([row], group_from_row).optional())
         .at(db.path)
 }
 
@@ -467,6 +478,16 @@ impl WriteTx<'_> {
                     group_must_exist(e)
                 }
             })?;
+        for (identity, why) in &new.unreachable {
+            db.conn
+                .prepare_cached(
+                    "INSERT INTO group_deliveries (message_row, recipient, status, failure,
+                         status_at)
+                     VALUES (?1, ?2, 'failed', ?3, ?4)",
+                )
+                .and_then(|mut stmt| stmt.execute(rusqlite::params![row, identity, why, now]))
+                .at(db.path)?;
+        }
         for (contact_id, identity) in &new.recipients {
             db.conn
                 .prepare_cached(

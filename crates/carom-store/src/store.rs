@@ -431,6 +431,11 @@ pub trait StoreRead: sealed::Connected {
         groups::by_group_id(self.db(), group_id)
     }
 
+    /// The group with local row id `row`.
+    fn group_by_row(&self, row: i64) -> Result<Option<GroupRecord>> {
+        groups::by_row(self.db(), row)
+    }
+
     /// A group's operations, in the order they were added.
     fn group_operations(&self, group_row: i64) -> Result<Vec<StoredOperation>> {
         groups::operations(self.db(), group_row)

@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
+// Each test file uses part of this: what one leaves unused is not dead.
+#[allow(dead_code)]
+pub(crate) mod nodes;
+
 use carom_api as api;
 use carom_engine::Engine;
 
 /// Let `d` of virtual time pass: every engine runs whatever falls due meanwhile.
+#[allow(dead_code)] // Not every test file lets time pass.
 pub(crate) async fn advance(d: Duration) {
     tokio::time::sleep(d).await;
 }

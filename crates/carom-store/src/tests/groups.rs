@@ -28,6 +28,7 @@ fn chat(group_row: i64, recipients: Vec<(i64, [u8; 32])>, token: &str) -> NewGro
         reply_to: None,
         client_token: Some(token.into()),
         recipients,
+        unreachable: vec![([5; 32], "not a contact".into())],
         payload: b"wire".to_vec(),
         now: 101,
     }
@@ -131,7 +132,11 @@ fn an_outgoing_group_message_is_queued_once_per_recipient_and_delivered_per_reci
         .collect();
     assert_eq!(
         statuses,
-        [(2, DeliveryStatus::Delivered), (3, DeliveryStatus::Queued)]
+        [
+            (2, DeliveryStatus::Delivered),
+            (3, DeliveryStatus::Queued),
+            (5, DeliveryStatus::Failed)
+        ]
     );
     let stored = store.group_message(message.row).unwrap().unwrap();
     assert_eq!(stored.heads, vec![[1; 32], [2; 32]]);

@@ -1,0 +1,477 @@
+//! Groups between engines in virtual time (the in-memory transport, real stores on disk):
+//! invitations with two consents, fan-out over pairwise sessions, the frozen set of ends of
+//! each message, removal, a member away during sends, concurrent changes converging, and
+//! refusal of group traffic from outside the group.
+
+mod support;
+
+use carom_api as api;
+use carom_tor::MemoryNetwork;
+use support::nodes::{LATENCY, Node, pair, virtual_time};
+
+/// Everyone pairs with everyone (group traffic rides contact sessions).
+async fn mesh(nodes: &[&Node]) {
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            pair(a, b).await;
+        }
+    }
+}
+
+async fn create(node: &Node, name: &str) -> api::Group {
+    node.e()
+        .group_create(api::GroupCreate {
+            name: name.into(),
+            members_can_invite: false,
+            member_name: "creator".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await
+        .expect("created")
+}
+
+async fn invite(node: &Node, group: &str, who: &Node) -> api::Group {
+    node.e()
+        .group_invite(api::GroupInvite {
+            group: group.into(),
+            address: who.address.clone(),
+            role: api::GroupRole::Member,
+        })
+        .await
+        .expect("invited")
+}
+
+/// Wait for the invitation, look at it, accept it.
+async fn join(node: &Node, group: &str, kind: api::PeerKind) -> api::Group {
+    let g = group.to_owned();
+    node.wait_event(api::event::GROUP_INVITED, |d| d["group"] == g.as_str())
+        .await;
+    node.e()
+        .group_accept(api::GroupAccept {
+            group: group.into(),
+            name: format!("member {}", &node.address[..6]),
+            kind,
+        })
+        .await
+        .expect("accepted")
+}
+
+async fn get(node: &Node, group: &str) -> api::Group {
+    node.e()
+        .group_get(&api::GroupParams {
+            group: group.into(),
+        })
+        .await
+        .expect("group")
+}
+
+fn members(g: &api::Group) -> Vec<String> {
+    let mut m: Vec<String> = g.members.iter().map(|m| m.address.clone()).collect();
+    m.sort();
+    m
+}
+
+/// Wait until `node` sees exactly `expected` as the members.
+async fn wait_members(node: &Node, group: &str, expected: &[&Node]) {
+    let mut want: Vec<String> = expected.iter().map(|n| n.address.clone()).collect();
+    want.sort();
+    let engine = node.e();
+    let mut notify = engine.event_notifier();
+    let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
+    loop {
+        let g = get(node, group).await;
+        if members(&g) == want {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notify.changed())
+            .await
+            .is_err()
+        {
+            panic!("members {:?}, expected {want:?}", members(&g));
+        }
+    }
+}
+
+async fn send(node: &Node, group: &str, body: &str) -> api::GroupMessage {
+    node.e()
+        .group_send(api::GroupSend {
+            group: group.into(),
+            body: body.into(),
+            reply_to: None,
+            client_token: None,
+        })
+        .await
+        .expect("queued")
+}
+
+async fn history(node: &Node, group: &str) -> Vec<api::GroupMessage> {
+    let mut page = node
+        .e()
+        .group_history(&api::GroupHistory {
+            group: group.into(),
+            before: None,
+            limit: Some(500),
+        })
+        .await
+        .expect("history")
+        .messages;
+    page.reverse();
+    page
+}
+
+/// Bodies `node` received in the group, oldest first.
+async fn received(node: &Node, group: &str) -> Vec<String> {
+    history(node, group)
+        .await
+        .into_iter()
+        .filter(|m| m.direction == api::Direction::In)
+        .map(|m| m.body)
+        .collect()
+}
+
+/// Wait until `node` has received `count` group messages.
+async fn wait_received(node: &Node, group: &str, count: usize) {
+    let engine = node.e();
+    let mut notify = engine.event_notifier();
+    let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
+    loop {
+        let got = received(node, group).await.len();
+        if got >= count {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notify.changed())
+            .await
+            .is_err()
+        {
+            panic!("{got} of {count} group messages received");
+        }
+    }
+}
+
+/// Wait until every recipient acknowledged `message`.
+async fn wait_delivered(node: &Node, group: &str, id: i64) -> api::GroupMessage {
+    let engine = node.e();
+    let mut notify = engine.event_notifier();
+    let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
+    loop {
+        let m = history(node, group)
+            .await
+            .into_iter()
+            .find(|m| m.id == id)
+            .expect("sent");
+        if m.deliveries
+            .iter()
+            .all(|d| d.status == api::DeliveryStatus::Delivered)
+        {
+            return m;
+        }
+        if tokio::time::timeout_at(deadline, notify.changed())
+            .await
+            .is_err()
+        {
+            panic!("not delivered to all: {:?}", m.deliveries);
+        }
+    }
+}
+
+#[test]
+fn an_invitee_sees_the_members_with_their_kinds_and_joins_only_by_accepting() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let alice = Node::create(&net, dir.path(), "alice");
+        let bot = Node::create(&net, dir.path(), "bot");
+        let carol = Node::create(&net, dir.path(), "carol");
+        mesh(&[&alice, &bot, &carol]).await;
+        let group = create(&alice, "Desk").await.id;
+        invite(&alice, &group, &bot).await;
+        join(&bot, &group, api::PeerKind::Bot).await;
+        wait_members(&alice, &group, &[&alice, &bot]).await;
+
+        invite(&alice, &group, &carol).await;
+        let g = group.clone();
+        carol
+            .wait_event(api::event::GROUP_INVITED, |d| d["group"] == g.as_str())
+            .await;
+        // Before accepting, Carol sees the group, who is in it and what each declared itself.
+        let seen = get(&carol, &group).await;
+        assert_eq!(seen.state, api::GroupState::Invited);
+        assert_eq!(seen.name, "Desk");
+        assert_eq!(seen.invited_by.as_deref(), Some(alice.address.as_str()));
+        let kind_of = |g: &api::Group, n: &Node| {
+            g.members
+                .iter()
+                .find(|m| m.address == n.address)
+                .map(|m| m.kind)
+        };
+        assert_eq!(kind_of(&seen, &bot), Some(api::PeerKind::Bot));
+        assert_eq!(kind_of(&seen, &alice), Some(api::PeerKind::Human));
+        assert!(!seen.members.iter().any(|m| m.address == carol.address));
+        // Not a member: nothing can be sent.
+        assert!(
+            carol
+                .e()
+                .group_send(api::GroupSend {
+                    group: group.clone(),
+                    body: "early".into(),
+                    reply_to: None,
+                    client_token: None,
+                })
+                .await
+                .is_err()
+        );
+        join(&carol, &group, api::PeerKind::Human).await;
+        for n in [&alice, &bot, &carol] {
+            wait_members(n, &group, &[&alice, &bot, &carol]).await;
+        }
+        // The bot is shown as a bot to everyone.
+        for n in [&alice, &carol] {
+            assert_eq!(
+                kind_of(&get(n, &group).await, &bot),
+                Some(api::PeerKind::Bot)
+            );
+        }
+    });
+}
+
+#[test]
+fn messages_fan_out_and_every_history_agrees_on_them_and_their_set_of_ends() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let nodes: Vec<Node> = ["alice", "bob", "carol", "dave"]
+            .iter()
+            .map(|n| Node::create(&net, dir.path(), n))
+            .collect();
+        let all: Vec<&Node> = nodes.iter().collect();
+        mesh(&all).await;
+        let group = create(&nodes[0], "Four").await.id;
+        for n in &nodes[1..] {
+            invite(&nodes[0], &group, n).await;
+            join(n, &group, api::PeerKind::Human).await;
+        }
+        for n in &all {
+            wait_members(n, &group, &all).await;
+        }
+        let mut sent = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            sent.push(send(n, &group, &format!("hello from {i}")).await);
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            wait_delivered(n, &group, sent[i].id).await;
+            wait_received(n, &group, 3).await;
+        }
+        let mut everyone: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+        everyone.sort();
+        for n in &nodes {
+            let h = history(n, &group).await;
+            assert_eq!(h.len(), 4, "each member holds all four messages");
+            for m in &h {
+                let mut to = m.sent_to.clone();
+                to.sort();
+                assert_eq!(to, everyone, "sent to the whole group");
+            }
+            let mut ids: Vec<String> = h.iter().map(|m| m.msg_id.clone()).collect();
+            ids.sort();
+            let mut expected: Vec<String> = sent.iter().map(|m| m.msg_id.clone()).collect();
+            expected.sort();
+            assert_eq!(ids, expected, "the same messages everywhere");
+        }
+    });
+}
+
+#[test]
+fn a_late_joiner_sees_nothing_from_before_and_a_removed_member_nothing_after() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let alice = Node::create(&net, dir.path(), "alice");
+        let bob = Node::create(&net, dir.path(), "bob");
+        let carol = Node::create(&net, dir.path(), "carol");
+        mesh(&[&alice, &bob, &carol]).await;
+        let group = create(&alice, "G").await.id;
+        invite(&alice, &group, &bob).await;
+        join(&bob, &group, api::PeerKind::Human).await;
+        wait_members(&alice, &group, &[&alice, &bob]).await;
+        let before = send(&alice, &group, "before carol").await;
+        wait_delivered(&alice, &group, before.id).await;
+
+        invite(&alice, &group, &carol).await;
+        join(&carol, &group, api::PeerKind::Human).await;
+        for n in [&alice, &bob, &carol] {
+            wait_members(n, &group, &[&alice, &bob, &carol]).await;
+        }
+        let with_carol = send(&bob, &group, "with carol").await;
+        wait_delivered(&bob, &group, with_carol.id).await;
+        assert_eq!(received(&carol, &group).await, ["with carol"]);
+
+        // Alice removes Bob; what anyone sends afterwards does not reach him.
+        alice
+            .e()
+            .group_remove(&api::GroupMemberParams {
+                group: group.clone(),
+                address: bob.address.clone(),
+            })
+            .await
+            .expect("removed");
+        for n in [&alice, &carol] {
+            wait_members(n, &group, &[&alice, &carol]).await;
+        }
+        let b = group.clone();
+        bob.wait_event(api::event::GROUP_CHANGED, |d| d["group"] == b.as_str())
+            .await;
+        let after = send(&carol, &group, "after bob").await;
+        let delivered = wait_delivered(&carol, &group, after.id).await;
+        let recipients: Vec<&str> = delivered
+            .deliveries
+            .iter()
+            .map(|d| d.address.as_str())
+            .collect();
+        assert_eq!(
+            recipients,
+            [alice.address.as_str()],
+            "sent to the members at that state only"
+        );
+        let bobs = received(&bob, &group).await;
+        assert!(!bobs.contains(&"after bob".to_owned()), "{bobs:?}");
+        assert_eq!(get(&bob, &group).await.state, api::GroupState::Left);
+        // Bob can no longer send to the group.
+        assert!(
+            bob.e()
+                .group_send(api::GroupSend {
+                    group: group.clone(),
+                    body: "still here?".into(),
+                    reply_to: None,
+                    client_token: None,
+                })
+                .await
+                .is_err()
+        );
+    });
+}
+
+#[test]
+fn a_member_away_during_sends_gets_all_of_them_in_order_when_back() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let alice = Node::create(&net, dir.path(), "alice");
+        let mut bob = Node::create(&net, dir.path(), "bob");
+        let carol = Node::create(&net, dir.path(), "carol");
+        mesh(&[&alice, &bob, &carol]).await;
+        let group = create(&alice, "G").await.id;
+        for n in [&bob, &carol] {
+            invite(&alice, &group, n).await;
+            join(n, &group, api::PeerKind::Human).await;
+        }
+        for n in [&alice, &bob, &carol] {
+            wait_members(n, &group, &[&alice, &bob, &carol]).await;
+        }
+        bob.stop().await;
+        let mut last = None;
+        for i in 0..10 {
+            last = Some(send(&alice, &group, &format!("m{i}")).await);
+        }
+        wait_received(&carol, &group, 10).await;
+        bob.start(&net).await;
+        wait_received(&bob, &group, 10).await;
+        let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        assert_eq!(received(&bob, &group).await, expected);
+        wait_delivered(&alice, &group, last.expect("sent").id).await;
+    });
+}
+
+#[test]
+fn concurrent_changes_made_on_different_members_converge_everywhere() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let nodes: Vec<Node> = ["alice", "bob", "carol", "dave"]
+            .iter()
+            .map(|n| Node::create(&net, dir.path(), n))
+            .collect();
+        let all: Vec<&Node> = nodes.iter().collect();
+        mesh(&all).await;
+        let [alice, bob, carol, dave] = [&nodes[0], &nodes[1], &nodes[2], &nodes[3]];
+        let group = create(alice, "G").await.id;
+        for n in [bob, carol] {
+            alice
+                .e()
+                .group_invite(api::GroupInvite {
+                    group: group.clone(),
+                    address: n.address.clone(),
+                    role: api::GroupRole::Admin,
+                })
+                .await
+                .expect("invited");
+            join(n, &group, api::PeerKind::Human).await;
+        }
+        for n in [alice, bob, carol] {
+            wait_members(n, &group, &[alice, bob, carol]).await;
+        }
+        // Cut Bob off from Alice and Carol: he invites Dave while Carol removes him.
+        for other in [alice, carol] {
+            net.cut(&bob.onion(), &other.onion(), true);
+        }
+        invite(bob, &group, dave).await;
+        carol
+            .e()
+            .group_remove(&api::GroupMemberParams {
+                group: group.clone(),
+                address: bob.address.clone(),
+            })
+            .await
+            .expect("removed");
+        join(dave, &group, api::PeerKind::Human).await;
+        for other in [alice, carol] {
+            net.cut(&bob.onion(), &other.onion(), false);
+        }
+        // Everyone ends with the same membership: Bob's concurrent invitation (and so Dave's
+        // acceptance) is void.
+        for n in [alice, carol, dave] {
+            wait_members(n, &group, &[alice, carol]).await;
+        }
+        let views: Vec<api::Group> = {
+            let mut v = Vec::new();
+            for n in [alice, carol, dave] {
+                v.push(get(n, &group).await);
+            }
+            v
+        };
+        for v in &views {
+            assert_eq!(members(v), members(&views[0]));
+            assert_eq!(v.name, views[0].name);
+        }
+    });
+}
+
+#[test]
+fn group_traffic_from_someone_who_is_not_a_member_is_refused() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let alice = Node::create(&net, dir.path(), "alice");
+        let bob = Node::create(&net, dir.path(), "bob");
+        let mallory = Node::create(&net, dir.path(), "mallory");
+        mesh(&[&alice, &bob, &mallory]).await;
+        let group = create(&alice, "G").await.id;
+        invite(&alice, &group, &bob).await;
+        join(&bob, &group, api::PeerKind::Human).await;
+        wait_members(&alice, &group, &[&alice, &bob]).await;
+        // Mallory, a contact of both but no member, knows the group's id and tries to post.
+        let refused = mallory
+            .e()
+            .group_send(api::GroupSend {
+                group: group.clone(),
+                body: "let me in".into(),
+                reply_to: None,
+                client_token: None,
+            })
+            .await;
+        assert!(matches!(refused, Err(e) if e.kind() == api::ErrorKind::NotFound));
+        let m = send(&alice, &group, "members only").await;
+        wait_delivered(&alice, &group, m.id).await;
+        assert_eq!(received(&bob, &group).await, ["members only"]);
+        assert!(mallory.e().group_list().await.expect("list").is_empty());
+    });
+}
