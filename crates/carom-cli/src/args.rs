@@ -74,6 +74,9 @@ pub(crate) enum Command {
     /// Manage contacts
     #[command(subcommand)]
     Contact(ContactCommand),
+    /// Group conversations: invite contacts, talk to all members at once
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Send a message to a contact
     Send {
         /// The contact (nickname or address)
@@ -171,6 +174,115 @@ pub(crate) enum ContactCommand {
     ClearRequests,
 }
 
+/// Groups are named by their name (when no other group has it) or their id.
+///
+///   carom group create "Night desk" --as Alice
+///   carom group invite "Night desk" Bob          # Bob must accept
+///   carom group show "Night desk"                # members, with their kinds and roles
+///   carom group send "Night desk" "hello all"
+///   carom group history "Night desk"
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+#[command(verbatim_doc_comment)]
+pub(crate) enum GroupCommand {
+    /// Create a group; you are its first member and an admin
+    Create {
+        /// Its name
+        name: String,
+        /// Your name in the group
+        #[arg(long = "as")]
+        member_name: Option<String>,
+        /// Declare yourself a bot rather than a person
+        #[arg(long)]
+        bot: bool,
+        /// Let members who are not admins invite
+        #[arg(long)]
+        members_invite: bool,
+    },
+    /// List your groups and invitations
+    List,
+    /// Show a group: its members (with what each declared itself), roles, invitations
+    Show {
+        /// The group (name or id)
+        group: String,
+    },
+    /// Invite a contact (they join only if they accept)
+    Invite {
+        /// The group (name or id)
+        group: String,
+        /// The contact (nickname or address)
+        contact: String,
+        /// Make them an admin when they join
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Accept an invitation (see it first with `carom group show`)
+    Accept {
+        /// The group (name or id)
+        group: String,
+        /// Your name in the group
+        #[arg(long = "as")]
+        member_name: Option<String>,
+        /// Declare yourself a bot rather than a person
+        #[arg(long)]
+        bot: bool,
+    },
+    /// Decline an invitation (nobody is told)
+    Decline {
+        /// The group (name or id)
+        group: String,
+    },
+    /// Leave a group
+    Leave {
+        /// The group (name or id)
+        group: String,
+    },
+    /// Remove a member, or withdraw an invitation (admins)
+    Remove {
+        /// The group (name or id)
+        group: String,
+        /// The member (contact nickname or address)
+        member: String,
+    },
+    /// Make a member an admin, or an admin a member (admins)
+    Role {
+        /// The group (name or id)
+        group: String,
+        /// The member (contact nickname or address)
+        member: String,
+        /// `admin` or `member`
+        role: String,
+    },
+    /// Rename a group (admins)
+    Rename {
+        /// The group (name or id)
+        group: String,
+        /// The new name
+        name: String,
+    },
+    /// Send a message to every member
+    Send {
+        /// The group (name or id)
+        group: String,
+        /// The message
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// An idempotency token: retrying with the same token never sends twice
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Show a group's messages, oldest first, with whom each was sent to
+    History {
+        /// The group (name or id)
+        group: String,
+        /// How many messages
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only messages older than this message id (for paging)
+        #[arg(long)]
+        before: Option<i64>,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +358,26 @@ mod tests {
         assert_eq!(
             parse(&["contact", "clear-requests"]).unwrap().command,
             Command::Contact(ContactCommand::ClearRequests)
+        );
+        assert_eq!(
+            parse(&["group", "invite", "Desk", "Bob", "--admin"])
+                .unwrap()
+                .command,
+            Command::Group(GroupCommand::Invite {
+                group: "Desk".into(),
+                contact: "Bob".into(),
+                admin: true,
+            })
+        );
+        assert_eq!(
+            parse(&["group", "send", "Desk", "hi", "all"])
+                .unwrap()
+                .command,
+            Command::Group(GroupCommand::Send {
+                group: "Desk".into(),
+                text: vec!["hi".into(), "all".into()],
+                token: None,
+            })
         );
     }
 

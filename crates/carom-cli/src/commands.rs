@@ -6,7 +6,7 @@ use std::time::Duration;
 use carom_api::{self as api, EventData};
 use carom_client::{Client, ClientError};
 
-use crate::args::{Cli, Command, ContactCommand};
+use crate::args::{Cli, Command, ContactCommand, GroupCommand};
 use crate::render;
 use crate::terminal::{output, prompt, qr_code, read_passphrase, say};
 
@@ -97,6 +97,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             });
         }
         Command::Contact(command) => contact(&client, json, command).await?,
+        Command::Group(command) => group(&client, json, command).await?,
         Command::Send { to, text, token } => {
             let address = resolve(&client, &to).await?;
             let message = client
@@ -349,4 +350,193 @@ async fn look_up(client: &Client, data: &EventData) -> render::Lookup {
         message: None,
         name: Some(display_name(client, address).await),
     }
+}
+
+/// A group by id, or by a name no other group has.
+async fn resolve_group(client: &Client, which: &str) -> Result<String, String> {
+    let groups = client
+        .call::<api::method::GroupList>(&api::Empty {})
+        .await
+        .map_err(|e| explain(&e))?;
+    if groups.iter().any(|g| g.id == which) {
+        return Ok(which.to_owned());
+    }
+    let named: Vec<&api::Group> = groups.iter().filter(|g| g.name == which).collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(format!(
+            "no group is named `{which}`; `carom group list` shows them"
+        )),
+        _ => Err(format!("several groups are named `{which}`: use the id")),
+    }
+}
+
+fn kind(bot: bool) -> api::PeerKind {
+    if bot {
+        api::PeerKind::Bot
+    } else {
+        api::PeerKind::Human
+    }
+}
+
+async fn group(client: &Client, json: bool, command: GroupCommand) -> Result<(), String> {
+    let shown = |g: &api::Group| output(json, g, || render::group_detail(g));
+    match command {
+        GroupCommand::Create {
+            name,
+            member_name,
+            bot,
+            members_invite,
+        } => {
+            let g = client
+                .call::<api::method::GroupCreate>(&api::GroupCreate {
+                    name,
+                    members_can_invite: members_invite,
+                    member_name: member_name.unwrap_or_default(),
+                    kind: kind(bot),
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::List => {
+            let groups = client
+                .call::<api::method::GroupList>(&api::Empty {})
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &groups, || render::group_list(&groups));
+        }
+        GroupCommand::Show { group } => {
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupGet>(&api::GroupParams { group: id })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Invite {
+            group,
+            contact,
+            admin,
+        } => {
+            let id = resolve_group(client, &group).await?;
+            let address = resolve(client, &contact).await?;
+            let g = client
+                .call::<api::method::GroupInvite>(&api::GroupInvite {
+                    group: id,
+                    address,
+                    role: if admin {
+                        api::GroupRole::Admin
+                    } else {
+                        api::GroupRole::Member
+                    },
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &g, || {
+                format!("invited {contact}; they join once they accept")
+            });
+        }
+        GroupCommand::Accept {
+            group,
+            member_name,
+            bot,
+        } => {
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupAccept>(&api::GroupAccept {
+                    group: id,
+                    name: member_name.unwrap_or_default(),
+                    kind: kind(bot),
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Decline { group } => {
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupDecline>(&api::GroupParams { group: id })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Leave { group } => {
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupLeave>(&api::GroupParams { group: id })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Remove { group, member } => {
+            let id = resolve_group(client, &group).await?;
+            let address = resolve(client, &member).await?;
+            let g = client
+                .call::<api::method::GroupRemove>(&api::GroupMemberParams { group: id, address })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Role {
+            group,
+            member,
+            role,
+        } => {
+            let role = match role.as_str() {
+                "admin" => api::GroupRole::Admin,
+                "member" => api::GroupRole::Member,
+                other => return Err(format!("a role is `admin` or `member`, not `{other}`")),
+            };
+            let id = resolve_group(client, &group).await?;
+            let address = resolve(client, &member).await?;
+            let g = client
+                .call::<api::method::GroupSetRole>(&api::GroupSetRole {
+                    group: id,
+                    address,
+                    role,
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Rename { group, name } => {
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupRename>(&api::GroupRename { group: id, name })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
+        GroupCommand::Send { group, text, token } => {
+            let id = resolve_group(client, &group).await?;
+            let m = client
+                .call::<api::method::GroupSend>(&api::GroupSend {
+                    group: id,
+                    body: text.join(" "),
+                    reply_to: None,
+                    client_token: token,
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &m, || render::group_sent(&m));
+        }
+        GroupCommand::History {
+            group,
+            limit,
+            before,
+        } => {
+            let id = resolve_group(client, &group).await?;
+            let page = client
+                .call::<api::method::GroupHistory>(&api::GroupHistory {
+                    group: id,
+                    before,
+                    limit: Some(limit),
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &page, || render::group_history(&page));
+        }
+    }
+    Ok(())
 }

@@ -200,6 +200,175 @@ pub(crate) fn not_ready(tor: &api::TorStatus, timeout_secs: u64) -> String {
     )
 }
 
+fn group_state_name(s: api::GroupState) -> &'static str {
+    match s {
+        api::GroupState::Invited => "invited",
+        api::GroupState::Member => "member",
+        api::GroupState::Declined => "declined",
+        api::GroupState::Left => "left",
+        api::GroupState::Unknown => "?",
+    }
+}
+
+fn role_name(r: api::GroupRole) -> &'static str {
+    match r {
+        api::GroupRole::Admin => "admin",
+        api::GroupRole::Member => "member",
+    }
+}
+
+/// `carom group list`.
+pub(crate) fn group_list(groups: &[api::Group]) -> String {
+    if groups.is_empty() {
+        return "no groups yet; `carom group create <name>` starts one".into();
+    }
+    groups
+        .iter()
+        .map(|g| {
+            format!(
+                "{}  {} · {} member{} · {}{}",
+                g.id,
+                g.name,
+                g.members.len(),
+                if g.members.len() == 1 { "" } else { "s" },
+                group_state_name(g.state),
+                match (&g.state, &g.invited_by) {
+                    (api::GroupState::Invited, Some(by)) => format!(
+                        " by {} — `carom group show {}`, then `carom group accept {}`",
+                        short(by),
+                        g.id,
+                        g.id
+                    ),
+                    _ => String::new(),
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `carom group show`: who is in it, what each says it is, who may do what.
+pub(crate) fn group_detail(g: &api::Group) -> String {
+    let mut lines = vec![format!(
+        "{} ({}) — you: {}{}",
+        g.name,
+        g.id,
+        group_state_name(g.state),
+        g.role
+            .map(|r| format!(", {}", role_name(r)))
+            .unwrap_or_default()
+    )];
+    if let Some(by) = &g.invited_by {
+        lines.push(format!(
+            "invited by {by}: `carom group accept {}` to join",
+            g.id
+        ));
+    }
+    lines.push(format!(
+        "{} member{}{}:",
+        g.members.len(),
+        if g.members.len() == 1 { "" } else { "s" },
+        if g.members_can_invite {
+            " (members may invite)"
+        } else {
+            ""
+        }
+    ));
+    for m in &g.members {
+        lines.push(format!(
+            "  {} {}{} · {} · {}{}",
+            if m.me { "*" } else { " " },
+            if m.name.is_empty() {
+                "(no name)"
+            } else {
+                &m.name
+            },
+            if m.kind == api::PeerKind::Bot {
+                " [bot]"
+            } else {
+                ""
+            },
+            role_name(m.role),
+            m.address,
+            if m.me || m.contact {
+                ""
+            } else {
+                " · not a contact: your messages do not reach them"
+            }
+        ));
+    }
+    for i in &g.invitations {
+        lines.push(format!(
+            "  invited: {} as {} by {}",
+            i.invitee,
+            role_name(i.role),
+            short(&i.inviter)
+        ));
+    }
+    lines.join("\n")
+}
+
+/// After `carom group send`.
+pub(crate) fn group_sent(m: &api::GroupMessage) -> String {
+    let failed: Vec<String> = m
+        .deliveries
+        .iter()
+        .filter(|d| d.status == api::DeliveryStatus::Failed)
+        .map(|d| short(&d.address))
+        .collect();
+    let mut text = format!(
+        "queued for {} member{} (id {}); `carom watch` shows each delivery",
+        m.deliveries.len() - failed.len(),
+        if m.deliveries.len() - failed.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        m.id
+    );
+    if !failed.is_empty() {
+        text.push_str(&format!("; not sent to {}", failed.join(", ")));
+    }
+    text
+}
+
+/// `carom group history`: oldest first, each with its sender and how far it got.
+pub(crate) fn group_history(page: &api::GroupMessagePage) -> String {
+    if page.messages.is_empty() {
+        return "no messages yet".into();
+    }
+    page.messages
+        .iter()
+        .rev()
+        .map(|m| {
+            let from = match m.direction {
+                api::Direction::Out => "you".to_owned(),
+                _ => short(&m.sender),
+            };
+            let reach = if m.direction == api::Direction::Out {
+                let delivered = m
+                    .deliveries
+                    .iter()
+                    .filter(|d| d.status == api::DeliveryStatus::Delivered)
+                    .count();
+                format!("  (delivered to {delivered} of {})", m.deliveries.len())
+            } else {
+                String::new()
+            };
+            format!(
+                "#{} {} {}: {}{}  [to {}]",
+                m.id,
+                time_of_day(m.sent_at),
+                from,
+                m.body,
+                reach,
+                m.sent_to.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What `watch` looked up to describe an event better than its ids do.
 #[derive(Debug, Default)]
 pub(crate) struct Lookup {
@@ -345,6 +514,89 @@ mod tests {
     use super::*;
 
     const ADDRESS: &str = "xsrwtzhdmlm3t5ep6ksf2xnmmbkoq5hc6cyivbtqwh7mrvqzgwerdhqd.onion";
+
+    fn member(name: &str, kind: api::PeerKind, me: bool, contact: bool) -> api::GroupMember {
+        api::GroupMember {
+            address: ADDRESS.into(),
+            name: name.into(),
+            kind,
+            role: if me {
+                api::GroupRole::Admin
+            } else {
+                api::GroupRole::Member
+            },
+            contact,
+            me,
+        }
+    }
+
+    #[test]
+    fn a_group_shows_each_member_with_its_kind_and_whether_we_reach_it() {
+        let g = api::Group {
+            id: "ab".repeat(16),
+            name: "Desk".into(),
+            state: api::GroupState::Member,
+            members_can_invite: false,
+            role: Some(api::GroupRole::Admin),
+            members: vec![
+                member("Alice", api::PeerKind::Human, true, false),
+                member("Helper", api::PeerKind::Bot, false, true),
+                member("Dave", api::PeerKind::Human, false, false),
+            ],
+            invitations: vec![],
+            invited_by: None,
+        };
+        let text = group_detail(&g);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("Desk ("), "{text}");
+        assert!(lines[0].ends_with("you: member, admin"), "{text}");
+        assert!(lines[2].contains("* Alice · admin"), "{text}");
+        assert!(lines[3].contains("Helper [bot] · member"), "{text}");
+        assert!(!lines[3].contains("not a contact"), "{text}");
+        assert!(lines[4].contains("not a contact"), "{text}");
+        assert_eq!(
+            group_list(&[g]),
+            format!("{}  Desk · 3 members · member", "ab".repeat(16))
+        );
+    }
+
+    #[test]
+    fn a_group_history_says_who_sent_each_message_and_how_far_it_got() {
+        let delivery = |status| api::GroupDelivery {
+            address: ADDRESS.into(),
+            status,
+            failure: None,
+        };
+        let page = api::GroupMessagePage {
+            messages: vec![api::GroupMessage {
+                id: 3,
+                group: "ab".repeat(16),
+                msg_id: "00".repeat(16),
+                sender: ADDRESS.into(),
+                direction: api::Direction::Out,
+                body: "hello all".into(),
+                sent_at: 0,
+                stored_at: 0,
+                reply_to: None,
+                sent_to: vec![ADDRESS.into(); 3],
+                deliveries: vec![
+                    delivery(api::DeliveryStatus::Delivered),
+                    delivery(api::DeliveryStatus::Queued),
+                ],
+            }],
+            next_before: None,
+        };
+        let text = group_history(&page);
+        assert!(text.starts_with("#3 "), "{text}");
+        assert!(
+            text.contains("you: hello all  (delivered to 1 of 2)  [to 3]"),
+            "{text}"
+        );
+        assert_eq!(
+            group_sent(&page.messages[0]),
+            "queued for 2 members (id 3); `carom watch` shows each delivery"
+        );
+    }
 
     fn contact(nickname: &str, offered: Option<&str>, state: api::ContactState) -> api::Contact {
         api::Contact {
