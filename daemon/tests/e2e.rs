@@ -1234,3 +1234,273 @@ async fn a_hung_relay_is_noticed_and_delivery_resumes_when_relays_return() {
     once.dedup();
     assert_eq!(once, received, "nothing delivered twice");
 }
+
+/// A group call through `d`'s API.
+async fn group_call<M: api::Method>(d: &Daemon, params: &M::Params) -> M::Result {
+    d.client()
+        .await
+        .call::<M>(params)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {} failed: {e}\n{}", d.name, M::NAME, d.log_tail()))
+}
+
+/// Wait until `d` holds `count` messages of `group`, and return them, oldest first.
+async fn group_messages(d: &Daemon, group: &str, count: usize) -> Vec<api::GroupMessage> {
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let mut page = group_call::<api::method::GroupHistory>(
+            d,
+            &api::GroupHistory {
+                group: group.to_owned(),
+                before: None,
+                limit: Some(500),
+            },
+        )
+        .await
+        .messages;
+        let complete = page.len() >= count
+            && page
+                .iter()
+                .filter(|m| m.direction == api::Direction::Out)
+                .all(|m| {
+                    m.deliveries
+                        .iter()
+                        .all(|x| x.status == api::DeliveryStatus::Delivered)
+                });
+        if complete {
+            page.reverse();
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {} of {count} group messages (or undelivered ones) after {DELIVERY:?}\n{}",
+            d.name,
+            page.len(),
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_daemons_form_a_group_over_tor_and_a_removed_member_gets_nothing_after() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let names = ["alice", "bob", "carol", "dave"];
+    let daemons: Vec<Daemon> = names
+        .iter()
+        .map(|n| Daemon::new(root.path(), n, DEFAULT_CONFIG, None))
+        .collect();
+    let mut addresses = Vec::new();
+    for d in &daemons {
+        addresses.push(d.up().await);
+    }
+    let started = Instant::now();
+    for i in 0..daemons.len() {
+        for j in i + 1..daemons.len() {
+            pair(&daemons[i], &addresses[i], &daemons[j], &addresses[j]).await;
+        }
+    }
+    println!(
+        "pairing four daemons (six pairs) over Tor took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let [alice, bob, carol, dave] = [&daemons[0], &daemons[1], &daemons[2], &daemons[3]];
+
+    let group = group_call::<api::method::GroupCreate>(
+        alice,
+        &api::GroupCreate {
+            name: "Night desk".into(),
+            members_can_invite: false,
+            member_name: "Alice".into(),
+            kind: api::PeerKind::Human,
+        },
+    )
+    .await
+    .id;
+    let started = Instant::now();
+    for (i, (invitee, kind)) in [
+        (bob, api::PeerKind::Human),
+        (carol, api::PeerKind::Human),
+        (dave, api::PeerKind::Bot),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        group_call::<api::method::GroupInvite>(
+            alice,
+            &api::GroupInvite {
+                group: group.clone(),
+                address: addresses[i + 1].clone(),
+                role: api::GroupRole::Member,
+            },
+        )
+        .await;
+        wait_event(invitee, api::event::GROUP_INVITED, DELIVERY, |d| {
+            d["group"] == group.as_str()
+        })
+        .await;
+        // The invitee sees the group and its members, with their kinds, before accepting.
+        let seen = group_call::<api::method::GroupGet>(
+            invitee,
+            &api::GroupParams {
+                group: group.clone(),
+            },
+        )
+        .await;
+        assert_eq!(seen.state, api::GroupState::Invited);
+        assert_eq!(seen.name, "Night desk");
+        assert_eq!(seen.invited_by.as_deref(), Some(addresses[0].as_str()));
+        assert!(seen.members.iter().any(|m| m.address == addresses[0]));
+        assert!(!seen.members.iter().any(|m| m.address == addresses[i + 1]));
+        group_call::<api::method::GroupAccept>(
+            invitee,
+            &api::GroupAccept {
+                group: group.clone(),
+                name: names[i + 1].into(),
+                kind,
+            },
+        )
+        .await;
+    }
+    // Every member converges on the same four members; the bot is a bot to all.
+    let deadline = Instant::now() + DELIVERY;
+    for d in &daemons {
+        loop {
+            let g = group_call::<api::method::GroupGet>(
+                d,
+                &api::GroupParams {
+                    group: group.clone(),
+                },
+            )
+            .await;
+            if g.members.len() == 4 {
+                let dave_seen = g
+                    .members
+                    .iter()
+                    .find(|m| m.address == addresses[3])
+                    .expect("dave is a member");
+                assert_eq!(dave_seen.kind, api::PeerKind::Bot, "{}", d.name);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sees {} members\n{}",
+                d.name,
+                g.members.len(),
+                d.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!(
+        "three invitations accepted and seen by all over Tor in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Everyone writes once; every history holds the same four messages, each sent to all.
+    let mut fan_out = Vec::new();
+    for (i, d) in daemons.iter().enumerate() {
+        let t = Instant::now();
+        group_call::<api::method::GroupSend>(
+            d,
+            &api::GroupSend {
+                group: group.clone(),
+                body: format!("hello from {}", names[i]),
+                reply_to: None,
+                client_token: None,
+            },
+        )
+        .await;
+        group_messages(d, &group, i + 1).await;
+        fan_out.push(t.elapsed());
+    }
+    println!("group send → delivered to all three others over Tor: {fan_out:?}");
+    let mut everyone = addresses.clone();
+    everyone.sort();
+    let mut reference: Option<Vec<String>> = None;
+    for d in &daemons {
+        let messages = group_messages(d, &group, 4).await;
+        let mut ids: Vec<String> = messages.iter().map(|m| m.msg_id.clone()).collect();
+        ids.sort();
+        for m in &messages {
+            let mut to = m.sent_to.clone();
+            to.sort();
+            assert_eq!(to, everyone, "{}: sent to the whole group", d.name);
+        }
+        match &reference {
+            None => reference = Some(ids),
+            Some(r) => assert_eq!(&ids, r, "{}: the same messages as everyone", d.name),
+        }
+    }
+
+    // Alice removes Carol; what Bob sends next reaches Alice and Dave, never Carol.
+    group_call::<api::method::GroupRemove>(
+        alice,
+        &api::GroupMemberParams {
+            group: group.clone(),
+            address: addresses[2].clone(),
+        },
+    )
+    .await;
+    wait_event(carol, api::event::GROUP_CHANGED, DELIVERY, |d| {
+        d["group"] == group.as_str()
+    })
+    .await;
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let g = group_call::<api::method::GroupGet>(
+            bob,
+            &api::GroupParams {
+                group: group.clone(),
+            },
+        )
+        .await;
+        if g.members.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never saw carol removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = group_call::<api::method::GroupSend>(
+        bob,
+        &api::GroupSend {
+            group: group.clone(),
+            body: "after carol left".into(),
+            reply_to: None,
+            client_token: None,
+        },
+    )
+    .await;
+    let mut recipients: Vec<String> = after.deliveries.iter().map(|d| d.address.clone()).collect();
+    recipients.sort();
+    let mut expected = vec![addresses[0].clone(), addresses[3].clone()];
+    expected.sort();
+    assert_eq!(
+        recipients, expected,
+        "sent to the members after the removal"
+    );
+    group_messages(bob, &group, 5).await;
+    let carols = group_call::<api::method::GroupHistory>(
+        carol,
+        &api::GroupHistory {
+            group: group.clone(),
+            before: None,
+            limit: Some(500),
+        },
+    )
+    .await
+    .messages;
+    assert!(
+        carols.iter().all(|m| m.body != "after carol left"),
+        "a removed member received a message sent after the removal"
+    );
+    let carol_view = group_call::<api::method::GroupGet>(
+        carol,
+        &api::GroupParams {
+            group: group.clone(),
+        },
+    )
+    .await;
+    assert_eq!(carol_view.state, api::GroupState::Left);
+}
