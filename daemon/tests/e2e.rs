@@ -1503,4 +1503,118 @@ async fn four_daemons_form_a_group_over_tor_and_a_removed_member_gets_nothing_af
     )
     .await;
     assert_eq!(carol_view.state, api::GroupState::Left);
+
+    // Dave (the bot) is away while Bob writes three more; back, he has all of them, in order.
+    let mut daemons = daemons;
+    daemons[3].stop();
+    let mut last = 0;
+    for i in 0..3 {
+        last = group_call::<api::method::GroupSend>(
+            &daemons[1],
+            &api::GroupSend {
+                group: group.clone(),
+                body: format!("while dave was away {i}"),
+                reply_to: None,
+                client_token: None,
+            },
+        )
+        .await
+        .id;
+    }
+    daemons[3].start();
+    daemons[3].up().await;
+    let bobs = group_messages(&daemons[1], &group, 8).await;
+    assert!(bobs.iter().any(|m| m.id == last));
+    let daves: Vec<String> = group_messages(&daemons[3], &group, 8)
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .filter(|b| b.starts_with("while dave was away"))
+        .collect();
+    assert_eq!(
+        daves,
+        (0..3)
+            .map(|i| format!("while dave was away {i}"))
+            .collect::<Vec<_>>(),
+        "an offline member gets everything, in order, when back"
+    );
+
+    // Carol is invited back: she joins again but never gets what was sent while she was out.
+    group_call::<api::method::GroupInvite>(
+        &daemons[0],
+        &api::GroupInvite {
+            group: group.clone(),
+            address: addresses[2].clone(),
+            role: api::GroupRole::Member,
+        },
+    )
+    .await;
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let g = group_call::<api::method::GroupGet>(
+            &daemons[2],
+            &api::GroupParams {
+                group: group.clone(),
+            },
+        )
+        .await;
+        if g.invitations.iter().any(|i| i.invitee == addresses[2]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "carol never saw her new invitation"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    group_call::<api::method::GroupAccept>(
+        &daemons[2],
+        &api::GroupAccept {
+            group: group.clone(),
+            name: "carol again".into(),
+            kind: api::PeerKind::Human,
+        },
+    )
+    .await;
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let g = group_call::<api::method::GroupGet>(
+            &daemons[0],
+            &api::GroupParams {
+                group: group.clone(),
+            },
+        )
+        .await;
+        if g.members.len() == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice never saw carol accept again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let back = group_call::<api::method::GroupSend>(
+        &daemons[0],
+        &api::GroupSend {
+            group: group.clone(),
+            body: "welcome back".into(),
+            reply_to: None,
+            client_token: None,
+        },
+    )
+    .await;
+    assert_eq!(back.deliveries.len(), 3, "sent to bob, carol and dave");
+    let carols: Vec<String> = group_messages(&daemons[2], &group, 5)
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert!(carols.contains(&"welcome back".to_owned()), "{carols:?}");
+    assert!(
+        !carols
+            .iter()
+            .any(|b| b.starts_with("while dave was away") || b == "after carol left"),
+        "a member who joined again received what was sent while she was out: {carols:?}"
+    );
 }

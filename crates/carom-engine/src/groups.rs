@@ -690,6 +690,29 @@ impl Groups {
                 write.state = Some(GroupState::Left);
                 info!(group = ?group, "removed from a group");
             }
+            // Invited (again) to a group we had left, been removed from or declined.
+            let invitation = entry
+                .history
+                .membership()
+                .invitations
+                .values()
+                .find(|inv| inv.invitee == me)
+                .cloned();
+            if matches!(entry.state, GroupState::Left | GroupState::Declined)
+                && let Some(invitation) = invitation
+                && new.iter().any(|op| op.id() == invitation.id)
+            {
+                entry.state = GroupState::Invited;
+                write.state = Some(GroupState::Invited);
+                write
+                    .events
+                    .push(EventData::GroupInvited(event::GroupInvited {
+                        group: hex::encode(group.0),
+                        name: entry.history.membership().name.clone(),
+                        inviter: invitation.inviter.to_string(),
+                    }));
+                info!(group = ?group, "invited to a group again");
+            }
             if write.state != Some(GroupState::Invited) {
                 write.changed();
             }

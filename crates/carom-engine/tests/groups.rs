@@ -347,6 +347,38 @@ fn a_late_joiner_sees_nothing_from_before_and_a_removed_member_nothing_after() {
                 .await
                 .is_err()
         );
+        // Invited again, he can join again, and still never gets what was sent meanwhile.
+        invite(&alice, &group, &bob).await;
+        let g = group.clone();
+        let seen_at = bob
+            .wait_event(api::event::GROUP_INVITED, |d| d["group"] == g.as_str())
+            .await
+            .seq;
+        assert!(seen_at > 0);
+        let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
+        while get(&bob, &group).await.state != api::GroupState::Invited {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never invited again"
+            );
+            support::advance(LATENCY).await;
+        }
+        bob.e()
+            .group_accept(api::GroupAccept {
+                group: group.clone(),
+                name: "bob again".into(),
+                kind: api::PeerKind::Human,
+            })
+            .await
+            .expect("joined again");
+        for n in [&alice, &bob, &carol] {
+            wait_members(n, &group, &[&alice, &bob, &carol]).await;
+        }
+        let welcome = send(&alice, &group, "welcome back").await;
+        wait_delivered(&alice, &group, welcome.id).await;
+        let bobs = received(&bob, &group).await;
+        assert!(bobs.contains(&"welcome back".to_owned()), "{bobs:?}");
+        assert!(!bobs.contains(&"after bob".to_owned()), "{bobs:?}");
     });
 }
 
