@@ -13,6 +13,7 @@
 )]
 
 mod daemon;
+mod groups;
 mod local;
 mod measure;
 mod tor;
@@ -63,6 +64,10 @@ pub(crate) struct Sizes {
     pub(crate) large_messages: usize,
     pub(crate) large_contacts: usize,
     pub(crate) samples: usize,
+    /// Members of the measured group (each a daemon).
+    pub(crate) group_members: usize,
+    /// Groups the first member joins for the memory figure.
+    pub(crate) groups: usize,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +97,8 @@ fn main() -> ExitCode {
             large_messages: 3_000,
             large_contacts: 50,
             samples: 3,
+            group_members: 3,
+            groups: 2,
         }
     } else {
         Sizes {
@@ -100,6 +107,8 @@ fn main() -> ExitCode {
             large_messages: args.large_messages,
             large_contacts: args.large_contacts,
             samples: 20,
+            group_members: 8,
+            groups: 32,
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -275,6 +275,8 @@ async fn measure(
         ),
     );
 
+    crate::groups::run(report, net, root, sizes, warm_p50).await?;
+
     // Burst: many messages over the one session, queued by several frontends at once (as a
     // busy user's clients would), so that the session, not one API round trip, is measured.
     let before = alice_client.stats().await?;

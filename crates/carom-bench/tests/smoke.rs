@@ -29,6 +29,9 @@ fn every_benchmark_runs_at_smoke_size() {
         "warm message",
         "cold message",
         "burst over one Tor session",
+        "group send → delivered to all other members",
+        "group burst",
+        "caromd RSS in many groups",
         "caromd RSS, idle",
         "history page of 50",
     ] {

@@ -1,0 +1,311 @@
+//! Groups over the private Tor network: a group of real daemons (eight in a full run), every
+//! pair of them contacts (group traffic rides contact sessions). Measured: `group.send` →
+//! delivered to all the others (against the 1:1 warm figure of the same run), a burst of group
+//! messages, and the RSS of a daemon in many groups.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use carom_api::{self as api, EventData};
+use carom_testnet::TestNetwork;
+
+use crate::Sizes;
+use crate::daemon::{Daemon, Error, next_matching, watcher};
+use crate::measure::{Report, ms, quantile, rss_mib};
+
+const LONG: Duration = Duration::from_secs(300);
+
+async fn pair(a: &Daemon, a_addr: &str, b: &Daemon, b_addr: &str) -> Result<(), Error> {
+    let requests = watcher(b, &[api::event::CONTACT_REQUEST_RECEIVED]).await?;
+    a.client()
+        .await?
+        .add_contact(&api::ContactAdd {
+            address: b_addr.to_owned(),
+            nickname: String::new(),
+            offer_nickname: String::new(),
+            greeting: String::new(),
+            kind: api::PeerKind::Human,
+        })
+        .await?;
+    let from = a_addr.to_owned();
+    next_matching(
+        &requests,
+        LONG,
+        |e| matches!(&e.data, EventData::RequestReceived(r) if r.address == from),
+    )
+    .await?;
+    let accepted = watcher(a, &[api::event::CONTACT_STATE]).await?;
+    b.client()
+        .await?
+        .respond(a_addr, api::Response::Accept, None)
+        .await?;
+    let to = b_addr.to_owned();
+    next_matching(&accepted, LONG, |e| {
+        matches!(&e.data, EventData::StateChanged(c) if c.address == to
+            && c.state == api::event::ContactStateChange::Accepted)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A group of all `daemons`, made by the first; returns its id once every member sees all.
+async fn group_of(daemons: &[(Daemon, String)], name: &str) -> Result<String, Error> {
+    let (creator, _) = &daemons[0];
+    let group = creator
+        .client()
+        .await?
+        .call::<api::method::GroupCreate>(&api::GroupCreate {
+            name: name.into(),
+            members_can_invite: false,
+            member_name: String::new(),
+            kind: api::PeerKind::Human,
+        })
+        .await?
+        .id;
+    for (d, address) in &daemons[1..] {
+        let invited = watcher(d, &[api::event::GROUP_INVITED]).await?;
+        creator
+            .client()
+            .await?
+            .call::<api::method::GroupInvite>(&api::GroupInvite {
+                group: group.clone(),
+                address: address.clone(),
+                role: api::GroupRole::Member,
+            })
+            .await?;
+        let g = group.clone();
+        next_matching(
+            &invited,
+            LONG,
+            |e| matches!(&e.data, EventData::GroupInvited(i) if i.group == g),
+        )
+        .await?;
+        d.client()
+            .await?
+            .call::<api::method::GroupAccept>(&api::GroupAccept {
+                group: group.clone(),
+                name: String::new(),
+                kind: api::PeerKind::Human,
+            })
+            .await?;
+    }
+    let deadline = Instant::now() + LONG;
+    for (d, _) in daemons {
+        loop {
+            let g = d
+                .client()
+                .await?
+                .call::<api::method::GroupGet>(&api::GroupParams {
+                    group: group.clone(),
+                })
+                .await?;
+            if g.members.len() == daemons.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "a member sees {} of {} members",
+                    g.members.len(),
+                    daemons.len()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(group)
+}
+
+/// Wait until group message `id` is delivered to `recipients` distinct members, counting the
+/// sender's `group.delivery` events on `events`.
+async fn all_delivered(
+    events: &carom_client::Client,
+    id: i64,
+    recipients: usize,
+) -> Result<Instant, Error> {
+    let reached = std::sync::Mutex::new(HashSet::new());
+    next_matching(events, LONG, |e| {
+        let mut reached = reached.lock().unwrap_or_else(|p| p.into_inner());
+        if let EventData::GroupDelivery(d) = &e.data
+            && d.id == id
+            && d.status == api::DeliveryStatus::Delivered
+        {
+            reached.insert(d.recipient.clone());
+        }
+        reached.len() >= recipients
+    })
+    .await
+}
+
+pub(crate) async fn run(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+    warm_1to1: Duration,
+) -> Result<(), Error> {
+    let arti = net.arti_config_path();
+    let quiet = "[messaging]\npresence = false\n";
+    let members = sizes.group_members;
+    let mut daemons = Vec::new();
+    for i in 0..members {
+        let d = Daemon::start(&root.join(format!("member{i}")), "member", &arti, quiet)?;
+        let (address, _) = d.up().await?;
+        daemons.push((d, address));
+    }
+    let t = Instant::now();
+    for i in 0..members {
+        for j in i + 1..members {
+            pair(&daemons[i].0, &daemons[i].1, &daemons[j].0, &daemons[j].1).await?;
+        }
+    }
+    report.add(
+        "group setup: daemons pair with each other",
+        t.elapsed().as_secs_f64(),
+        "s",
+        format!(
+            "{members} daemons, {} pairs, sequential contact.add → accepted",
+            members * (members - 1) / 2
+        ),
+    );
+    let t = Instant::now();
+    let group = group_of(&daemons, "bench").await?;
+    report.add(
+        "group setup: create, invitations accepted, every member sees all",
+        t.elapsed().as_secs_f64(),
+        "s",
+        format!("{} sequential invite → invited → accept", members - 1),
+    );
+
+    let sender = daemons[0].0.client().await?;
+    let deliveries = watcher(&daemons[0].0, &[api::event::GROUP_DELIVERY]).await?;
+    let send = |body: String| {
+        let c = sender.clone();
+        let g = group.clone();
+        async move {
+            c.call::<api::method::GroupSend>(&api::GroupSend {
+                group: g,
+                body,
+                reply_to: None,
+                client_token: None,
+            })
+            .await
+        }
+    };
+    let m = send("warm-up".into()).await?;
+    all_delivered(&deliveries, m.id, members - 1).await?;
+    let mut fan_out = Vec::new();
+    for i in 0..sizes.samples.max(5) {
+        let t = Instant::now();
+        let m = send(format!("group {i}")).await?;
+        let at = all_delivered(&deliveries, m.id, members - 1).await?;
+        fan_out.push(at - t);
+    }
+    let p50 = quantile(&mut fan_out, 0.5);
+    let p90 = quantile(&mut fan_out, 0.9);
+    let ratio = ms(p50) / ms(warm_1to1);
+    report.target(
+        "group send → delivered to all other members, median",
+        ms(p50),
+        "ms",
+        format!(
+            "≤ 1.5 × the 1:1 warm median = {:.1} ms",
+            ms(warm_1to1) * 1.5
+        ),
+        ratio <= 1.5,
+        format!(
+            "group of {members}; {ratio:.2} × 1:1 warm; p90 {:.1} ms",
+            ms(p90)
+        ),
+    );
+
+    // A burst: 16 frontends queue group messages at once; done when the last is delivered to
+    // every member (each member's items arrive in order).
+    let burst = sizes.burst.min(1000);
+    let t = Instant::now();
+    let frontends = 16.min(burst.max(1));
+    let mut tasks = Vec::new();
+    for f in 0..frontends {
+        let c = daemons[0].0.client().await?;
+        let g = group.clone();
+        let count = burst / frontends + usize::from(f < burst % frontends);
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..count {
+                last = c
+                    .call::<api::method::GroupSend>(&api::GroupSend {
+                        group: g.clone(),
+                        body: format!("burst {f:02}-{i:05} {}", "x".repeat(82)),
+                        reply_to: None,
+                        client_token: None,
+                    })
+                    .await?
+                    .id;
+            }
+            Ok::<i64, carom_client::ClientError>(last)
+        }));
+    }
+    let mut last = 0;
+    for task in tasks {
+        last = last.max(task.await??);
+    }
+    // The newest message, delivered to all, means all were.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let page = sender
+            .call::<api::method::GroupHistory>(&api::GroupHistory {
+                group: group.clone(),
+                before: Some(last + 1),
+                limit: Some(1),
+            })
+            .await?;
+        if page.messages.first().is_some_and(|m| {
+            m.deliveries
+                .iter()
+                .all(|d| d.status == api::DeliveryStatus::Delivered)
+        }) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the group burst was not delivered".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t.elapsed();
+    report.add(
+        "group burst: messages delivered to all other members, per second",
+        burst as f64 / took.as_secs_f64(),
+        "msg/s",
+        format!(
+            "group of {members}: {burst} messages of 100 B from 16 frontends = {} deliveries, \
+             {:.1} s",
+            burst * (members - 1),
+            took.as_secs_f64()
+        ),
+    );
+
+    // Memory: the first daemon in many groups of all the members.
+    let before = rss_mib(daemons[0].0.pid());
+    for i in 1..sizes.groups {
+        group_of(&daemons, &format!("group {i}")).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_mib(daemons[0].0.pid());
+    report.add(
+        "caromd RSS in many groups (after the burst)",
+        after,
+        "MiB",
+        format!(
+            "{} groups of {members}; {:+.1} MiB for the {} after the first (32 groups of 32 \
+             would need 32 daemons: not measured)",
+            sizes.groups,
+            after - before,
+            sizes.groups - 1
+        ),
+    );
+    for (mut d, _) in daemons {
+        d.stop().await;
+    }
+    Ok(())
+}
