@@ -118,24 +118,31 @@ async fn group_of(daemons: &[(Daemon, String)], name: &str) -> Result<String, Er
 }
 
 /// Wait until group message `id` is delivered to `recipients` distinct members, counting the
-/// sender's `group.delivery` events on `events`.
+/// sender's `group.delivery` events on `events`; returns when the first and the last arrived.
 async fn all_delivered(
     events: &carom_client::Client,
     id: i64,
     recipients: usize,
-) -> Result<Instant, Error> {
-    let reached = std::sync::Mutex::new(HashSet::new());
-    next_matching(events, LONG, |e| {
+) -> Result<(Instant, Instant), Error> {
+    let reached = std::sync::Mutex::new((HashSet::new(), None::<Instant>));
+    let last = next_matching(events, LONG, |e| {
         let mut reached = reached.lock().unwrap_or_else(|p| p.into_inner());
         if let EventData::GroupDelivery(d) = &e.data
             && d.id == id
             && d.status == api::DeliveryStatus::Delivered
         {
-            reached.insert(d.recipient.clone());
+            reached.0.insert(d.recipient.clone());
+            reached.1.get_or_insert_with(Instant::now);
         }
-        reached.len() >= recipients
+        reached.0.len() >= recipients
     })
-    .await
+    .await?;
+    let first = reached
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .1
+        .unwrap_or(last);
+    Ok((first, last))
 }
 
 pub(crate) async fn run(
@@ -196,12 +203,24 @@ pub(crate) async fn run(
     let m = send("warm-up".into()).await?;
     all_delivered(&deliveries, m.id, members - 1).await?;
     let mut fan_out = Vec::new();
+    let mut firsts = Vec::new();
     for i in 0..sizes.samples.max(5) {
         let t = Instant::now();
         let m = send(format!("group {i}")).await?;
-        let at = all_delivered(&deliveries, m.id, members - 1).await?;
-        fan_out.push(at - t);
+        let (first, last) = all_delivered(&deliveries, m.id, members - 1).await?;
+        fan_out.push(last - t);
+        firsts.push(first - t);
     }
+    let first_p50 = quantile(&mut firsts, 0.5);
+    report.add(
+        "group send → delivered to the first member, median",
+        ms(first_p50),
+        "ms",
+        format!(
+            "group of {members}: the fastest member's path; p90 {:.1} ms",
+            ms(quantile(&mut firsts, 0.9))
+        ),
+    );
     let p50 = quantile(&mut fan_out, 0.5);
     let p90 = quantile(&mut fan_out, 0.9);
     let ratio = ms(p50) / ms(warm_1to1);
