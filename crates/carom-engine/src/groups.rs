@@ -790,7 +790,8 @@ impl Groups {
 /// Reject code: the sender (or we) are not a member of the group the message is for.
 pub(crate) const NOT_A_MEMBER: u32 = reject::NOT_A_MEMBER;
 
-fn refuse(id: MessageId, reason: u32) -> PeerDecision {
+/// Refuse a group message by id, for good, with `reason`.
+pub(crate) fn refuse(id: MessageId, reason: u32) -> PeerDecision {
     PeerDecision {
         write: None,
         answer: vec![Message::Reject(Reject {

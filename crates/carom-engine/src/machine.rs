@@ -674,23 +674,10 @@ impl Machine {
     fn group_message(&mut self, peer: OnionAddress, message: Message, now: Now) -> ContactReply {
         let decision = if !Machine::is_contact(&self.known, &peer) {
             // Group traffic rides contact sessions only (for now): anyone else is refused.
-            let id = match &message {
-                Message::GroupOperations(m) => m.id,
-                Message::GroupChat(m) => m.id,
-                _ => {
-                    return ContactReply {
-                        commit: None,
-                        outcome: ContactOutcome::default(),
-                    };
-                }
-            };
-            groups::PeerDecision {
-                answer: vec![Message::Reject(carom_proto::Reject {
-                    ids: vec![id],
-                    reason: groups::NOT_A_MEMBER,
-                    text: None,
-                })],
-                ..groups::PeerDecision::default()
+            match &message {
+                Message::GroupOperations(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
+                Message::GroupChat(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
+                _ => groups::PeerDecision::default(),
             }
         } else {
             let known = &self.known;
@@ -1720,6 +1707,33 @@ mod tests {
         };
         assert_eq!(run(3), run(3), "seeded: the same schedule twice");
         assert_ne!(run(3), run(4), "the seed is what spreads the retries");
+    }
+
+    #[test]
+    fn group_traffic_from_someone_who_is_not_an_accepted_contact_is_refused_unstored() {
+        let (mut m, t0) = loaded(1);
+        let chat = Message::GroupChat(carom_proto::GroupChat {
+            id: MessageId([4; 16]),
+            group: GroupId([5; 16]),
+            heads: vec![carom_group::OpId([6; 32])],
+            members_digest: carom_proto::Digest32([0; 32]),
+            sent_at: 0,
+            body: "let me in".into(),
+            reply_to: None,
+        });
+        let reply = m.contact_message(peer(3), chat.clone(), at(t0, 1));
+        assert!(reply.commit.is_none());
+        assert!(matches!(
+            reply.outcome.send.as_slice(),
+            [Message::Reject(r)] if r.reason == carom_proto::reject::NOT_A_MEMBER
+        ));
+        // An accepted contact with no such group is refused the same way.
+        let reply = m.contact_message(peer(2), chat, at(t0, 2));
+        assert!(reply.commit.is_none());
+        assert!(matches!(
+            reply.outcome.send.as_slice(),
+            [Message::Reject(r)] if r.reason == carom_proto::reject::NOT_A_MEMBER
+        ));
     }
 
     #[test]
