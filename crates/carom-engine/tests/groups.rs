@@ -71,25 +71,41 @@ fn members(g: &api::Group) -> Vec<String> {
     m
 }
 
-/// Wait until `node` sees exactly `expected` as the members.
-async fn wait_members(node: &Node, group: &str, expected: &[&Node]) {
-    let mut want: Vec<String> = expected.iter().map(|n| n.address.clone()).collect();
-    want.sort();
-    let engine = node.e();
-    let mut notify = engine.event_notifier();
+/// Look again after each of `node`'s events until `check` is done (`Ok`), for at most
+/// [`support::nodes::WAIT`] of virtual time; then fail with what it last said.
+async fn until<T, Fut: std::future::Future<Output = Result<T, String>>>(
+    node: &Node,
+    check: impl Fn() -> Fut,
+) -> T {
+    let mut notify = node.e().event_notifier();
     let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
     loop {
-        let g = get(node, group).await;
-        if members(&g) == want {
-            return;
-        }
+        let why = match check().await {
+            Ok(done) => return done,
+            Err(why) => why,
+        };
         if tokio::time::timeout_at(deadline, notify.changed())
             .await
             .is_err()
         {
-            panic!("members {:?}, expected {want:?}", members(&g));
+            panic!("{why}");
         }
     }
+}
+
+/// Wait until `node` sees exactly `expected` as the members.
+async fn wait_members(node: &Node, group: &str, expected: &[&Node]) {
+    let mut want: Vec<String> = expected.iter().map(|n| n.address.clone()).collect();
+    want.sort();
+    until(node, || async {
+        let seen = members(&get(node, group).await);
+        if seen == want {
+            Ok(())
+        } else {
+            Err(format!("members {seen:?}, expected {want:?}"))
+        }
+    })
+    .await;
 }
 
 async fn send(node: &Node, group: &str, body: &str) -> api::GroupMessage {
@@ -131,29 +147,20 @@ async fn received(node: &Node, group: &str) -> Vec<String> {
 
 /// Wait until `node` has received `count` group messages.
 async fn wait_received(node: &Node, group: &str, count: usize) {
-    let engine = node.e();
-    let mut notify = engine.event_notifier();
-    let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
-    loop {
+    until(node, || async {
         let got = received(node, group).await.len();
         if got >= count {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{got} of {count} group messages received"))
         }
-        if tokio::time::timeout_at(deadline, notify.changed())
-            .await
-            .is_err()
-        {
-            panic!("{got} of {count} group messages received");
-        }
-    }
+    })
+    .await;
 }
 
-/// Wait until every recipient acknowledged `message`.
+/// Wait until every recipient acknowledged message `id`.
 async fn wait_delivered(node: &Node, group: &str, id: i64) -> api::GroupMessage {
-    let engine = node.e();
-    let mut notify = engine.event_notifier();
-    let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
-    loop {
+    until(node, || async {
         let m = history(node, group)
             .await
             .into_iter()
@@ -163,15 +170,12 @@ async fn wait_delivered(node: &Node, group: &str, id: i64) -> api::GroupMessage 
             .iter()
             .all(|d| d.status == api::DeliveryStatus::Delivered)
         {
-            return m;
+            Ok(m)
+        } else {
+            Err(format!("not delivered to all: {:?}", m.deliveries))
         }
-        if tokio::time::timeout_at(deadline, notify.changed())
-            .await
-            .is_err()
-        {
-            panic!("not delivered to all: {:?}", m.deliveries);
-        }
-    }
+    })
+    .await
 }
 
 #[test]
@@ -349,20 +353,13 @@ fn a_late_joiner_sees_nothing_from_before_and_a_removed_member_nothing_after() {
         );
         // Invited again, he can join again, and still never gets what was sent meanwhile.
         invite(&alice, &group, &bob).await;
-        let g = group.clone();
-        let seen_at = bob
-            .wait_event(api::event::GROUP_INVITED, |d| d["group"] == g.as_str())
-            .await
-            .seq;
-        assert!(seen_at > 0);
-        let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
-        while get(&bob, &group).await.state != api::GroupState::Invited {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never invited again"
-            );
-            support::advance(LATENCY).await;
-        }
+        until(&bob, || async {
+            match get(&bob, &group).await.state {
+                api::GroupState::Invited => Ok(()),
+                other => Err(format!("never invited again: {other:?}")),
+            }
+        })
+        .await;
         bob.e()
             .group_accept(api::GroupAccept {
                 group: group.clone(),
