@@ -48,7 +48,13 @@ pub(crate) struct Groups {
     /// still converge: each catches the others up. In memory only: after a restart a peer is
     /// sent everything once (duplicates are harmless).
     held: HashMap<(GroupId, [u8; 32]), Vec<OpId>>,
+    /// The beginning of a history a contact is sending us, whose invitation has not arrived
+    /// yet, and the ids of the messages it came in (unacknowledged until it does).
+    provisional: HashMap<(GroupId, [u8; 32]), (History, Vec<MessageId>)>,
 }
+
+/// Most histories held while their invitation is on its way.
+const MAX_PROVISIONAL: usize = 4;
 
 /// What the user asked for.
 #[derive(Debug)]
@@ -247,6 +253,7 @@ impl Groups {
             identity,
             by_id: HashMap::new(),
             held: HashMap::new(),
+            provisional: HashMap::new(),
         }
     }
 
@@ -614,7 +621,12 @@ impl Groups {
         }
         let me = self.me;
         let received: Vec<OpId> = ops.iter().map(SignedOperation::id).collect();
+        // A full message may have more of its history behind it.
+        let more_may_follow = ops.len() == MAX_GROUP_OPERATIONS_PER_MESSAGE;
         let mut write = GroupWrite::new(group);
+        // What to acknowledge once this commits: this message, and for an invitation that came
+        // in several, the earlier ones too.
+        let mut acks = vec![id];
         let new: Vec<SignedOperation> = match self.by_id.get_mut(&group) {
             Some(entry) => {
                 let mut new = Vec::new();
@@ -636,10 +648,30 @@ impl Groups {
             }
             None => {
                 // Only an invitation for us (with the history it builds on) opens a group here.
-                let history = match History::from_operations(ops) {
-                    Ok((history, _)) => history,
-                    Err(_) => return refuse(id, NOT_A_MEMBER),
+                // A long history arrives in several messages, the invitation in the last, every
+                // one before it full: until it is there, what came is held in memory and not
+                // acknowledged (so a session that breaks meanwhile makes the sender send it all
+                // again). A message that is not full and brings no invitation for us ends it:
+                // everything held for it is refused.
+                let key = (group, peer.public_key());
+                let (history, mut waiting_ids) = match self.provisional.remove(&key) {
+                    Some((mut history, ids)) => {
+                        for op in ops {
+                            if let Err(e) = history.add(op) {
+                                debug!(peer = %peer.redacted(), error = %e, "a group operation does not fit");
+                            }
+                        }
+                        (history, ids)
+                    }
+                    None => match History::from_operations(ops) {
+                        Ok((history, _)) => (history, Vec::new()),
+                        Err(_) => return refuse(id, NOT_A_MEMBER),
+                    },
                 };
+                if history.group() != group {
+                    return refuse(id, reject::MALFORMED);
+                }
+                waiting_ids.push(id);
                 let invitation = history
                     .membership()
                     .invitations
@@ -647,12 +679,24 @@ impl Groups {
                     .find(|inv| inv.invitee == me)
                     .cloned();
                 let Some(invitation) = invitation else {
-                    debug!(peer = %peer.redacted(), "group operations for a group we are not invited to");
-                    return refuse(id, NOT_A_MEMBER);
+                    if !more_may_follow
+                        || self.provisional.len() >= MAX_PROVISIONAL
+                        || waiting_ids.len() * MAX_GROUP_OPERATIONS_PER_MESSAGE
+                            > carom_group::limits::MAX_OPERATIONS
+                    {
+                        debug!(peer = %peer.redacted(), "group operations for a group we are not invited to");
+                        return PeerDecision {
+                            answer: vec![Message::Reject(Reject {
+                                ids: waiting_ids,
+                                reason: NOT_A_MEMBER,
+                                text: None,
+                            })],
+                            ..PeerDecision::default()
+                        };
+                    }
+                    self.provisional.insert(key, (history, waiting_ids));
+                    return PeerDecision::default();
                 };
-                if history.group() != group {
-                    return refuse(id, reject::MALFORMED);
-                }
                 write.state = Some(GroupState::Invited);
                 write
                     .events
@@ -670,6 +714,7 @@ impl Groups {
                         history,
                     },
                 );
+                acks = waiting_ids;
                 new
             }
         };
@@ -735,7 +780,7 @@ impl Groups {
         }
         PeerDecision {
             write: (!write.ops.is_empty() || write.state.is_some()).then_some(write),
-            answer: vec![Message::Ack(Ack { ids: vec![id] })],
+            answer: vec![Message::Ack(Ack { ids: acks })],
             deliver,
         }
     }

@@ -504,3 +504,33 @@ fn group_traffic_from_someone_who_is_not_a_member_is_refused() {
         assert!(mallory.e().group_list().await.expect("list").is_empty());
     });
 }
+
+#[test]
+fn an_invitation_to_a_group_with_a_long_history_arrives_whole() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let alice = Node::create(&net, dir.path(), "alice");
+        let bob = Node::create(&net, dir.path(), "bob");
+        mesh(&[&alice, &bob]).await;
+        let group = create(&alice, "G").await.id;
+        // 70 renames: the invitation travels with 72 operations, in three messages.
+        for i in 0..70 {
+            alice
+                .e()
+                .group_rename(api::GroupRename {
+                    group: group.clone(),
+                    name: format!("name {i}"),
+                })
+                .await
+                .expect("renamed");
+        }
+        invite(&alice, &group, &bob).await;
+        let seen = join(&bob, &group, api::PeerKind::Human).await;
+        assert_eq!(seen.name, "name 69");
+        wait_members(&alice, &group, &[&alice, &bob]).await;
+        let m = send(&alice, &group, "after a long history").await;
+        wait_delivered(&alice, &group, m.id).await;
+        assert_eq!(received(&bob, &group).await, ["after a long history"]);
+    });
+}
