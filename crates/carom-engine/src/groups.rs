@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use carom_api::{self as api, EventData, event};
 use carom_group::{
-    Action, Added, GroupId, History, HistoryError, Membership, OpId, Policy, Role, SignedOperation,
+    Action, Added, GroupId, History, HistoryError, Invitation, Membership, OpId, Policy, Role,
+    SignedOperation,
 };
 use carom_proto::{
     Ack, Digest32, GroupChat, GroupOperations, IdentityKey, MAX_GROUP_OPERATIONS_PER_MESSAGE,
@@ -292,13 +293,7 @@ impl Groups {
     ) -> api::Group {
         let membership = entry.history.membership();
         let invited_by = (entry.state == GroupState::Invited)
-            .then(|| {
-                membership
-                    .invitations
-                    .values()
-                    .find(|inv| inv.invitee == self.me)
-                    .map(|inv| inv.inviter.to_string())
-            })
+            .then(|| invitation_for(membership, &self.me).map(|inv| inv.inviter.to_string()))
             .flatten();
         api::Group {
             id: hex::encode(id.0),
@@ -465,12 +460,7 @@ impl Groups {
                         entry.state
                     )));
                 }
-                let invite = entry
-                    .history
-                    .membership()
-                    .invitations
-                    .values()
-                    .find(|inv| inv.invitee == me)
+                let invite = invitation_for(entry.history.membership(), &me)
                     .map(|inv| inv.id)
                     .ok_or_else(|| {
                         EngineError::InvalidState(
@@ -672,13 +662,9 @@ impl Groups {
                     return refuse(id, reject::MALFORMED);
                 }
                 waiting_ids.push(id);
-                let invitation = history
-                    .membership()
-                    .invitations
-                    .values()
-                    .find(|inv| inv.invitee == me)
-                    .cloned();
-                let Some(invitation) = invitation else {
+                let invited = invitation_for(history.membership(), &me)
+                    .map(|inv| invited_event(group, history.membership(), inv));
+                let Some(invited) = invited else {
                     if !more_may_follow
                         || self.provisional.len() >= MAX_PROVISIONAL
                         || waiting_ids.len() * MAX_GROUP_OPERATIONS_PER_MESSAGE
@@ -698,13 +684,7 @@ impl Groups {
                     return PeerDecision::default();
                 };
                 write.state = Some(GroupState::Invited);
-                write
-                    .events
-                    .push(EventData::GroupInvited(event::GroupInvited {
-                        group: hex::encode(group.0),
-                        name: history.membership().name.clone(),
-                        inviter: invitation.inviter.to_string(),
-                    }));
+                write.events.push(invited);
                 info!(group = ?group, "invited to a group");
                 let new: Vec<SignedOperation> = history.operations().cloned().collect();
                 self.by_id.insert(
@@ -726,8 +706,7 @@ impl Groups {
         let mut deliver = Vec::new();
         if !new.is_empty() {
             write.ops = new.iter().map(stored).collect();
-            let entry = self.by_id.get_mut(&group).ok_or_else(no_group);
-            let Ok(entry) = entry else {
+            let Some(entry) = self.by_id.get_mut(&group) else {
                 return PeerDecision::default();
             };
             if entry.state == GroupState::Member && !entry.history.membership().is_member(&me) {
@@ -736,26 +715,15 @@ impl Groups {
                 info!(group = ?group, "removed from a group");
             }
             // Invited (again) to a group we had left, been removed from or declined.
-            let invitation = entry
-                .history
-                .membership()
-                .invitations
-                .values()
-                .find(|inv| inv.invitee == me)
-                .cloned();
+            let again = invitation_for(entry.history.membership(), &me)
+                .filter(|inv| new.iter().any(|op| op.id() == inv.id))
+                .map(|inv| invited_event(group, entry.history.membership(), inv));
             if matches!(entry.state, GroupState::Left | GroupState::Declined)
-                && let Some(invitation) = invitation
-                && new.iter().any(|op| op.id() == invitation.id)
+                && let Some(invited) = again
             {
                 entry.state = GroupState::Invited;
                 write.state = Some(GroupState::Invited);
-                write
-                    .events
-                    .push(EventData::GroupInvited(event::GroupInvited {
-                        group: hex::encode(group.0),
-                        name: entry.history.membership().name.clone(),
-                        inviter: invitation.inviter.to_string(),
-                    }));
+                write.events.push(invited);
                 info!(group = ?group, "invited to a group again");
             }
             if write.state != Some(GroupState::Invited) {
@@ -834,6 +802,23 @@ impl Groups {
 
 /// Reject code: the sender (or we) are not a member of the group the message is for.
 pub(crate) const NOT_A_MEMBER: u32 = reject::NOT_A_MEMBER;
+
+/// The invitation for `me` that stands in `membership`, if any.
+fn invitation_for<'m>(membership: &'m Membership, me: &OnionAddress) -> Option<&'m Invitation> {
+    membership
+        .invitations
+        .values()
+        .find(|inv| inv.invitee == *me)
+}
+
+/// The `group.invited` event for `invitation`.
+fn invited_event(group: GroupId, membership: &Membership, invitation: &Invitation) -> EventData {
+    EventData::GroupInvited(event::GroupInvited {
+        group: hex::encode(group.0),
+        name: membership.name.clone(),
+        inviter: invitation.inviter.to_string(),
+    })
+}
 
 /// Refuse a group message by id, for good, with `reason`.
 pub(crate) fn refuse(id: MessageId, reason: u32) -> PeerDecision {
