@@ -293,7 +293,7 @@ pub(crate) fn group_detail(g: &api::Group) -> String {
             if m.me || m.contact {
                 ""
             } else {
-                " · not a contact: your messages do not reach them"
+                " · not a contact (reached for this group only)"
             }
         ));
     }

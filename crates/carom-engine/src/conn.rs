@@ -42,7 +42,7 @@ pub(crate) enum ConnCmd {
 /// What a dialled connection needs from the core to start.
 pub(crate) struct Ticket {
     pub(crate) conn: ConnId,
-    pub(crate) contact_id: i64,
+    pub(crate) contact_id: Option<i64>,
     pub(crate) cached_static: Option<[u8; 32]>,
     pub(crate) commands: mpsc::UnboundedReceiver<ConnCmd>,
 }
@@ -232,6 +232,8 @@ struct Conn<S> {
     registered: bool,
     /// Only a contact request may come through; the session ends after the handshake.
     request_only: bool,
+    /// A co-member who is not a contact: group traffic only (a 1:1 chat is refused).
+    group_only: bool,
     /// We refused the peer: nothing it sent is looked at.
     refused: bool,
     /// How the session ended, once it has: (reason, by the peer).
@@ -271,12 +273,13 @@ pub(crate) async fn run_initiator<S>(
         commands_tx: None,
         initiator: true,
         peer: Some(peer),
-        contact_id: Some(ticket.contact_id),
+        contact_id: ticket.contact_id,
         sent_up_to: 0,
         control_sent: HashMap::new(),
         just_sent: Vec::new(),
         registered: true,
         request_only: false,
+        group_only: false,
         refused: false,
         closed: None,
     };
@@ -322,6 +325,7 @@ where
         just_sent: Vec::new(),
         registered: false,
         request_only: false,
+        group_only: false,
         refused: false,
         closed: None,
     };
@@ -570,6 +574,10 @@ where
             Admission::Contact { contact_id, .. } => {
                 self.contact_id = Some(contact_id);
             }
+            Admission::GroupPeer { contact_id } => {
+                self.contact_id = contact_id;
+                self.group_only = true;
+            }
             Admission::RequestOnly { contact_id } => {
                 self.contact_id = contact_id;
                 self.request_only = true;
@@ -615,10 +623,7 @@ where
             );
             return Ok(());
         }
-        if matches!(
-            registration.state,
-            Some(ContactState::Accepted | ContactState::Requesting)
-        ) {
+        if registration.state.is_some() {
             self.deliver_outbox().await?;
         }
         Ok(())
@@ -697,8 +702,12 @@ where
         if chats.is_empty() {
             return Ok(());
         }
-        let Some(contact_id) = self.contact_id else {
-            debug!(peer = %peer.redacted(), count = chats.len(), "ignored chats from a non-contact");
+        let Some(contact_id) = self.row().await? else {
+            if self.group_only {
+                self.refuse_chats(&chats, carom_proto::reject::NOT_A_CONTACT);
+            } else {
+                debug!(peer = %peer.redacted(), count = chats.len(), "ignored chats from a non-contact");
+            }
             return Ok(());
         };
         let now = unix_ms();
@@ -710,9 +719,20 @@ where
             .write(move |tx| {
                 // Checked inside the transaction, never cached: an acceptance made on another
                 // session counts at once, and a block or removal committed just before wins.
-                match tx.contact(contact_id)? {
-                    Some(c) if c.state == ContactState::Accepted => {}
-                    _ => return Ok((Vec::new(), Vec::new(), 0.0)),
+                match tx.contact(contact_id)?.map(|c| c.state) {
+                    Some(ContactState::Accepted) => {}
+                    // No relationship at all (a co-member's session): refused, so that the
+                    // sender does not retry for ever. 1:1 chat needs pairing.
+                    Some(ContactState::CoMember) | None => {
+                        let refused = chats
+                            .iter()
+                            .map(|c| (c.id, carom_proto::reject::NOT_A_CONTACT))
+                            .collect();
+                        return Ok((Vec::new(), refused, 0.0));
+                    }
+                    // A relationship on its way (a request, an answer): they learn their
+                    // standing from it, and may send again once accepted.
+                    Some(_) => return Ok((Vec::new(), Vec::new(), 0.0)),
                 }
                 let mut ids = Vec::with_capacity(chats.len());
                 let mut refused = Vec::new();
@@ -787,10 +807,44 @@ where
         Ok(())
     }
 
+    /// Refuse every one of `chats` for `reason`, without looking at them.
+    fn refuse_chats(&mut self, chats: &[carom_proto::Chat], reason: u32) {
+        let now = view::monotonic();
+        for chat in chats {
+            let _ = self.session.send(
+                Message::Reject(carom_proto::Reject {
+                    ids: vec![chat.id],
+                    reason,
+                    text: None,
+                }),
+                now,
+            );
+        }
+    }
+
+    /// The peer's row. A contact's is known from the start; a co-member's may have been
+    /// made after this connection began (by the write that queued group traffic for it), so
+    /// it is looked up when first needed.
+    async fn row(&mut self) -> Result<Option<i64>> {
+        if self.contact_id.is_none()
+            && !self.request_only
+            && !self.refused
+            && let Some(peer) = self.peer
+        {
+            let key = peer.public_key();
+            self.contact_id = self
+                .shared
+                .store
+                .read(move |s| Ok(s.contact_by_identity(&key)?.map(|c| c.id)))
+                .await?;
+        }
+        Ok(self.contact_id)
+    }
+
     /// The peer refused messages for good: they fail here, with its reason, and leave the
     /// outbox.
     async fn rejected(&mut self, peer: OnionAddress, reject: carom_proto::Reject) -> Result<()> {
-        let Some(contact_id) = self.contact_id else {
+        let Some(contact_id) = self.row().await? else {
             return Ok(());
         };
         let now = unix_ms();
@@ -824,7 +878,7 @@ where
 
     /// The peer acknowledged messages: mark them delivered and clear the outbox.
     async fn acknowledged(&mut self, peer: OnionAddress, ids: Vec<MessageId>) -> Result<()> {
-        let Some(contact_id) = self.contact_id else {
+        let Some(contact_id) = self.row().await? else {
             return Ok(());
         };
         let now = unix_ms();
@@ -868,7 +922,7 @@ where
     /// Delivery resumes by itself when the writer drains (`paused`) or, before the handshake,
     /// when the session is established. Memory does not grow with the outbox.
     async fn deliver_outbox(&mut self) -> Result<()> {
-        let Some(contact_id) = self.contact_id else {
+        let Some(contact_id) = self.row().await? else {
             return Ok(());
         };
         if self.probation.is_some() {
@@ -1005,7 +1059,7 @@ fn mark_sent(
 }
 
 /// A group message reached `peer` (`failure`: it never will): its delivery row, and the event.
-fn group_delivery(
+pub(crate) fn group_delivery(
     tx: &WriteTx<'_>,
     message_row: i64,
     peer: OnionAddress,
@@ -1054,18 +1108,23 @@ fn status_events(
     Ok(())
 }
 
-/// Delete a contact and tell frontends: `contact.state` `removed` by us, with why if given.
+/// Forget a contact and tell frontends: `contact.state` `removed` by us, with why if given.
+/// Returns its address, and its row if the row stays as a co-member's (group traffic still
+/// waits for it).
 pub(crate) fn forget_contact(
     tx: &WriteTx<'_>,
     contact: &carom_store::Contact,
     reason: Option<RemovalReason>,
     now: u64,
-) -> Result<OnionAddress> {
+) -> Result<(OnionAddress, Option<carom_store::Contact>)> {
     let peer = view::address_of(&contact.identity)?;
-    tx.delete_contact(contact.id)?;
+    let kept = match tx.forget_contact(contact.id, now)? {
+        Some(carom_store::Forgotten::KeptAsCoMember(row)) => Some(row),
+        _ => None,
+    };
     let event = view::state_event(&peer, ContactStateChange::Removed, By::Us, reason);
     append(tx, &event, now)?;
-    Ok(peer)
+    Ok((peer, kept))
 }
 
 /// Append an event inside a transaction.

@@ -114,15 +114,20 @@ impl Step {
 /// The rules: where `state` (`None`: not a contact) goes on `input`. An input the state does
 /// not allow is an error for the user's inputs, and changes nothing for the peer's (a peer
 /// cannot make us refuse to work).
+///
+/// A co-member's row ([`ContactState::CoMember`]) is no relationship: it steps as someone
+/// who is not a contact (the row is kept, and takes the state the step leads to).
 pub(crate) fn step(state: Option<ContactState>, input: Input) -> Result<Step> {
-    use ContactState::{Accepted, Blocked, Pending, Rejected, Requesting};
+    use ContactState::{Accepted, Blocked, CoMember, Pending, Rejected, Requesting};
     use Effect::*;
     use Input as I;
+    let state = state.filter(|s| *s != CoMember);
     let unchanged = |effects: &[Effect]| Step {
         state,
         effects: effects.to_vec(),
     };
     Ok(match (state, input) {
+        (Some(CoMember), _) => return Err(EngineError::bug("a co-member row stepped as one")),
         // The user's inputs.
         (None, I::Add) => Step::to(Requesting, &[QueueRequest, AnnounceState]),
         (Some(Requesting), I::Add) => unchanged(&[]),
@@ -265,7 +270,9 @@ pub(crate) fn admit(state: Option<ContactState>) -> Admit {
     match state {
         Some(ContactState::Blocked) => Admit::Refuse,
         Some(ContactState::Accepted | ContactState::Requesting) => Admit::Session,
-        Some(ContactState::Pending | ContactState::Rejected) | None => Admit::RequestOnly,
+        Some(ContactState::Pending | ContactState::Rejected | ContactState::CoMember) | None => {
+            Admit::RequestOnly
+        }
     }
 }
 
@@ -409,6 +416,19 @@ mod tests {
     }
 
     #[test]
+    fn a_co_members_row_steps_exactly_as_no_contact() {
+        for input in INPUTS {
+            let as_co_member = step(Some(ContactState::CoMember), input);
+            let as_nobody = step(None, input);
+            match (as_co_member, as_nobody) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{input:?}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{input:?}"),
+                (a, b) => panic!("{input:?}: {a:?} against {b:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn who_may_do_what_when_they_call() {
         assert_eq!(admit(None), Admit::RequestOnly);
         assert_eq!(admit(Some(Pending)), Admit::RequestOnly);
@@ -416,6 +436,8 @@ mod tests {
         assert_eq!(admit(Some(Requesting)), Admit::Session);
         assert_eq!(admit(Some(Accepted)), Admit::Session);
         assert_eq!(admit(Some(Blocked)), Admit::Refuse);
+        // A co-member is no contact: group traffic is the machine's to admit, not this table's.
+        assert_eq!(admit(Some(ContactState::CoMember)), Admit::RequestOnly);
         for s in ContactState::ALL {
             assert_eq!(may_dial(*s), *s != Blocked);
         }

@@ -29,7 +29,7 @@ use crate::err::Result;
 use crate::groups::{GroupCommand, GroupWrite};
 pub(crate) use crate::machine::{Admission, ConnId, ContactOutcome, Registration, SessionUp};
 use crate::machine::{
-    ContactReply, DialFailure, EXPIRY_BATCH, Effect, Input, Known, Machine, Now, StoreOp,
+    ContactReply, DialFailure, EXPIRY_BATCH, Effect, Forgotten, Input, Known, Machine, Now, StoreOp,
 };
 use crate::view::{self, address_of, unix_ms};
 use carom_group::{GroupId, OpId};
@@ -111,11 +111,8 @@ pub(crate) struct GroupDone {
 enum Written {
     Nothing,
     GroupMessage(Option<i64>),
-    Request {
-        id: i64,
-        displaced: Vec<OnionAddress>,
-    },
-    Forgotten(Vec<OnionAddress>),
+    Request { id: i64, displaced: Forgotten },
+    Forgotten(Forgotten),
 }
 
 /// The time, read once per input.
@@ -686,7 +683,7 @@ fn store_request(
     state: ContactState,
     announce: bool,
     max_pending: u64,
-) -> Result<(i64, Vec<OnionAddress>)> {
+) -> Result<(i64, Forgotten)> {
     let now = unix_ms();
     // A full list of requests makes room by dropping the oldest, so the newest are always
     // there to review: refusing new ones instead would let a flood of old ones lock every
@@ -700,12 +697,8 @@ fn store_request(
     )?;
     let mut dropped = Vec::with_capacity(displaced.len());
     for old in &displaced {
-        dropped.push(forget_contact(
-            tx,
-            old,
-            Some(RemovalReason::TooManyRequests),
-            now,
-        )?);
+        let (peer, kept) = forget_contact(tx, old, Some(RemovalReason::TooManyRequests), now)?;
+        dropped.push((peer, kept.as_ref().map(Known::from)));
     }
     if !dropped.is_empty() {
         info!(
@@ -713,15 +706,28 @@ fn store_request(
             "the list of contact requests is full: dropped the oldest"
         );
     }
-    let id = tx.insert_contact(&NewContact {
-        identity: peer.public_key(),
-        state,
-        nickname: request.nickname.clone(),
-        offered_nickname: Some(request.nickname.clone()),
-        greeting: Some(request.greeting.clone()),
-        declared_kind: view::store_peer_kind(request.kind),
-        now,
-    })?;
+    let id = match tx.contact_by_identity(&peer.public_key())? {
+        // A co-member asking to become a contact: its row takes the request.
+        Some(mut c) if c.state == ContactState::CoMember => {
+            c.state = state;
+            c.nickname.clone_from(&request.nickname);
+            c.offered_nickname = Some(request.nickname.clone());
+            c.greeting = Some(request.greeting.clone());
+            c.declared_kind = view::store_peer_kind(request.kind);
+            c.updated_at = now;
+            tx.update_contact(&c)?;
+            c.id
+        }
+        _ => tx.insert_contact(&NewContact {
+            identity: peer.public_key(),
+            state,
+            nickname: request.nickname.clone(),
+            offered_nickname: Some(request.nickname.clone()),
+            greeting: Some(request.greeting.clone()),
+            declared_kind: view::store_peer_kind(request.kind),
+            now,
+        })?,
+    };
     if announce {
         let event = EventData::RequestReceived(event::RequestReceived {
             address: peer.to_string(),
@@ -735,25 +741,31 @@ fn store_request(
 }
 
 /// Fail the expired outbox items, prune the event log, forget old rejections; returns the
-/// forgotten contacts.
+/// forgotten contacts (with the row that stays, for one that still has group traffic queued).
 fn housekeeping(
     tx: &WriteTx<'_>,
     expired: &[i64],
     retention: u64,
     forget_rejected_before_ms: u64,
-) -> Result<Vec<OnionAddress>> {
+) -> Result<Forgotten> {
     let now = unix_ms();
     for &id in expired {
         let Some(item) = tx.outbox_item(id)? else {
             continue;
         };
         tx.remove_outbox(item.id)?;
+        let Some(c) = tx.contact(item.contact_id)? else {
+            continue;
+        };
+        let address = address_of(&c.identity)?;
         if let Some(row) = item.message_row {
             tx.set_message_status(row, MessageStatus::Failed, Some("expired"), now)?;
-            if let (Some(m), Some(c)) = (tx.message(row)?, tx.contact(item.contact_id)?) {
-                let address = address_of(&c.identity)?;
+            if let Some(m) = tx.message(row)? {
                 append(tx, &view::status_event(&m, &address), now)?;
             }
+        }
+        if let Some(row) = item.group_message_row {
+            crate::conn::group_delivery(tx, row, address, Some("expired"), now)?;
         }
     }
     tx.prune_events(
@@ -771,9 +783,12 @@ fn housekeeping(
     )?;
     let mut peers = Vec::with_capacity(forgotten.len());
     for c in &forgotten {
-        tx.delete_contact(c.id)?;
+        let kept = match tx.forget_contact(c.id, now)? {
+            Some(carom_store::Forgotten::KeptAsCoMember(row)) => Some(Known::from(&row)),
+            _ => None,
+        };
         if let Ok(peer) = address_of(&c.identity) {
-            peers.push(peer);
+            peers.push((peer, kept));
         }
     }
     Ok(peers)
@@ -803,10 +818,20 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
         }
     };
     tx.add_group_operations(row, &write.ops)?;
+    // Everyone this sends to has a row (a co-member's, if they are no contact).
+    let mut rows = std::collections::HashMap::with_capacity(write.peers.len());
+    for (peer, name, kind) in &write.peers {
+        let id =
+            tx.ensure_co_member(&peer.public_key(), name, view::store_peer_kind(*kind), now)?;
+        rows.insert(*peer, id);
+    }
+    let row_of = |peer: &OnionAddress| {
+        rows.get(peer)
+            .copied()
+            .ok_or_else(|| crate::EngineError::bug("group traffic for a peer without a row"))
+    };
     for (peer, payload) in &write.send {
-        if let Some(c) = tx.contact_by_identity(&peer.public_key())? {
-            tx.queue_group_operations(c.id, payload, now)?;
-        }
+        tx.queue_group_operations(row_of(peer)?, payload, now)?;
     }
     for event in &write.events {
         append(tx, event, now)?;
@@ -816,9 +841,7 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
     if let Some(out) = &write.chat_out {
         let mut recipients = Vec::with_capacity(out.recipients.len());
         for peer in &out.recipients {
-            if let Some(c) = tx.contact_by_identity(&peer.public_key())? {
-                recipients.push((c.id, peer.public_key()));
-            }
+            recipients.push((row_of(peer)?, peer.public_key()));
         }
         let queued = tx.queue_group_chat(&NewGroupChat {
             group_row: row,
@@ -833,7 +856,7 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
             unreachable: out
                 .unreachable
                 .iter()
-                .map(|p| (p.public_key(), crate::groups::NOT_A_CONTACT.to_owned()))
+                .map(|p| (p.public_key(), crate::groups::BLOCKED.to_owned()))
                 .collect(),
             payload: out.payload.clone(),
             now,
@@ -846,7 +869,7 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
                         id: m.row,
                         recipient: peer.to_string(),
                         status: carom_api::DeliveryStatus::Failed,
-                        failure: Some(crate::groups::NOT_A_CONTACT.to_owned()),
+                        failure: Some(crate::groups::BLOCKED.to_owned()),
                     });
                     append(tx, &event, now)?;
                 }

@@ -6,10 +6,12 @@
 //! deliver to; the driver commits it and only then answers or acknowledges. Membership comes
 //! from `carom-group` (protocol §15); this module adds who may send us what, and the fan-out.
 //!
-//! What this version does not do: open sessions with co-members who are not our contacts.
-//! Group traffic goes over contact sessions; a member who is not a contact of ours gets our
-//! operations relayed by members who are, and our messages not at all (their delivery is
-//! recorded as failed, with that reason).
+//! Members need not be each other's contacts: group traffic goes over a session with each
+//! member, and a co-member who is not a contact gets a session for group traffic only (the
+//! machine admits it because this module says the peer is in a group we hold with it, see
+//! [`Groups::admits`]). Invitations are different: only an accepted contact can be invited,
+//! and only an accepted contact's invitation opens a group here — pairing is the consent to
+//! be reached at all.
 
 use std::collections::HashMap;
 
@@ -28,9 +30,19 @@ use tracing::{debug, info, warn};
 
 use crate::err::{EngineError, Result};
 
-/// Why a co-member who is not a contact is not reached (recorded as the delivery's failure).
-pub(crate) const NOT_A_CONTACT: &str =
-    "not a contact: sessions with co-members who are not contacts are not supported yet";
+/// Why a member we blocked is not sent our messages (recorded as the delivery's failure).
+pub(crate) const BLOCKED: &str = "blocked";
+
+/// What a peer is to us, as far as groups care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Relation {
+    /// An accepted contact: may be invited, and its invitations are shown.
+    Contact,
+    /// Anyone else we have not blocked: reached for group traffic only.
+    Other,
+    /// Blocked: we send it nothing, group traffic included.
+    Blocked,
+}
 
 /// One group this profile holds.
 struct Entry {
@@ -114,8 +126,12 @@ pub(crate) struct GroupWrite {
     pub(crate) state: Option<GroupState>,
     /// Operations to append, each after the ones it builds on.
     pub(crate) ops: Vec<StoredOperation>,
-    /// Group-operations messages to queue: (contact, encoded envelope).
+    /// Group-operations messages to queue: (peer, encoded envelope).
     pub(crate) send: Vec<(OnionAddress, Vec<u8>)>,
+    /// Everyone `send` or the outgoing chat goes to, with the name and kind the membership
+    /// gives them (an invitee has declared neither yet): a peer without a row gets a
+    /// co-member's row, to carry the traffic.
+    pub(crate) peers: Vec<(OnionAddress, String, PeerKind)>,
     pub(crate) chat_out: Option<OutgoingChat>,
     pub(crate) chat_in: Option<IncomingChat>,
     pub(crate) events: Vec<EventData>,
@@ -128,6 +144,7 @@ impl GroupWrite {
             state: None,
             ops: Vec::new(),
             send: Vec::new(),
+            peers: Vec::new(),
             chat_out: None,
             chat_in: None,
             events: Vec::new(),
@@ -152,9 +169,9 @@ pub(crate) struct OutgoingChat {
     pub(crate) body: String,
     pub(crate) reply_to: Option<MessageId>,
     pub(crate) client_token: Option<String>,
-    /// Members reached over their contact session.
+    /// Members it is sent to.
     pub(crate) recipients: Vec<OnionAddress>,
-    /// Members we cannot reach (see [`NOT_A_CONTACT`]).
+    /// Members of its set of ends we do not send to: those we blocked (see [`BLOCKED`]).
     pub(crate) unreachable: Vec<OnionAddress>,
     pub(crate) payload: Vec<u8>,
 }
@@ -289,7 +306,7 @@ impl Groups {
         &self,
         id: GroupId,
         entry: &Entry,
-        is_contact: &dyn Fn(&OnionAddress) -> bool,
+        relation: &dyn Fn(&OnionAddress) -> Relation,
     ) -> api::Group {
         let membership = entry.history.membership();
         let invited_by = (entry.state == GroupState::Invited)
@@ -309,7 +326,7 @@ impl Groups {
                     name: m.name.clone(),
                     kind: kind_api(m.kind),
                     role: role_api(m.role),
-                    contact: is_contact(&m.address),
+                    contact: relation(&m.address) == Relation::Contact,
                     me: m.address == self.me,
                 })
                 .collect(),
@@ -351,12 +368,13 @@ impl Groups {
         envelopes
     }
 
-    /// Everyone a change concerns whom we can reach: members and invitees (and `also`), but us.
+    /// Everyone a change concerns: members and invitees (and `also`), but us and anyone we
+    /// blocked.
     fn audience(
         &self,
         membership: &Membership,
         also: &[OnionAddress],
-        is_contact: &dyn Fn(&OnionAddress) -> bool,
+        relation: &dyn Fn(&OnionAddress) -> Relation,
     ) -> Vec<OnionAddress> {
         let mut audience: Vec<OnionAddress> = membership
             .members
@@ -364,11 +382,50 @@ impl Groups {
             .map(|m| m.address)
             .chain(membership.invitations.values().map(|i| i.invitee))
             .chain(also.iter().copied())
-            .filter(|a| *a != self.me && is_contact(a))
+            .filter(|a| *a != self.me && relation(a) != Relation::Blocked)
             .collect();
         audience.sort_by_key(OnionAddress::public_key);
         audience.dedup();
         audience
+    }
+
+    /// Whether `peer` may open a session with us for group traffic: some group we are a
+    /// member of, or invited to, has it as a member or an invitee, as we see it now. (A
+    /// removed member is refused from the moment we know of the removal; one we are still to
+    /// hear has left may deliver its leaving.)
+    pub(crate) fn admits(&self, peer: &OnionAddress) -> bool {
+        self.by_id.values().any(|entry| {
+            matches!(entry.state, GroupState::Member | GroupState::Invited) && {
+                let membership = entry.history.membership();
+                membership.is_member(peer)
+                    || membership.invitations.values().any(|i| i.invitee == *peer)
+            }
+        })
+    }
+
+    /// The name and kind `peer` has in `group` (an invitee has none yet).
+    fn declared(&self, group: GroupId, peer: &OnionAddress) -> (String, PeerKind) {
+        self.by_id
+            .get(&group)
+            .and_then(|e| e.history.membership().member(peer).cloned())
+            .map_or((String::new(), PeerKind::Human), |m| (m.name, m.kind))
+    }
+
+    /// Name in `write.peers` everyone it sends to.
+    fn name_peers(&self, write: &mut GroupWrite) {
+        let mut peers: Vec<OnionAddress> = write.send.iter().map(|(p, _)| *p).collect();
+        if let Some(out) = &write.chat_out {
+            peers.extend(out.recipients.iter().copied());
+        }
+        peers.sort_by_key(OnionAddress::public_key);
+        peers.dedup();
+        write.peers = peers
+            .into_iter()
+            .map(|p| {
+                let (name, kind) = self.declared(write.group, &p);
+                (p, name, kind)
+            })
+            .collect();
     }
 
     /// Carry out a local command.
@@ -377,7 +434,7 @@ impl Groups {
         command: GroupCommand,
         now_ms: u64,
         rng: &mut ChaCha20Rng,
-        is_contact: &dyn Fn(&OnionAddress) -> bool,
+        relation: &dyn Fn(&OnionAddress) -> Relation,
     ) -> Result<Decision> {
         let group = match &command {
             GroupCommand::List => {
@@ -386,7 +443,7 @@ impl Groups {
                 return Ok(Decision {
                     list: list
                         .into_iter()
-                        .map(|(id, e)| self.view(*id, e, is_contact))
+                        .map(|(id, e)| self.view(*id, e, relation))
                         .collect(),
                     ..Decision::default()
                 });
@@ -417,7 +474,7 @@ impl Groups {
                     state: GroupState::Member,
                     history,
                 };
-                let view = self.view(id, &entry, is_contact);
+                let view = self.view(id, &entry, relation);
                 self.by_id.insert(id, entry);
                 info!(group = ?id, "created a group");
                 return Ok(Decision {
@@ -446,7 +503,7 @@ impl Groups {
             GroupCommand::Get(_) => None,
             GroupCommand::Invite { invitee, role, .. } => {
                 require_member(entry)?;
-                if !is_contact(&invitee) {
+                if relation(&invitee) != Relation::Contact {
                     return Err(EngineError::InvalidState(
                         "only an accepted contact can be invited (pair with them first)".into(),
                     ));
@@ -532,7 +589,7 @@ impl Groups {
                     .values()
                     .map(|m| m.address)
                     .filter(|a| *a != me)
-                    .partition(|a| is_contact(a));
+                    .partition(|a| relation(a) != Relation::Blocked);
                 deliver.extend(recipients.iter().copied());
                 write.chat_out = Some(OutgoingChat {
                     sender: me,
@@ -571,7 +628,7 @@ impl Groups {
             let mut also: Vec<OnionAddress> = before.members.values().map(|m| m.address).collect();
             also.extend(removed);
             let entry = &self.by_id[&group];
-            let audience = self.audience(entry.history.membership(), &also, is_contact);
+            let audience = self.audience(entry.history.membership(), &also, relation);
             for peer in &audience {
                 for envelope in Groups::catch_up(&mut self.held, group, &entry.history, peer, rng) {
                     write.send.push((*peer, envelope));
@@ -579,8 +636,9 @@ impl Groups {
             }
             deliver.extend(audience);
         }
-        let view = self.view(group, &self.by_id[&group], is_contact);
+        let view = self.view(group, &self.by_id[&group], relation);
         let has_write = !write.ops.is_empty() || write.state.is_some() || write.chat_out.is_some();
+        self.name_peers(&mut write);
         Ok(Decision {
             write: has_write.then_some(write),
             view: Some(view),
@@ -589,13 +647,14 @@ impl Groups {
         })
     }
 
-    /// Group operations from an accepted contact.
+    /// Group operations from `peer`, whom the machine admitted for group traffic (a contact,
+    /// or someone [`Groups::admits`]).
     pub(crate) fn operations_from(
         &mut self,
         peer: OnionAddress,
         message: GroupOperations,
         rng: &mut ChaCha20Rng,
-        is_contact: &dyn Fn(&OnionAddress) -> bool,
+        relation: &dyn Fn(&OnionAddress) -> Relation,
     ) -> PeerDecision {
         let id = message.id;
         let group = message.group;
@@ -635,6 +694,11 @@ impl Groups {
                     }
                 }
                 new
+            }
+            None if relation(&peer) != Relation::Contact => {
+                // A group we do not hold is opened only by a contact's invitation.
+                debug!(peer = %peer.redacted(), "group operations from a non-contact for a group we do not hold");
+                return refuse(id, NOT_A_MEMBER);
             }
             None => {
                 // Only an invitation for us (with the history it builds on) opens a group here.
@@ -734,7 +798,7 @@ impl Groups {
         // author hear of a change this way, and so does the peer if it lacks what crossed.
         let entry = &self.by_id[&group];
         if entry.state == GroupState::Member {
-            let audience = self.audience(entry.history.membership(), &[peer], is_contact);
+            let audience = self.audience(entry.history.membership(), &[peer], relation);
             for member in &audience {
                 let envelopes =
                     Groups::catch_up(&mut self.held, group, &entry.history, member, rng);
@@ -746,14 +810,16 @@ impl Groups {
                 }
             }
         }
+        self.name_peers(&mut write);
         PeerDecision {
-            write: (!write.ops.is_empty() || write.state.is_some()).then_some(write),
+            write: (!write.ops.is_empty() || write.state.is_some() || !write.send.is_empty())
+                .then_some(write),
             answer: vec![Message::Ack(Ack { ids: acks })],
             deliver,
         }
     }
 
-    /// A group message from an accepted contact: stored (and then acknowledged) if it names a
+    /// A group message from an admitted peer: stored (and then acknowledged) if it names a
     /// state whose members include it and us, that agrees with its digest, and it is a member
     /// still (§15.3); refused otherwise; left unanswered while we lack operations it names.
     pub(crate) fn chat_from(&mut self, peer: OnionAddress, chat: GroupChat) -> PeerDecision {
@@ -858,7 +924,8 @@ mod tests {
         ChaCha20Rng::from_seed([7; 32])
     }
 
-    const EVERYONE: &dyn Fn(&OnionAddress) -> bool = &|_| true;
+    /// Everyone is a contact of everyone.
+    const EVERYONE: &dyn Fn(&OnionAddress) -> Relation = &|_| Relation::Contact;
 
     /// The group-operations messages `write` queues for `to`.
     fn sent_to(write: &GroupWrite, to: &OnionAddress) -> Vec<GroupOperations> {

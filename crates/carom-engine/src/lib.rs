@@ -444,6 +444,10 @@ impl Engine {
                     })?,
                     Some(mut c) => {
                         if c.state != state {
+                            // A co-member becoming a contact: our name for them, if given.
+                            if c.state == ContactState::CoMember && !request.nickname.is_empty() {
+                                c.nickname.clone_from(&request.nickname);
+                            }
                             c.state = state;
                             match state {
                                 // Accepting their request: our name for them, if we gave one.
@@ -539,9 +543,7 @@ impl Engine {
             .shared
             .store
             .write(move |tx| {
-                let mut c = tx
-                    .contact_by_identity(&key)?
-                    .ok_or(EngineError::NoSuchContact)?;
+                let mut c = a_contact(tx.contact_by_identity(&key)?)?;
                 c.nickname.clone_from(&request.nickname);
                 c.updated_at = unix_ms();
                 tx.update_contact(&c)?;
@@ -555,18 +557,17 @@ impl Engine {
     pub async fn remove_contact(&self, address: &str) -> Result<()> {
         let peer = self.parse(address)?;
         let key = peer.public_key();
-        self.shared
+        let kept = self
+            .shared
             .store
             .write(move |tx| {
-                let c = tx
-                    .contact_by_identity(&key)?
-                    .ok_or(EngineError::NoSuchContact)?;
-                forget_contact(tx, &c, None, unix_ms())?;
-                Ok(())
+                let c = a_contact(tx.contact_by_identity(&key)?)?;
+                let (_, kept) = forget_contact(tx, &c, None, unix_ms())?;
+                Ok(kept)
             })
             .await?;
         self.shared.set_online(peer, false);
-        self.notify(peer, None);
+        self.notify(peer, kept.as_ref());
         Ok(())
     }
 
@@ -587,8 +588,8 @@ impl Engine {
                 Ok(cleared)
             })
             .await?;
-        for peer in &cleared {
-            self.notify(*peer, None);
+        for (peer, kept) in &cleared {
+            self.notify(*peer, kept.as_ref());
         }
         Ok(api::Cleared {
             cleared: cleared.len() as u64,
@@ -601,6 +602,7 @@ impl Engine {
         let contacts = self.shared.store.read(|s| Ok(s.contacts()?)).await?;
         contacts
             .iter()
+            .filter(|c| c.state != ContactState::CoMember)
             .map(|c| {
                 let a = address_of(&c.identity)?;
                 view::contact(c, self.shared.is_online(&a))
@@ -615,10 +617,7 @@ impl Engine {
         let c = self
             .shared
             .store
-            .read(move |s| {
-                s.contact_by_identity(&key)?
-                    .ok_or(EngineError::NoSuchContact)
-            })
+            .read(move |s| a_contact(s.contact_by_identity(&key)?))
             .await?;
         view::contact(&c, self.shared.is_online(&peer))
     }
@@ -644,9 +643,7 @@ impl Engine {
             .shared
             .store
             .write(move |tx| {
-                let c = tx
-                    .contact_by_identity(&key)?
-                    .ok_or(EngineError::NoSuchContact)?;
+                let c = a_contact(tx.contact_by_identity(&key)?)?;
                 if c.state != ContactState::Accepted {
                     return Err(EngineError::InvalidState(format!(
                         "messages go only to accepted contacts; this one is {}",
@@ -691,9 +688,7 @@ impl Engine {
             .shared
             .store
             .read(move |s| {
-                let c = s
-                    .contact_by_identity(&key)?
-                    .ok_or(EngineError::NoSuchContact)?;
+                let c = a_contact(s.contact_by_identity(&key)?)?;
                 Ok(s.history(c.id, before, limit)?)
             })
             .await?;
@@ -1036,7 +1031,14 @@ impl Engine {
     }
 }
 
-/// Drop a contact's outbox; its queued chats fail with `reason`.
+/// A row that is a contact of some standing: a co-member's row is none (the API never shows
+/// it, and nothing of a contact's may be done to it).
+fn a_contact(row: Option<carom_store::Contact>) -> Result<carom_store::Contact> {
+    row.filter(|c| c.state != ContactState::CoMember)
+        .ok_or(EngineError::NoSuchContact)
+}
+
+/// Drop a contact's outbox; its queued chats (and group messages) fail with `reason`.
 pub(crate) fn fail_outbox(
     tx: &carom_store::WriteTx<'_>,
     contact_id: i64,
@@ -1051,6 +1053,9 @@ pub(crate) fn fail_outbox(
             if let Some(m) = tx.message(row)? {
                 append(tx, &view::status_event(&m, peer), now)?;
             }
+        }
+        if let Some(row) = item.group_message_row {
+            conn::group_delivery(tx, row, *peer, Some(reason), now)?;
         }
     }
     Ok(())

@@ -38,7 +38,7 @@ use carom_api::event;
 
 use crate::config::EngineConfig;
 use crate::contact::{self, Admit, Effect as Rule, Input as RuleInput};
-use crate::groups::{self, GroupCommand, GroupWrite, Groups};
+use crate::groups::{self, GroupCommand, GroupWrite, Groups, Relation};
 use crate::limits::RequestLimiter;
 
 /// Identifies one connection for the lifetime of the engine.
@@ -80,11 +80,18 @@ impl From<&Contact> for Known {
     }
 }
 
+/// Contacts a write forgot, each with its row if the row stays as a co-member's (group traffic
+/// still waits for it).
+pub(crate) type Forgotten = Vec<(OnionAddress, Option<Known>)>;
+
 /// How a responder connection may proceed with an authenticated peer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
     /// A contact we exchange messages with (accepted), or whom we asked (requesting).
     Contact { contact_id: i64 },
+    /// Not a contact, but in a group we hold: group traffic only (and a contact request, as
+    /// from anyone). Its row may not be committed yet (`None`): the connection finds it.
+    GroupPeer { contact_id: Option<i64> },
     /// Not a contact: it may deliver a contact request, then the session ends.
     RequestOnly { contact_id: Option<i64> },
     /// Refused outright.
@@ -138,7 +145,8 @@ pub(crate) struct SessionUp {
 /// What a dialled connection needs from the machine to start.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct DialTicket {
-    pub(crate) contact_id: i64,
+    /// The peer's row (`None`: not committed yet; the connection finds it when it needs it).
+    pub(crate) contact_id: Option<i64>,
     /// The peer's device key for IK, while its certificate is valid.
     pub(crate) cached_static: Option<[u8; 32]>,
 }
@@ -243,11 +251,12 @@ pub(crate) enum Input {
     HasOutbox { peer: OnionAddress, queued: bool },
     /// The answer to [`Effect::FindExpired`].
     ExpiryCandidates { ids: Vec<i64> },
-    /// A [`StoreOp::StoreRequest`] committed (`None`: it failed) and dropped these requests.
+    /// A [`StoreOp::StoreRequest`] committed (`None`: it failed) and dropped these requests
+    /// (each row that stays, as a co-member's, with it).
     RequestStored {
         peer: OnionAddress,
         id: Option<i64>,
-        displaced: Vec<OnionAddress>,
+        displaced: Forgotten,
     },
     /// A write about this contact failed, so the machine's copy may be wrong: the row as the
     /// store has it (`None`: there is none).
@@ -255,8 +264,9 @@ pub(crate) enum Input {
         peer: OnionAddress,
         row: Option<Known>,
     },
-    /// [`StoreOp::Housekeeping`] forgot these contacts.
-    Forgotten { peers: Vec<OnionAddress> },
+    /// [`StoreOp::Housekeeping`] forgot these contacts (each row that stays, as a
+    /// co-member's, with it).
+    Forgotten { peers: Forgotten },
     /// [`Effect::RenewCertificate`] finished: the new certificate's expiry, or `None` if it
     /// failed.
     CertificateRenewed { expires_at: Option<u64> },
@@ -562,11 +572,7 @@ impl Machine {
                 }
             }
             Input::HasOutbox { peer, queued } => {
-                let may = self
-                    .known
-                    .get(&peer)
-                    .is_some_and(|k| contact::may_dial(k.state));
-                if queued && may {
+                if queued && self.may_dial(&peer) {
                     self.dial(peer, false, now);
                 }
             }
@@ -587,8 +593,8 @@ impl Machine {
                 id,
                 displaced,
             } => {
-                for old in displaced {
-                    self.forget(old);
+                for (old, kept) in displaced {
+                    self.forget(old, kept);
                 }
                 // A request that failed to store comes back as `Reloaded` with the truth.
                 if let (Some(id), Some(k)) = (id, self.known.get_mut(&peer)) {
@@ -604,8 +610,8 @@ impl Machine {
                 }
             },
             Input::Forgotten { peers } => {
-                for peer in peers {
-                    self.forget(peer);
+                for (peer, kept) in peers {
+                    self.forget(peer, kept);
                 }
             }
             Input::CertificateRenewed { expires_at } => {
@@ -639,6 +645,45 @@ impl Machine {
             .is_some_and(|k| k.state == ContactState::Accepted)
     }
 
+    fn relation(known: &HashMap<OnionAddress, Known>, peer: &OnionAddress) -> Relation {
+        match known.get(peer).map(|k| k.state) {
+            Some(ContactState::Accepted) => Relation::Contact,
+            Some(ContactState::Blocked) => Relation::Blocked,
+            _ => Relation::Other,
+        }
+    }
+
+    /// Whether we dial `peer` to deliver what waits for it: any row but a blocked one.
+    fn may_dial(&self, peer: &OnionAddress) -> bool {
+        self.known
+            .get(peer)
+            .is_some_and(|k| contact::may_dial(k.state))
+    }
+
+    /// Group traffic is queued for these peers: one without a row gets a co-member's (the
+    /// write that queues it makes the row), so that it is dialled and its sessions admitted.
+    fn will_reach(&mut self, peers: &[OnionAddress]) {
+        for peer in peers {
+            self.known.entry(*peer).or_insert(Known {
+                id: None,
+                state: ContactState::CoMember,
+                peer_static: None,
+                peer_static_expires: None,
+            });
+        }
+    }
+
+    /// Whether a session with `peer` carries anything but a contact request: a contact's
+    /// (accepted, or one we asked), or a co-member's for group traffic.
+    fn carries_traffic(&self, peer: &OnionAddress) -> bool {
+        let state = self.known.get(peer).map(|k| k.state);
+        match contact::admit(state) {
+            Admit::Session => true,
+            Admit::Refuse => false,
+            Admit::RequestOnly => self.groups.admits(peer),
+        }
+    }
+
     /// A group command from the API. The write (if any) must be issued before the effects
     /// this leaves queued (deliveries to the contacts it fills outboxes for) are carried out.
     pub(crate) fn group_command(
@@ -650,8 +695,9 @@ impl Machine {
         let decision = self
             .groups
             .command(command, now.wall_ms, &mut self.rng, &|p| {
-                Machine::is_contact(known, p)
+                Machine::relation(known, p)
             })?;
+        self.will_reach(&decision.deliver);
         for peer in decision.deliver.clone() {
             self.queued(peer, now);
         }
@@ -672,8 +718,9 @@ impl Machine {
 
     /// Group operations or a group message from `peer` over its session.
     fn group_message(&mut self, peer: OnionAddress, message: Message, now: Now) -> ContactReply {
-        let decision = if !Machine::is_contact(&self.known, &peer) {
-            // Group traffic rides contact sessions only (for now): anyone else is refused.
+        let admitted = Machine::is_contact(&self.known, &peer) || self.groups.admits(&peer);
+        let decision = if !admitted {
+            // Neither a contact nor in a group we hold with them: refused, nothing kept.
             match &message {
                 Message::GroupOperations(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
                 Message::GroupChat(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
@@ -684,12 +731,13 @@ impl Machine {
             match message {
                 Message::GroupOperations(m) => {
                     self.groups
-                        .operations_from(peer, m, &mut self.rng, &|p| Machine::is_contact(known, p))
+                        .operations_from(peer, m, &mut self.rng, &|p| Machine::relation(known, p))
                 }
                 Message::GroupChat(m) => self.groups.chat_from(peer, m),
                 _ => groups::PeerDecision::default(),
             }
         };
+        self.will_reach(&decision.deliver);
         for member in decision.deliver.clone() {
             self.queued(member, now);
         }
@@ -702,9 +750,21 @@ impl Machine {
         }
     }
 
-    fn forget(&mut self, peer: OnionAddress) {
-        self.known.remove(&peer);
-        self.contacts.remove(&peer);
+    /// A contact's row is gone, or (`kept`) stays as a co-member's.
+    fn forget(&mut self, peer: OnionAddress, kept: Option<Known>) {
+        match kept {
+            Some(row) => {
+                self.known.insert(peer, row);
+                if let Some(rt) = self.contacts.get_mut(&peer) {
+                    rt.accepted = false;
+                    rt.next_presence = None;
+                }
+            }
+            None => {
+                self.known.remove(&peer);
+                self.contacts.remove(&peer);
+            }
+        }
     }
 
     /// The store at start: look for every accepted contact once, deliver whatever is queued,
@@ -757,6 +817,12 @@ impl Machine {
         let known = self.known.get(&peer).cloned();
         match (contact::admit(known.as_ref().map(|k| k.state)), known) {
             (Admit::Refuse, _) => Admission::Refuse(CloseReason::Refused),
+            (Admit::RequestOnly, k) if self.groups.admits(&peer) => {
+                self.cache_static(peer, peer_static, expires);
+                Admission::GroupPeer {
+                    contact_id: k.and_then(|k| k.id),
+                }
+            }
             (Admit::Session, Some(k)) => match k.id {
                 Some(contact_id) => {
                     self.cache_static(peer, peer_static, expires);
@@ -798,12 +864,13 @@ impl Machine {
             peer_static,
             expires,
         } = up;
-        let Some(state) = self.known.get(&peer).map(|k| k.state) else {
-            return Registration::default();
-        };
-        if contact::admit(Some(state)) != Admit::Session {
+        if !self.carries_traffic(&peer) {
             return Registration::default();
         }
+        // A co-member the machine had no row for (it dialled us first): the row comes with
+        // the first group traffic queued for it.
+        self.will_reach(&[peer]);
+        let state = self.known[&peer].state;
         let displaces = self
             .contacts
             .get(&peer)
@@ -1001,17 +1068,35 @@ impl Machine {
             None | Some(ContactState::Blocked) => {
                 // Removed or blocked: end every session with them now.
                 rt.next_presence = None;
-                let closing: Vec<ConnId> = self
+                let mut closing: Vec<ConnId> = self
                     .conns
                     .iter()
                     .filter(|(_, c)| c.peer == Some(peer))
                     .map(|(id, _)| *id)
                     .collect();
+                closing.sort_unstable();
                 for conn in closing {
                     self.push(Effect::Close(conn, CloseReason::Refused));
                 }
                 if state.is_none() {
                     self.contacts.remove(&peer);
+                }
+            }
+            Some(ContactState::CoMember) => {
+                // No longer a contact, still a co-member: its sessions end (the next one is
+                // for group traffic only), and nobody watches its presence.
+                rt.accepted = false;
+                rt.next_presence = None;
+                rt.shown_online = false;
+                let mut closing: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.peer == Some(peer))
+                    .map(|(id, _)| *id)
+                    .collect();
+                closing.sort_unstable();
+                for conn in closing {
+                    self.push(Effect::Close(conn, CloseReason::Normal));
                 }
             }
             Some(ContactState::Accepted) => {
@@ -1041,11 +1126,7 @@ impl Machine {
             }
             return;
         }
-        if self
-            .known
-            .get(&peer)
-            .is_some_and(|k| contact::may_dial(k.state))
-        {
+        if self.may_dial(&peer) {
             // Whether anything waits is the store's to say; the answer dials.
             self.push(Effect::CheckOutbox(peer));
         }
@@ -1100,16 +1181,15 @@ impl Machine {
             .known
             .get(&peer)
             .filter(|k| contact::may_dial(k.state))
-            .and_then(|k| {
-                let contact_id = k.id?;
+            .map(|k| {
                 // Use the cached key only while its certificate is valid; otherwise XX.
                 let cached_static = k
                     .peer_static
                     .filter(|_| k.peer_static_expires.is_some_and(|e| e > now.wall_secs()));
-                Some(DialTicket {
-                    contact_id,
+                DialTicket {
+                    contact_id: k.id,
                     cached_static,
-                })
+                }
             });
         if ticket.is_some() {
             self.track(conn, peer, true);
@@ -1278,7 +1358,18 @@ impl Machine {
         let ack = Message::Ack(Ack {
             ids: vec![request.id],
         });
-        let existing = self.known.get(&peer).cloned();
+        // A co-member's row is no relationship: its request is a stranger's (rate-limited,
+        // announced), and its row takes it.
+        let co_member_row = self
+            .known
+            .get(&peer)
+            .filter(|k| k.state == ContactState::CoMember)
+            .map(|k| k.id);
+        let existing = self
+            .known
+            .get(&peer)
+            .cloned()
+            .filter(|_| co_member_row.is_none());
         let step = contact::step(existing.as_ref().map(|k| k.state), RuleInput::PeerAsked)?;
         let mut outcome = ContactOutcome::default();
         let commit = match existing {
@@ -1297,7 +1388,7 @@ impl Machine {
                 self.known.insert(
                     peer,
                     Known {
-                        id: None,
+                        id: co_member_row.flatten(),
                         state,
                         peer_static: None,
                         peer_static_expires: None,
@@ -1373,7 +1464,11 @@ impl Machine {
         outcome.send.push(Message::Ack(Ack {
             ids: vec![response.id],
         }));
-        let existing = self.known.get(&peer).cloned();
+        let existing = self
+            .known
+            .get(&peer)
+            .cloned()
+            .filter(|k| k.state != ContactState::CoMember);
         let step = contact::step(
             existing.as_ref().map(|k| k.state),
             RuleInput::PeerAnswered(response.decision),

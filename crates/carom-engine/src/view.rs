@@ -69,6 +69,8 @@ pub(crate) fn contact_state(s: store::ContactState) -> api::ContactState {
         store::ContactState::Accepted => api::ContactState::Accepted,
         store::ContactState::Rejected => api::ContactState::Rejected,
         store::ContactState::Blocked => api::ContactState::Blocked,
+        // Never shown as a contact; named as the API names a state it does not know.
+        store::ContactState::CoMember => api::ContactState::Unknown,
     }
 }
 

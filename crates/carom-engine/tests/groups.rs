@@ -534,3 +534,209 @@ fn an_invitation_to_a_group_with_a_long_history_arrives_whole() {
         assert_eq!(received(&bob, &group).await, ["after a long history"]);
     });
 }
+
+/// The `Reject` reasons that came back for `id`.
+fn rejections(events: &[carom_proto::Event], id: carom_proto::MessageId) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            carom_proto::Event::Message(carom_proto::Message::Reject(r)) if r.ids.contains(&id) => {
+                Some(r.reason)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed_refused(events: &[carom_proto::Event]) -> bool {
+    events.iter().any(|e| {
+        matches!(
+            e,
+            carom_proto::Event::Closed {
+                reason: carom_proto::CloseReason::Refused,
+                by_peer: true
+            }
+        )
+    })
+}
+
+fn a_group_chat(group: &str, heads: Vec<carom_group::OpId>) -> carom_proto::Message {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hex::decode(group).expect("hex")[..16]);
+    carom_proto::Message::GroupChat(carom_proto::GroupChat {
+        id: carom_proto::MessageId([0x42; 16]),
+        group: carom_group::GroupId(id),
+        heads,
+        members_digest: carom_proto::Digest32([0; 32]),
+        sent_at: 1,
+        body: "injected".into(),
+        reply_to: None,
+    })
+}
+
+/// Alice is everyone's contact; Bob, Carol and Dave are nobody's but hers. Membership lets
+/// co-members' daemons reach each other for the group's traffic — and for nothing else.
+#[test]
+fn members_who_are_not_each_others_contacts_reach_each_other_for_group_traffic_only() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let nodes: Vec<Node> = ["alice", "bob", "carol", "dave"]
+            .iter()
+            .map(|n| Node::create(&net, dir.path(), n))
+            .collect();
+        let (alice, bob, carol, dave) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+        for n in [bob, carol, dave] {
+            pair(alice, n).await;
+        }
+        let group = create(alice, "Star").await.id;
+        for n in [bob, carol, dave] {
+            invite(alice, &group, n).await;
+            join(n, &group, api::PeerKind::Human).await;
+        }
+        let all: Vec<&Node> = nodes.iter().collect();
+        for n in &all {
+            wait_members(n, &group, &all).await;
+        }
+        // Every member's message reaches every other member, each over its own session.
+        let mut sent = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            sent.push(send(n, &group, &format!("hello from {i}")).await);
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            let m = wait_delivered(n, &group, sent[i].id).await;
+            assert_eq!(m.deliveries.len(), 3, "{:?}", m.deliveries);
+            wait_received(n, &group, 3).await;
+        }
+        let mut everyone: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+        everyone.sort();
+        for n in &nodes {
+            let h = history(n, &group).await;
+            assert_eq!(h.len(), 4);
+            for m in &h {
+                let mut to = m.sent_to.clone();
+                to.sort();
+                assert_eq!(to, everyone);
+            }
+        }
+        // Bob sees Carol as a member who is not his contact; his contacts are Alice alone.
+        let seen = get(bob, &group).await;
+        let contact_flag = |n: &Node| {
+            seen.members
+                .iter()
+                .find(|m| m.address == n.address)
+                .map(|m| m.contact)
+        };
+        assert_eq!(contact_flag(alice), Some(true));
+        assert_eq!(contact_flag(carol), Some(false));
+        let contacts: Vec<String> = bob
+            .e()
+            .contacts()
+            .await
+            .expect("contacts")
+            .into_iter()
+            .map(|c| c.address)
+            .collect();
+        assert_eq!(contacts, std::slice::from_ref(&alice.address));
+
+        // No 1:1 chat without pairing: not from Bob's side…
+        let refused = bob
+            .e()
+            .send_message(api::MessageSend {
+                to: carol.address.clone(),
+                body: "just us".into(),
+                reply_to: None,
+                client_token: None,
+            })
+            .await;
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == api::ErrorKind::NotFound),
+            "{refused:?}"
+        );
+        // …nor by hand, as Bob, over a session Carol admits for the group: refused, not kept.
+        let chat_id = carom_proto::MessageId([0x24; 16]);
+        let answer = support::nodes::speak_as(
+            &net,
+            &bob.profile,
+            carol,
+            vec![carom_proto::Message::Chat(carom_proto::Chat {
+                id: chat_id,
+                sent_at: 1,
+                body: "just us".into(),
+                reply_to: None,
+            })],
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(
+            rejections(&answer, chat_id),
+            [carom_proto::reject::NOT_A_CONTACT],
+            "{answer:?}"
+        );
+        assert!(
+            carol
+                .e()
+                .contacts()
+                .await
+                .expect("contacts")
+                .iter()
+                .all(|c| c.address != bob.address)
+        );
+
+        // Someone outside the group who knows its id is not let in at all.
+        let mallory = carom_proto::IdentityKey::from_seed(&[0x66; 32]);
+        let mallory = carom_engine::Profile {
+            device: bob.profile.device.clone(),
+            certificate: carom_proto::DeviceCertificate::issue(
+                &mallory,
+                &bob.profile.device.public(),
+                bob.profile.certificate.expires_at(),
+            ),
+            identity: mallory,
+        };
+        let heads = Vec::new();
+        let answer = support::nodes::speak_as(
+            &net,
+            &mallory,
+            carol,
+            vec![a_group_chat(&group, heads)],
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        assert!(closed_refused(&answer), "{answer:?}");
+
+        // A removed member is refused from the moment the removal is known.
+        alice
+            .e()
+            .group_remove(&api::GroupMemberParams {
+                group: group.clone(),
+                address: dave.address.clone(),
+            })
+            .await
+            .expect("removed");
+        for n in [alice, bob, carol] {
+            wait_members(n, &group, &[alice, bob, carol]).await;
+        }
+        let answer = support::nodes::speak_as(
+            &net,
+            &dave.profile,
+            carol,
+            vec![a_group_chat(&group, Vec::new())],
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        assert!(closed_refused(&answer), "{answer:?}");
+        assert_eq!(
+            history(carol, &group).await.len(),
+            4,
+            "nothing injected was kept"
+        );
+        let after = send(bob, &group, "without dave").await;
+        let m = wait_delivered(bob, &group, after.id).await;
+        let mut to: Vec<String> = m.deliveries.iter().map(|d| d.address.clone()).collect();
+        to.sort();
+        let mut expected = vec![alice.address.clone(), carol.address.clone()];
+        expected.sort();
+        assert_eq!(to, expected);
+    });
+}

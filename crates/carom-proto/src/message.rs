@@ -248,6 +248,9 @@ pub mod reject {
     /// A group message or operations for a group the sender (or the receiver) is not a member
     /// of, as the receiver sees it (protocol §15.3).
     pub const NOT_A_MEMBER: u32 = 4;
+    /// A chat (type 3) from someone the receiver has no contact relationship with, over a
+    /// session it admitted for group traffic only: 1:1 chat needs pairing (§8, §15.6).
+    pub const NOT_A_CONTACT: u32 = 5;
 
     /// The stable name of `code`, as the sender reports it (`"rejected"` for unknown codes).
     pub fn name(code: u32) -> &'static str {
@@ -256,6 +259,7 @@ pub mod reject {
             MALFORMED => "rejected: malformed",
             OVER_QUOTA => "rejected: over_quota",
             NOT_A_MEMBER => "rejected: not_a_member",
+            NOT_A_CONTACT => "rejected: not_a_contact",
             _ => "rejected",
         }
     }

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
-use crate::model::{Contact, ContactState, NewContact};
+use crate::model::{Contact, ContactState, Forgotten, NewContact, PeerKind, UnixMillis};
 use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
 
 /// The columns [`from_row`] reads, each prefixed with `$prefix`.
@@ -207,6 +207,69 @@ impl WriteTx<'_> {
             return Err(Error::NotFound { what: "contact" });
         }
         Ok(())
+    }
+
+    /// The row of someone we share a group with, made (as a [`ContactState::CoMember`]) if
+    /// there is none; returns its id. An existing row of any state is left as it is.
+    pub fn ensure_co_member(
+        &self,
+        identity: &[u8; 32],
+        nickname: &str,
+        declared_kind: PeerKind,
+        now: UnixMillis,
+    ) -> Result<i64> {
+        if let Some(c) = by_identity(self.db(), identity)? {
+            return Ok(c.id);
+        }
+        self.insert_contact(&NewContact {
+            identity: *identity,
+            state: ContactState::CoMember,
+            nickname: nickname.to_owned(),
+            offered_nickname: None,
+            greeting: None,
+            declared_kind,
+            now,
+        })
+    }
+
+    /// Forgets a contact: its messages and its 1:1 outbox go. If group traffic is still
+    /// queued for it, the row stays as a [`ContactState::CoMember`] to carry that traffic
+    /// (and is returned); otherwise it is deleted. `None`: there was no such row.
+    pub fn forget_contact(&self, id: i64, now: UnixMillis) -> Result<Option<Forgotten>> {
+        let db = self.db();
+        let Some(mut contact) = get(db, id)? else {
+            return Ok(None);
+        };
+        let group_traffic: bool = db
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE contact_id = ?1
+                     AND kind IN ('group_operations', 'group_chat'))",
+            )
+            .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)))
+            .at(db.path)?;
+        if !group_traffic {
+            self.delete_contact(id)?;
+            return Ok(Some(Forgotten::Deleted));
+        }
+        db.conn
+            .prepare_cached(
+                "DELETE FROM outbox WHERE contact_id = ?1
+                     AND kind NOT IN ('group_operations', 'group_chat')",
+            )
+            .and_then(|mut stmt| stmt.execute([id]))
+            .at(db.path)?;
+        db.conn
+            .prepare_cached("DELETE FROM messages WHERE contact_id = ?1")
+            .and_then(|mut stmt| stmt.execute([id]))
+            .at(db.path)?;
+        contact.state = ContactState::CoMember;
+        contact.offered_nickname = None;
+        contact.greeting = None;
+        contact.last_seen = None;
+        contact.updated_at = now;
+        self.update_contact(&contact)?;
+        Ok(Some(Forgotten::KeptAsCoMember(contact)))
     }
 
     /// Deletes a contact with its messages and outbox items; returns whether it existed.

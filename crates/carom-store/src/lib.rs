@@ -119,9 +119,9 @@ pub use groups::{
 };
 pub use keyfile::{DB_KEY_LEN, DbKey, KdfParams, KeyFile, Protection, StagedKeyFile};
 pub use model::{
-    Contact, ContactState, DeliveryStatus, Direction, Event, GroupState, IdentityRecord, Message,
-    MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind, Queued,
-    Received, UnixMillis,
+    Contact, ContactState, DeliveryStatus, Direction, Event, Forgotten, GroupState, IdentityRecord,
+    Message, MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind,
+    Queued, Received, UnixMillis,
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::{Store, StoreRead, WriteTx};

@@ -90,6 +90,10 @@ stored_enum! {
         Rejected => "rejected",
         /// The local user blocked them.
         Blocked => "blocked",
+        /// Not a contact: someone we share a group with. The row carries what sessions for
+        /// that group's traffic need (its outbox, their device key); frontends never list it
+        /// as a contact, and no 1:1 chat goes either way.
+        CoMember => "co_member",
     }
 }
 
@@ -422,6 +426,15 @@ pub struct Event {
     pub data: String,
 }
 
+/// What [`WriteTx::forget_contact`](crate::WriteTx::forget_contact) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forgotten {
+    /// The row is gone, with everything that referred to it.
+    Deleted,
+    /// Group traffic still waits for them: the row stays, as a co-member's.
+    KeptAsCoMember(Contact),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,7 +459,14 @@ mod tests {
         let states: Vec<_> = ContactState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             states,
-            ["requesting", "pending", "accepted", "rejected", "blocked"]
+            [
+                "requesting",
+                "pending",
+                "accepted",
+                "rejected",
+                "blocked",
+                "co_member"
+            ]
         );
         let statuses: Vec<_> = MessageStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(

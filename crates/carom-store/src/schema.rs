@@ -22,6 +22,12 @@ pub(crate) struct Migration {
     pub(crate) summary: &'static str,
     /// The statements.
     pub(crate) sql: &'static str,
+    /// It rebuilds a table that other tables reference. SQLite cannot change a table's
+    /// constraints in place; the documented way is to copy it into a new table, drop the old
+    /// one and rename the new one, with foreign-key enforcement off for the step (a `DROP
+    /// TABLE` would otherwise cascade into the tables that reference it). The references are
+    /// checked before the step commits.
+    pub(crate) rebuilds_referenced_table: bool,
 }
 
 /// Every migration, in order; `MIGRATIONS[i].version == i + 1`.
@@ -30,26 +36,71 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 1,
         summary: "identity, contacts, messages, outbox, event log, settings",
         sql: V1,
+        rebuilds_referenced_table: false,
     },
     Migration {
         version: 2,
         summary: "outbox items by age, for expiry",
         sql: V2,
+        rebuilds_referenced_table: false,
     },
     Migration {
         version: 3,
         summary: "drop the unused conversation summaries and settings",
         sql: V3,
+        rebuilds_referenced_table: false,
     },
     Migration {
         version: 4,
         summary: "groups: their histories, messages and per-recipient delivery; group outbox items",
         sql: V4,
+        rebuilds_referenced_table: false,
+    },
+    Migration {
+        version: 5,
+        summary: "contacts: rows for co-members who are not contacts; drop two unused columns",
+        sql: V5,
+        rebuilds_referenced_table: true,
     },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
+
+/// A row of `contacts` may now stand for a co-member who is not a contact (state
+/// `co_member`): someone we share a group with, whose row carries what their sessions need
+/// (the outbox of group traffic for them, their device key for IK) and nothing else. Changing
+/// a CHECK constraint means rebuilding the table (see
+/// [`Migration::rebuilds_referenced_table`]); the rebuild also drops the two columns V3 left
+/// unused. The AUTOINCREMENT counter is carried over, so no contact id is reused.
+const V5: &str = "
+CREATE TABLE contacts_v5 (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity            BLOB NOT NULL UNIQUE CHECK (length(identity) = 32),
+    state               TEXT NOT NULL
+                        CHECK (state IN ('requesting', 'pending', 'accepted', 'rejected', 'blocked',
+                                         'co_member')),
+    nickname            TEXT NOT NULL,
+    offered_nickname    TEXT,
+    greeting            TEXT,
+    declared_kind       TEXT NOT NULL CHECK (declared_kind IN ('human', 'bot')),
+    peer_static         BLOB CHECK (peer_static IS NULL OR length(peer_static) = 32),
+    peer_static_expires INTEGER,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    last_seen           INTEGER
+) STRICT;
+INSERT INTO contacts_v5 (id, identity, state, nickname, offered_nickname, greeting,
+                         declared_kind, peer_static, peer_static_expires, created_at, updated_at,
+                         last_seen)
+    SELECT id, identity, state, nickname, offered_nickname, greeting, declared_kind,
+           peer_static, peer_static_expires, created_at, updated_at, last_seen
+    FROM contacts;
+DELETE FROM sqlite_sequence WHERE name = 'contacts_v5';
+UPDATE sqlite_sequence SET name = 'contacts_v5' WHERE name = 'contacts';
+DROP TABLE contacts;
+ALTER TABLE contacts_v5 RENAME TO contacts;
+";
 
 /// Groups (protocol §15). The outbox is rebuilt to carry group traffic (two more kinds, and the
 /// group message an item carries): no table references it, so dropping the old one cascades
@@ -307,18 +358,52 @@ pub(crate) fn migrate_with(
             summary = migration.summary,
             "migrating the database schema"
         );
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        // The pragma is a no-op inside a transaction: it is set around it.
+        let enforcing: bool = conn
+            .pragma_query_value(None, "foreign_keys", |row| row.get(0))
             .at(path)?;
-        // Re-read inside the write lock: another connection may have migrated meanwhile.
-        if version(&tx, path)? >= migration.version {
-            continue;
+        if migration.rebuilds_referenced_table && enforcing {
+            conn.pragma_update(None, "foreign_keys", false).at(path)?;
         }
-        tx.execute_batch(migration.sql).at(path)?;
-        tx.pragma_update(None, "user_version", migration.version)
-            .at(path)?;
-        tx.commit().at(path)?;
+        let applied = apply(conn, path, migration);
+        if migration.rebuilds_referenced_table && enforcing {
+            conn.pragma_update(None, "foreign_keys", true).at(path)?;
+        }
+        applied?;
     }
+    Ok(())
+}
+
+/// One migration in its own transaction, with the version bump.
+fn apply(conn: &mut Connection, path: &Path, migration: &Migration) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .at(path)?;
+    // Re-read inside the write lock: another connection may have migrated meanwhile.
+    if version(&tx, path)? >= migration.version {
+        return Ok(());
+    }
+    tx.execute_batch(migration.sql).at(path)?;
+    if migration.rebuilds_referenced_table {
+        // With enforcement off for the rebuild, nothing else has checked the references.
+        let dangling: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })
+            .at(path)?;
+        if dangling > 0 {
+            return Err(Error::DatabaseCorrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "migration {} would leave {dangling} rows referring to nothing",
+                    migration.version
+                ),
+            });
+        }
+    }
+    tx.pragma_update(None, "user_version", migration.version)
+        .at(path)?;
+    tx.commit().at(path)?;
     Ok(())
 }
 

@@ -36,6 +36,8 @@ pub(crate) fn virtual_time() -> tokio::runtime::Runtime {
 
 pub(crate) struct Node {
     pub(crate) engine: Option<Engine>,
+    /// Its keys, for a test that speaks the protocol as this node by hand.
+    pub(crate) profile: carom_engine::Profile,
     pub(crate) db: PathBuf,
     pub(crate) key: [u8; 32],
     pub(crate) address: String,
@@ -53,6 +55,7 @@ impl Node {
         Node {
             address: engine.address().to_string(),
             engine: Some(engine),
+            profile,
             db,
             key,
         }
@@ -90,6 +93,7 @@ impl Node {
         self.engine = Some(
             Engine::start_in_virtual_time(store, &profile, transport, config()).expect("engine"),
         );
+        self.profile = profile;
     }
 
     pub(crate) async fn restart(&mut self, net: &MemoryNetwork) {
@@ -212,4 +216,85 @@ pub(crate) async fn pair(alice: &Node, bob: &Node) {
             d["address"] == b.as_str() && d["state"] == "accepted" && d["by"] == "them"
         })
         .await;
+}
+
+/// Speak the protocol by hand as `by` (a node's keys, its engine left out of it): dial `to`
+/// over the in-memory network with a full handshake, send `messages` once the session is up,
+/// and return every message and close that came back within `wait` of virtual time.
+pub(crate) async fn speak_as(
+    net: &MemoryNetwork,
+    by: &carom_engine::Profile,
+    to: &Node,
+    messages: Vec<carom_proto::Message>,
+    wait: Duration,
+) -> Vec<carom_proto::Event> {
+    use carom_tor::Transport as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let config = std::sync::Arc::new(carom_proto::SessionConfig::new(
+        by.identity.clone(),
+        by.device.clone(),
+        by.certificate,
+    ));
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let clock = || tokio::time::Instant::now().into_std();
+    let mut session = carom_proto::Session::initiator(
+        config,
+        to.onion(),
+        None,
+        now_secs,
+        clock(),
+        &mut rand_core::OsRng,
+    );
+    // The stream comes from a listener of its own: a transport made with `by`'s identity would
+    // take over the node's incoming connections. (Noise authenticates `by`, not the stream.)
+    let transport = MemoryTransport::new(net, &carom_proto::IdentityKey::from_seed(&[0xee; 32]));
+    let mut stream = transport.dial(&to.onion()).await.expect("dial");
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut unsent = Some(messages);
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 70 * 1024];
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                carom_proto::Event::Established { .. } => {
+                    for m in unsent.take().unwrap_or_default() {
+                        session.send(m, clock()).expect("send");
+                    }
+                }
+                e @ (carom_proto::Event::Message(_) | carom_proto::Event::Closed { .. }) => {
+                    seen.push(e);
+                }
+                _ => {}
+            }
+        }
+        while let Some(bytes) = session.poll_transmit() {
+            if stream.write_all(&bytes).await.is_err() {
+                return seen;
+            }
+        }
+        if session.is_closed() {
+            return seen;
+        }
+        let timer = session.poll_timeout().map_or(deadline, |t| {
+            tokio::time::Instant::from_std(t).min(deadline)
+        });
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => {
+                    let _ = session.handle_input(&buf[..n], clock());
+                }
+            },
+            () = tokio::time::sleep_until(timer) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return seen;
+                }
+                session.handle_timeout(clock());
+            }
+        }
+    }
 }

@@ -221,3 +221,130 @@ fn version_four_keeps_every_outbox_item_and_never_reuses_an_outbox_id() {
     assert_eq!(next, 4);
     store.check_integrity().unwrap();
 }
+
+#[test]
+fn version_five_keeps_contacts_messages_and_outbox_and_their_cascade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    let key = crate::DbKey::generate().unwrap();
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        apply_key(&conn, &path, &key).unwrap();
+        configure_durable(&conn, &path).unwrap();
+        schema::migrate_with(&mut conn, &path, MIGRATIONS, 4).unwrap();
+        conn.execute_batch(
+            "INSERT INTO contacts (identity, state, nickname, declared_kind, peer_static,
+                 created_at, updated_at) VALUES (zeroblob(32), 'accepted', 'alice', 'bot',
+                 zeroblob(32), 1, 2);
+             INSERT INTO contacts (identity, state, nickname, declared_kind, created_at,
+                 updated_at) VALUES (x'0101010101010101010101010101010101010101010101010101010101010101',
+                 'pending', 'bob', 'human', 3, 3);
+             DELETE FROM contacts WHERE id = 2;
+             INSERT INTO messages (contact_id, direction, msg_id, sent_at, stored_at, body,
+                 status, status_at) VALUES (1, 'incoming', zeroblob(16), 1, 1, 'hi', 'received', 1);
+             INSERT INTO outbox (contact_id, kind, payload, attempts, next_attempt_at, created_at)
+                 VALUES (1, 'contact_request', x'01', 0, 1, 1);",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path, &key).unwrap();
+    let alice = store.contact(1).unwrap().unwrap();
+    assert_eq!(
+        (alice.state, alice.nickname.as_str(), alice.declared_kind),
+        (ContactState::Accepted, "alice", PeerKind::Bot)
+    );
+    assert_eq!(alice.peer_static, Some([0; 32]));
+    assert_eq!(store.history(1, None, 10).unwrap().len(), 1);
+    assert_eq!(store.outbox_for_contact(1).unwrap().len(), 1);
+    // Id 2 was used before the migration: the next contact gets 3.
+    let next = store
+        .write(|tx| tx.ensure_co_member(&[7; 32], "carol", PeerKind::Human, 5))
+        .unwrap();
+    assert_eq!(next, 3);
+    // References still cascade.
+    store.write(|tx| tx.delete_contact(1)).unwrap();
+    assert!(store.history(1, None, 10).unwrap().is_empty());
+    assert!(store.outbox_for_contact(1).unwrap().is_empty());
+    store.check_integrity().unwrap();
+}
+
+#[test]
+fn a_co_member_row_is_made_once_and_left_alone_when_it_exists() {
+    let (_profile, mut store) = Profile::new(b"pw");
+    let alice = add_contact(&mut store, 1);
+    let (again, carol, carol_again) = store
+        .write(|tx| {
+            Ok((
+                tx.ensure_co_member(&[1; 32], "ignored", PeerKind::Bot, 5)?,
+                tx.ensure_co_member(&[3; 32], "carol", PeerKind::Bot, 5)?,
+                tx.ensure_co_member(&[3; 32], "other", PeerKind::Human, 6)?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(again, alice);
+    assert_eq!(carol, carol_again);
+    let a = store.contact(alice).unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.nickname.as_str()),
+        (ContactState::Accepted, "friend")
+    );
+    let c = store.contact(carol).unwrap().unwrap();
+    assert_eq!(
+        (c.state, c.nickname.as_str(), c.declared_kind),
+        (ContactState::CoMember, "carol", PeerKind::Bot)
+    );
+}
+
+#[test]
+fn forgetting_a_contact_keeps_its_row_only_while_group_traffic_waits_for_it() {
+    let (_profile, mut store) = Profile::new(b"pw");
+    let alice = add_contact(&mut store, 1);
+    let bob = add_contact(&mut store, 2);
+    assert!(receive(&mut store, alice, 1, "hello").is_new());
+    assert!(receive(&mut store, bob, 2, "hello").is_new());
+    store
+        .write(|tx| {
+            tx.queue_group_operations(alice, b"ops", 10)?;
+            tx.queue_outgoing(&NewOutgoing {
+                contact_id: alice,
+                msg_id: msg_id(3),
+                sent_at: 10,
+                body: "1:1".into(),
+                reply_to: None,
+                client_token: None,
+                payload: b"chat".to_vec(),
+                now: 10,
+            })?;
+            Ok(())
+        })
+        .unwrap();
+    let (kept, deleted, nothing) = store
+        .write(|tx| {
+            Ok((
+                tx.forget_contact(alice, 20)?,
+                tx.forget_contact(bob, 20)?,
+                tx.forget_contact(99, 20)?,
+            ))
+        })
+        .unwrap();
+    let Some(crate::Forgotten::KeptAsCoMember(row)) = kept else {
+        panic!("expected the row kept, got {kept:?}");
+    };
+    assert_eq!(row.state, ContactState::CoMember);
+    assert_eq!(deleted, Some(crate::Forgotten::Deleted));
+    assert_eq!(nothing, None);
+    assert_eq!(
+        store.contact(alice).unwrap().unwrap().state,
+        ContactState::CoMember
+    );
+    assert!(store.contact(bob).unwrap().is_none());
+    // The 1:1 conversation is gone; the group traffic waits.
+    assert!(store.history(alice, None, 10).unwrap().is_empty());
+    let left: Vec<OutboxKind> = store
+        .outbox_for_contact(alice)
+        .unwrap()
+        .iter()
+        .map(|i| i.kind)
+        .collect();
+    assert_eq!(left, [OutboxKind::GroupOperations]);
+}

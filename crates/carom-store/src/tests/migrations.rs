@@ -102,11 +102,13 @@ fn a_failing_migration_leaves_the_previous_version_intact() {
             version: 1,
             summary: "v1",
             sql: MIGRATIONS[0].sql,
+            rebuilds_referenced_table: false,
         },
         Migration {
             version: 2,
             summary: "breaks halfway",
             sql: "CREATE TABLE half_done (x); INSERT INTO no_such_table VALUES (1);",
+            rebuilds_referenced_table: false,
         },
     ];
     let error = schema::migrate_with(&mut conn, &path, &broken, 2).unwrap_err();
