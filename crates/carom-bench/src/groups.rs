@@ -1,13 +1,17 @@
 //! Groups over the private Tor network: a group of real daemons (eight in a full run), every
-//! pair of them contacts (group traffic rides contact sessions). Measured: `group.send` →
-//! delivered to all the others (against the 1:1 warm figure of the same run), a burst of group
-//! messages, and the RSS of a daemon in many groups.
+//! pair of them contacts. Measured: `group.send` → delivered to all the others (against the
+//! 1:1 warm figure of the same run), a burst of group messages, the RSS of a daemon in many
+//! groups of those daemons, and the RSS of a daemon holding many groups of 32 members whose
+//! histories were built offline (32 daemons per group would not fit this machine).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use carom_api::{self as api, EventData};
+use carom_group::{Action, GroupId, History, Policy, Role};
+use carom_proto::{IdentityKey, PeerKind};
+use carom_store::{DbKey, GroupState, KdfParams, KeyFile, Protection, Store, StoredOperation};
 use carom_testnet::TestNetwork;
 
 use crate::Sizes;
@@ -316,8 +320,8 @@ pub(crate) async fn run(
         after,
         "MiB",
         format!(
-            "{} groups of {members}; {:+.1} MiB for the {} after the first (32 groups of 32 \
-             would need 32 daemons: not measured)",
+            "{} groups of {members}; {:+.1} MiB for the {} after the first (for groups of 32, \
+             see the profile built offline)",
             sizes.groups,
             after - before,
             sizes.groups - 1
@@ -326,5 +330,130 @@ pub(crate) async fn run(
     for (mut d, _) in daemons {
         d.stop().await;
     }
+    Ok(())
+}
+
+/// Members of each group in the offline-built profile (the issue's "32 groups of 32").
+const WIDE_MEMBERS: usize = 32;
+
+/// A profile (written with the store, as if the daemon had made these groups) holding `groups`
+/// groups of [`WIDE_MEMBERS`]: the daemon created each and invited the others, who accepted —
+/// every operation signed by its author, as over the wire. Each group has members of its own,
+/// so the daemon knows `groups × 31` co-members.
+fn build_wide(data: &Path, groups: usize) -> Result<(), Error> {
+    let key: DbKey = KeyFile::create(
+        &data.join("profile.key"),
+        Protection::Unprotected,
+        KdfParams::default(),
+    )?;
+    let mut store = Store::create(&data.join("profile.db"), &key)?;
+    let profile = carom_engine::create_profile(&mut store, &carom_engine::EngineConfig::default())?;
+    let me = &profile.identity;
+    for g in 0..groups {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(g as u64 + 1).to_le_bytes());
+        let mut history = History::create(
+            me,
+            GroupId(id),
+            format!("wide {g}"),
+            Policy {
+                members_can_invite: false,
+            },
+            PeerKind::Human,
+            "me".into(),
+            1,
+        );
+        for m in 1..WIDE_MEMBERS {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&((g * WIDE_MEMBERS + m) as u64).to_le_bytes());
+            seed[31] = 0x77;
+            let member = IdentityKey::from_seed(&seed);
+            let invite = history.propose(
+                me,
+                Action::Invite {
+                    invitee: member.address(),
+                    role: Role::Member,
+                },
+                2,
+            )?;
+            history.propose(
+                &member,
+                Action::Accept {
+                    invite: invite.id(),
+                    kind: PeerKind::Human,
+                    name: format!("member {m}"),
+                },
+                3,
+            )?;
+        }
+        let ops: Vec<StoredOperation> = history
+            .operations()
+            .map(|op| StoredOperation {
+                op_id: op.id().0,
+                body: op.body().to_vec(),
+                signature: *op.signature(),
+            })
+            .collect();
+        store.write(|tx| {
+            let row = tx.insert_group(&id, GroupState::Member, 1)?.row;
+            tx.add_group_operations(row, &ops)?;
+            Ok(())
+        })?;
+    }
+    store.close()?;
+    Ok(())
+}
+
+/// The RSS of a daemon holding `sizes.groups` groups of [`WIDE_MEMBERS`] (histories verified
+/// and resolved at start, held in memory), with what it took to start.
+pub(crate) async fn wide(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+) -> Result<(), Error> {
+    let dir = root.join("wide");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let groups = sizes.groups;
+    {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || build_wide(&data, groups)).await??;
+    }
+    let d = Daemon::start(
+        &dir,
+        "wide",
+        &net.arti_config_path(),
+        "[messaging]\npresence = false\n",
+    )?;
+    let (_, startup) = d.up().await?;
+    let list = d
+        .client()
+        .await?
+        .call::<api::method::GroupList>(&api::Empty {})
+        .await?;
+    let whole = list.len() == groups && list.iter().all(|g| g.members.len() == WIDE_MEMBERS);
+    if !whole {
+        return Err(format!(
+            "the daemon holds {} groups, with {:?} members",
+            list.len(),
+            list.iter().map(|g| g.members.len()).collect::<Vec<_>>()
+        )
+        .into());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report.add(
+        &format!("caromd RSS holding {groups} groups of {WIDE_MEMBERS} members"),
+        rss_mib(d.pid()),
+        "MiB",
+        format!(
+            "histories built offline ({} operations, {} co-members); start → published {:.1} s",
+            groups * (2 * WIDE_MEMBERS - 1),
+            groups * (WIDE_MEMBERS - 1),
+            startup.as_secs_f64()
+        ),
+    );
+    let mut d = d;
+    d.stop().await;
     Ok(())
 }

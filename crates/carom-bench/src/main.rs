@@ -51,6 +51,9 @@ struct Args {
     /// Contacts in the large profile
     #[arg(long, default_value_t = 1_000)]
     large_contacts: usize,
+    /// Members of the measured group, each a daemon (compare sizes to see what fan-out costs)
+    #[arg(long, default_value_t = 8)]
+    group_members: usize,
     /// Only the in-process part (no Tor network)
     #[arg(long)]
     local_only: bool,
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
             large_messages: args.large_messages,
             large_contacts: args.large_contacts,
             samples: 20,
-            group_members: 8,
+            group_members: args.group_members.max(2),
             groups: 32,
         }
     };

@@ -372,7 +372,8 @@ async fn measure(
     alice.stop().await;
     bob.stop().await;
 
-    large_profile(report, net, root, sizes).await
+    large_profile(report, net, root, sizes).await?;
+    crate::groups::wide(report, net, root, sizes).await
 }
 
 /// A daemon holding `large_contacts` contacts and `large_messages` messages.
