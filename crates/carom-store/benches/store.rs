@@ -5,7 +5,7 @@
 //! - acknowledged appends per second: one transaction per message, `COMMIT` (WAL fsync,
 //!   `synchronous=FULL`) before the next, on an empty database and at 1,000,000 messages;
 //! - history page latency (50 messages; first pages and deep pages at random cursors);
-//! - `outbox_due()` and `events_since()` latency.
+//! - `outbox_for_contact_after()` (a connection's next outbox page) and `events_since()` latency.
 //!
 //! `CAROM_BENCH_MESSAGES` shrinks the fixture for a quick run (default 1,000,000).
 
@@ -254,17 +254,9 @@ fn main() {
         n = end;
     }
     let build_time = build.elapsed();
-    // Spread the outbox's retry times over the next hour.
-    let now = base + messages;
-    let outbox = store.outbox_due(u64::MAX >> 1, u32::MAX).expect("outbox");
-    store
-        .write(|tx| {
-            for item in &outbox {
-                tx.reschedule(item.id, 1, now + rng.below(3_600_000))?;
-            }
-            Ok(())
-        })
-        .expect("reschedule");
+    let outbox = store
+        .outbox_enqueued_before(u64::MAX >> 1, u32::MAX)
+        .expect("outbox");
 
     let full = acknowledged_appends(&mut store, &contacts, base + messages + 1, 1_000);
     full.row("acknowledged append, full database");
@@ -302,15 +294,20 @@ fn main() {
     first_pages.row("history page (50), newest");
     deep_pages.row("history page (50), random cursor");
 
-    let mut due = Stats::new();
-    let mut due_len = 0;
-    for i in 0..1_000 {
-        let at = now + (i * 3_600) % 3_600_000;
-        due_len = due
-            .time(|| store.outbox_due(at, 100).expect("outbox_due"))
+    // What a connection reads to deliver: its contact's next page of the outbox.
+    let mut pages = Stats::new();
+    let mut page_len = 0;
+    for _ in 0..1_000 {
+        let contact = contacts[usize::try_from(rng.below(CONTACTS)).expect("small")];
+        page_len = pages
+            .time(|| {
+                store
+                    .outbox_for_contact_after(contact, 0, 64)
+                    .expect("outbox page")
+            })
             .len();
     }
-    due.row("outbox_due(now, 100)");
+    pages.row("outbox_for_contact_after(contact, 0, 64)");
 
     let last_seq = store.last_event_seq().expect("seq");
     let mut events = Stats::new();
@@ -333,7 +330,7 @@ fn main() {
     );
     println!(
         "fixture: {messages} messages in {:.1?} (batches of {BATCH}); {} outbox items; \
-         database {:.0} MiB; last outbox_due page {due_len} items",
+         database {:.0} MiB; last outbox page {page_len} items",
         build_time,
         outbox.len(),
         size as f64 / (1024.0 * 1024.0),

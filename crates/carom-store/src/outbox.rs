@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
 use crate::model::{Direction, OutboxItem, OutboxKind, UnixMillis};
-use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
+use crate::store::{Db, WriteTx, get_u64, to_sql_int};
 
 /// The columns [`from_row`] reads.
 macro_rules! outbox_columns {
@@ -28,19 +28,11 @@ pub(crate) const SELECT_FOR_CONTACT_AFTER: &str = concat!(
     " FROM outbox WHERE contact_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
 );
 
-pub(crate) const SELECT_DUE: &str = concat!(
-    "SELECT ",
-    outbox_columns!(),
-    " FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2"
-);
-
 pub(crate) const SELECT_ENQUEUED_BEFORE: &str = concat!(
     "SELECT ",
     outbox_columns!(),
     " FROM outbox WHERE created_at <= ?1 ORDER BY created_at, id LIMIT ?2"
 );
-
-pub(crate) const SELECT_NEXT_DUE: &str = "SELECT min(next_attempt_at) FROM outbox";
 
 pub(crate) const DELETE_KIND: &str = "DELETE FROM outbox WHERE contact_id = ?1 AND kind = ?2";
 
@@ -90,18 +82,6 @@ pub(crate) fn for_contact_after(
         SELECT_FOR_CONTACT_AFTER,
         rusqlite::params![contact_id, after_id, limit],
     )
-}
-
-pub(crate) fn due(db: Db<'_>, now: UnixMillis, limit: u32) -> Result<Vec<OutboxItem>> {
-    let now = to_sql_int(now, "now")?;
-    collect(db, SELECT_DUE, rusqlite::params![now, limit])
-}
-
-pub(crate) fn next_due(db: Db<'_>) -> Result<Option<UnixMillis>> {
-    db.conn
-        .prepare_cached(SELECT_NEXT_DUE)
-        .and_then(|mut stmt| stmt.query_row([], |row| get_opt_u64(row, 0)))
-        .at(db.path)
 }
 
 pub(crate) const SELECT_HAS_ITEMS: &str =
@@ -238,19 +218,6 @@ impl WriteTx<'_> {
             payload,
             to_sql_int(now, "now")?,
         )
-    }
-
-    /// Records a failed attempt: the attempt count and when to try next. Returns whether the
-    /// item still exists (it may have been removed by a delivery meanwhile).
-    pub fn reschedule(&self, id: i64, attempts: u32, next_attempt_at: UnixMillis) -> Result<bool> {
-        let db = self.db();
-        let next = to_sql_int(next_attempt_at, "next_attempt_at")?;
-        let changed = db
-            .conn
-            .prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3 WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(rusqlite::params![id, attempts, next]))
-            .at(db.path)?;
-        Ok(changed > 0)
     }
 
     /// Removes an item; returns whether it existed.

@@ -73,6 +73,13 @@ pub const SCHEMA_VERSION: u32 = 5;
 /// a CHECK constraint means rebuilding the table (see
 /// [`Migration::rebuilds_referenced_table`]); the rebuild also drops the two columns V3 left
 /// unused. The AUTOINCREMENT counter is carried over, so no contact id is reused.
+///
+/// Two outbox indexes cost every 1:1 message's insert and delete and served nothing: the engine
+/// schedules retries per contact in memory, so nothing reads the outbox by due time (its
+/// `attempts` and `next_attempt_at` columns stay, unused: rebuilding the outbox for them is
+/// not worth it); and
+/// only group messages have a `group_message_id`, so its index (which the cascade from
+/// `group_messages` uses) covers those rows alone.
 const V5: &str = "
 CREATE TABLE contacts_v5 (
     id                  INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -100,6 +107,10 @@ DELETE FROM sqlite_sequence WHERE name = 'contacts_v5';
 UPDATE sqlite_sequence SET name = 'contacts_v5' WHERE name = 'contacts';
 DROP TABLE contacts;
 ALTER TABLE contacts_v5 RENAME TO contacts;
+DROP INDEX outbox_due;
+DROP INDEX outbox_by_group_message;
+CREATE INDEX outbox_by_group_message ON outbox (group_message_id)
+    WHERE group_message_id IS NOT NULL;
 ";
 
 /// Groups (protocol §15). The outbox is rebuilt to carry group traffic (two more kinds, and the

@@ -472,16 +472,6 @@ pub trait StoreRead: sealed::Connected {
         outbox::enqueued_before(self.db(), cutoff, limit)
     }
 
-    /// At most `limit` items due at `now` (`next_attempt_at <= now`), earliest due first.
-    fn outbox_due(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxItem>> {
-        outbox::due(self.db(), now, limit)
-    }
-
-    /// When the next outbox item falls due, if there is one.
-    fn next_outbox_due(&self) -> Result<Option<UnixMillis>> {
-        outbox::next_due(self.db())
-    }
-
     /// At most `limit` events with `seq > after_seq`, in ascending order.
     fn events_since(&self, after_seq: u64, limit: u32) -> Result<Vec<Event>> {
         events::since(self.db(), after_seq, limit)
