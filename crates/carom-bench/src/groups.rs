@@ -225,6 +225,57 @@ pub(crate) async fn run(
             ms(quantile(&mut firsts, 0.9))
         ),
     );
+    // The same fan-out as 1:1 messages: one `message.send` to each other member at once,
+    // until every one is delivered. What separates this from the 1:1 warm figure is the
+    // network (the slowest of several circuits); what separates the group figure from this
+    // is Carom's group path.
+    let statuses = watcher(&daemons[0].0, &[api::event::MESSAGE_STATUS]).await?;
+    let mut one_to_one = Vec::new();
+    for i in 0..sizes.samples.max(5) {
+        let t = Instant::now();
+        let mut ids = HashSet::new();
+        let mut sends = Vec::new();
+        for (_, address) in &daemons[1..] {
+            let c = sender.clone();
+            let to = address.clone();
+            let body = format!("one to one {i}");
+            sends.push(tokio::spawn(async move {
+                c.send(&api::MessageSend {
+                    to,
+                    body,
+                    reply_to: None,
+                    client_token: None,
+                })
+                .await
+            }));
+        }
+        for send in sends {
+            ids.insert(send.await??.id);
+        }
+        let left = std::sync::Mutex::new(ids);
+        next_matching(&statuses, LONG, |e| {
+            let mut left = left.lock().unwrap_or_else(|p| p.into_inner());
+            if let EventData::MessageStatus(m) = &e.data
+                && m.status == api::MessageStatus::Delivered
+            {
+                left.remove(&m.id);
+            }
+            left.is_empty()
+        })
+        .await?;
+        one_to_one.push(t.elapsed());
+    }
+    let fan_1to1 = quantile(&mut one_to_one, 0.5);
+    report.add(
+        "1:1 messages to every other member at once → all delivered, median",
+        ms(fan_1to1),
+        "ms",
+        format!(
+            "{} message.send at once; p90 {:.1} ms (the network's share of the group figure)",
+            members - 1,
+            ms(quantile(&mut one_to_one, 0.9))
+        ),
+    );
     let p50 = quantile(&mut fan_out, 0.5);
     let p90 = quantile(&mut fan_out, 0.9);
     let ratio = ms(p50) / ms(warm_1to1);
@@ -238,7 +289,9 @@ pub(crate) async fn run(
         ),
         ratio <= 1.5,
         format!(
-            "group of {members}; {ratio:.2} × 1:1 warm; p90 {:.1} ms",
+            "group of {members}; {ratio:.2} × 1:1 warm, {:.2} × the same fan-out as 1:1 \
+             messages; p90 {:.1} ms",
+            ms(p50) / ms(fan_1to1),
             ms(p90)
         ),
     );
