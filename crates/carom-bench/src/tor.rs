@@ -54,14 +54,13 @@ async fn dial(
     }
 }
 
-/// The limit: how fast arti itself connects to an onion service and echoes over it.
-async fn raw_limit(
-    report: &mut Report,
+/// An onion service on its own arti client that echoes every stream; aborting the handle ends
+/// it.
+async fn echo_service(
     net: &TestNetwork,
-    root: &Path,
-    sizes: Sizes,
-) -> Result<(Duration, Duration), Error> {
-    let service = transport(net, &root.join("raw-service")).await?;
+    dir: &Path,
+) -> Result<(carom_proto::OnionAddress, tokio::task::JoinHandle<()>), Error> {
+    let service = transport(net, dir).await?;
     let address = service.address();
     let accept = tokio::spawn(async move {
         while let Some(mut stream) = service.accept().await {
@@ -78,6 +77,28 @@ async fn raw_limit(
             });
         }
     });
+    Ok((address, accept))
+}
+
+/// One echo round trip of 64 bytes.
+async fn echo(stream: &mut carom_tor::ArtiStream) -> Result<Duration, Error> {
+    let payload = [7u8; 64];
+    let mut back = [0u8; 64];
+    let t = Instant::now();
+    stream.write_all(&payload).await?;
+    stream.flush().await?;
+    stream.read_exact(&mut back).await?;
+    Ok(t.elapsed())
+}
+
+/// The limit: how fast arti itself connects to an onion service and echoes over it.
+async fn raw_limit(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+) -> Result<(Duration, Duration), Error> {
+    let (address, accept) = echo_service(net, &root.join("raw-service")).await?;
     // Publication first: dial once from a throwaway client until the service answers.
     let probe = transport(net, &root.join("raw-probe")).await?;
     drop(dial(&probe, &address).await?);
@@ -92,14 +113,8 @@ async fn raw_limit(
         tokio::time::sleep(IDLE_BEFORE_COLD).await;
         let (mut stream, took) = dial(&client, &address).await?;
         connects.push(took);
-        let payload = [7u8; 64];
-        let mut back = [0u8; 64];
         for _ in 0..sizes.samples.max(10) {
-            let t = Instant::now();
-            stream.write_all(&payload).await?;
-            stream.flush().await?;
-            stream.read_exact(&mut back).await?;
-            rtts.push(t.elapsed());
+            rtts.push(echo(&mut stream).await?);
         }
     }
     accept.abort();
@@ -118,6 +133,83 @@ async fn raw_limit(
         format!("p90 {:.1} ms", ms(quantile(&mut rtts, 0.9))),
     );
     Ok((connect, rtt))
+}
+
+/// The network's own limit for a fan-out: one arti client with a stream open to each of
+/// `peers` echo services (each on its own arti client, as each group member is its own
+/// daemon), a 64-byte write on every stream at once, until every echo is back. This is what a
+/// group message to `peers` members costs without Carom: the slowest of several circuits.
+async fn raw_fan_out(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+    peers: usize,
+) -> Result<(), Error> {
+    let mut services = Vec::new();
+    for i in 0..peers {
+        services.push(echo_service(net, &root.join(format!("fan-service-{i}"))).await?);
+    }
+    let client = transport(net, &root.join("fan-client")).await?;
+    let mut streams = Vec::new();
+    for (address, _) in &services {
+        let (mut stream, _) = dial(&client, address).await?;
+        echo(&mut stream).await?;
+        streams.push(stream);
+    }
+    // Each stream alone first, one after another: the per-circuit figure without contention.
+    let mut alone = Vec::new();
+    for _ in 0..sizes.samples.max(5) {
+        for stream in &mut streams {
+            alone.push(echo(stream).await?);
+        }
+    }
+    let mut all = Vec::new();
+    let mut firsts = Vec::new();
+    for _ in 0..sizes.samples.max(5) {
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut stream in streams.drain(..) {
+            tasks.spawn(async move {
+                let r = echo(&mut stream).await;
+                (stream, r, Instant::now())
+            });
+        }
+        let mut first = None::<Instant>;
+        let mut last = t;
+        while let Some(joined) = tasks.join_next().await {
+            let (stream, r, at) = joined?;
+            r?;
+            first = Some(first.map_or(at, |f| f.min(at)));
+            last = last.max(at);
+            streams.push(stream);
+        }
+        all.push(last - t);
+        firsts.push(first.unwrap_or(last) - t);
+    }
+    for (_, accept) in services {
+        accept.abort();
+    }
+    report.add(
+        "raw arti echo on each of several streams, one at a time, median",
+        ms(quantile(&mut alone, 0.5)),
+        "ms",
+        format!(
+            "{peers} onion services, one client; p90 {:.1} ms",
+            ms(quantile(&mut alone, 0.9))
+        ),
+    );
+    report.add(
+        "raw arti echo on all of them at once → every echo back, median",
+        ms(quantile(&mut all, 0.5)),
+        "ms",
+        format!(
+            "the limit for a fan-out to {peers}; first back {:.1} ms; p90 {:.1} ms",
+            ms(quantile(&mut firsts, 0.5)),
+            ms(quantile(&mut all, 0.9))
+        ),
+    );
+    Ok(())
 }
 
 pub(crate) async fn run(report: &mut Report, sizes: Sizes) -> Result<(), Error> {
@@ -275,6 +367,14 @@ async fn measure(
         ),
     );
 
+    raw_fan_out(
+        report,
+        net,
+        root,
+        sizes,
+        sizes.group_members.saturating_sub(1).max(1),
+    )
+    .await?;
     crate::groups::run(report, net, root, sizes, warm_p50).await?;
 
     // Burst: many messages over the one session, queued by several frontends at once (as a
