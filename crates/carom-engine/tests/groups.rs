@@ -738,5 +738,30 @@ fn members_who_are_not_each_others_contacts_reach_each_other_for_group_traffic_o
         let mut expected = vec![alice.address.clone(), carol.address.clone()];
         expected.sort();
         assert_eq!(to, expected);
+
+        // Every co-member's device key was kept, whichever side dialled first, so that after a
+        // restart the first dial to it is IK.
+        let mut nodes = nodes;
+        for n in &mut nodes {
+            n.stop().await;
+        }
+        for n in &nodes {
+            let store = carom_store::Store::open(&n.db, &carom_store::DbKey::from_bytes(n.key))
+                .expect("reopen");
+            for other in nodes.iter().filter(|o| o.address != n.address) {
+                use carom_store::StoreRead as _;
+                let row = store
+                    .contact_by_identity(&other.onion().public_key())
+                    .expect("read")
+                    .unwrap_or_else(|| panic!("{} has no row for {}", n.address, other.address));
+                assert!(
+                    row.peer_static.is_some(),
+                    "{} has no device key for {} ({:?})",
+                    n.address,
+                    other.address,
+                    row.state
+                );
+            }
+        }
     });
 }
