@@ -43,6 +43,9 @@
 //!   [`shutdown`](Transport::shutdown) can end every task arti started and release its state
 //!   directory at once (arti 0.47 has no shutdown call of its own). Streams are used from the
 //!   caller's runtime as usual.
+//! - arti's TCP connections to relays have Nagle's algorithm off (`TCP_NODELAY`; arti 0.47
+//!   leaves it on): with it on, the cells of several circuits written back to back onto the
+//!   guard connection — a group message — wait for the relay's delayed acknowledgements.
 //! - [`ArtiTransport::start`] returns as soon as arti is set up and the service launched;
 //!   bootstrap progress and publication follow on [`Transport::status`]. Dials made before the
 //!   first bootstrap completes fail at once with `NotBootstrapped`.

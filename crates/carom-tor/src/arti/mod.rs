@@ -1,6 +1,7 @@
 //! The embedded-arti backend: Carom's onion service and dials inside the daemon's process.
 
 mod config;
+mod nodelay;
 mod service;
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,7 +21,6 @@ use tokio::task::JoinHandle;
 use tor_hscrypto::pk::{HsIdKey, HsIdKeypair};
 use tor_hsservice::RunningOnionService;
 use tor_llcrypto::pk::ed25519;
-use tor_rtcompat::PreferredRuntime;
 
 pub use config::{ArtiConfig, TorNetwork, Vanguards};
 
@@ -42,7 +42,7 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 const ARTI_THREADS: usize = 2;
 
 /// arti's client type on tokio.
-type Client = TorClient<PreferredRuntime>;
+type Client = TorClient<nodelay::Runtime>;
 
 /// A stream over Tor to or from a peer. Writes are buffered into relay cells until
 /// [`flush`](tokio::io::AsyncWriteExt::flush): flush after every frame.
@@ -274,8 +274,8 @@ async fn launch(
     rend: service::RendContext,
 ) -> Result<Launched, TransportError> {
     let shared = Arc::clone(&rend.shared);
-    let runtime = PreferredRuntime::current()
-        .map_err(|e| TransportError::Config(format!("arti's runtime: {e}")))?;
+    let runtime =
+        nodelay::runtime().map_err(|e| TransportError::Config(format!("arti's runtime: {e}")))?;
     let client = TorClient::with_runtime(runtime)
         .config(tor_config)
         .bootstrap_behavior(BootstrapBehavior::OnDemand)
