@@ -6,8 +6,8 @@
 //! a time rarely meets the rule; a group message does: it is several cells, one per member's
 //! circuit, written back to back onto the one connection to the guard. Every cell arti sends
 //! is already a whole 514-byte unit written when it is ready, so there is nothing for Nagle
-//! to coalesce that is worth a stall (docs/benchmarks.md, "Nagle on the guard connection",
-//! has the measurements; docs/decisions.md the trade-off).
+//! to coalesce that is worth a stall (docs/benchmarks.md, "Nagle on Tor's connections", has
+//! the measurements; docs/decisions.md the trade-off).
 
 use std::io::Result as IoResult;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ pub(super) fn runtime() -> IoResult<Runtime> {
     Ok(preferred.with_tcp_provider(NoDelayTcp(preferred.clone())))
 }
 
-/// Connects like the preferred runtime, then turns Nagle off; listens exactly like it.
+/// Connects like the preferred runtime but with Nagle off; listens exactly like it.
 #[derive(Clone)]
 pub(super) struct NoDelayTcp(PreferredRuntime);
 
