@@ -746,8 +746,7 @@ fn members_who_are_not_each_others_contacts_reach_each_other_for_group_traffic_o
             n.stop().await;
         }
         for n in &nodes {
-            let store = carom_store::Store::open(&n.db, &carom_store::DbKey::from_bytes(n.key))
-                .expect("reopen");
+            let store = n.open_store();
             for other in nodes.iter().filter(|o| o.address != n.address) {
                 use carom_store::StoreRead as _;
                 let row = store

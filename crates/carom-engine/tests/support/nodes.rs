@@ -85,9 +85,14 @@ impl Node {
         }
     }
 
+    /// Its database, opened again (the engine must be stopped).
+    pub(crate) fn open_store(&self) -> Store {
+        Store::open(&self.db, &DbKey::from_bytes(self.key)).expect("reopen")
+    }
+
     pub(crate) async fn start(&mut self, net: &MemoryNetwork) {
         assert!(self.engine.is_none(), "already running");
-        let mut store = Store::open(&self.db, &DbKey::from_bytes(self.key)).expect("reopen");
+        let mut store = self.open_store();
         let profile = load_profile(&mut store, &config()).expect("profile");
         let transport = MemoryTransport::new(net, &profile.identity);
         self.engine = Some(

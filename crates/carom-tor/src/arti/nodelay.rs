@@ -85,7 +85,7 @@ async fn connect(
     socket.connect(*addr).await
 }
 
-/// A buffer size for `setsockopt`, which takes a C int.
+/// A buffer size as tokio takes it (a `u32`; the kernel caps what it grants anyway).
 fn clamp(size: usize) -> u32 {
     u32::try_from(size).unwrap_or(u32::MAX)
 }
