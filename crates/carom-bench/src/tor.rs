@@ -598,6 +598,7 @@ fn build_large(data: &Path, contacts: usize, messages: usize) -> Result<Vec<Stri
                     body: body.clone(),
                     reply_to: None,
                     now: k as u64,
+                    expires_after: None,
                 })?;
             }
             Ok(())

@@ -763,6 +763,7 @@ where
                         body: chat.body.clone(),
                         reply_to: chat.reply_to.map(|r| r.0),
                         now,
+                        expires_after: None,
                     })?;
                     if received.is_new() {
                         let m = received.message();
@@ -1119,7 +1120,7 @@ pub(crate) fn forget_contact(
 ) -> Result<(OnionAddress, Option<carom_store::Contact>)> {
     let peer = view::address_of(&contact.identity)?;
     let kept = match tx.forget_contact(contact.id, now)? {
-        Some(carom_store::Forgotten::KeptAsCoMember(row)) => Some(row),
+        Some(carom_store::Forgotten::KeptAsCoMember(row)) => Some(*row),
         _ => None,
     };
     let event = view::state_event(&peer, ContactStateChange::Removed, By::Us, reason);

@@ -784,7 +784,7 @@ fn housekeeping(
     let mut peers = Vec::with_capacity(forgotten.len());
     for c in &forgotten {
         let kept = match tx.forget_contact(c.id, now)? {
-            Some(carom_store::Forgotten::KeptAsCoMember(row)) => Some(Known::from(&row)),
+            Some(carom_store::Forgotten::KeptAsCoMember(row)) => Some(Known::from(&*row)),
             _ => None,
         };
         if let Ok(peer) = address_of(&c.identity) {

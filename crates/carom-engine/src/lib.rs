@@ -667,6 +667,7 @@ impl Engine {
                     client_token: request.client_token.clone(),
                     payload,
                     now,
+                    expires_after: None,
                 })?;
                 if let Queued::New(m) = &queued {
                     append(tx, &view::status_event(m, &peer), now)?;

@@ -664,6 +664,7 @@ fn members_who_are_not_each_others_contacts_reach_each_other_for_group_traffic_o
                 sent_at: 1,
                 body: "just us".into(),
                 reply_to: None,
+                expires_after: None,
             })],
             std::time::Duration::from_secs(30),
         )

@@ -27,6 +27,8 @@ pub const MAX_GROUP_OPERATION_BYTES: usize = 1024;
 pub const MAX_GROUP_HEADS: usize = 16;
 /// Most operations in one group-operations message: 32 of the largest fit one frame with room.
 pub const MAX_GROUP_OPERATIONS_PER_MESSAGE: usize = 32;
+/// Longest disappearing-message timer, in seconds: four weeks.
+pub const MAX_TIMER_SECS: u32 = 28 * 24 * 3600;
 
 /// A message's stable identifier, chosen by its sender at random. Receivers deduplicate on
 /// (sender, id), which makes every message idempotent: a replay or a retry is harmless.
@@ -210,6 +212,44 @@ pub struct Chat {
     /// The message this one answers, if any.
     #[n(3)]
     pub reply_to: Option<MessageId>,
+    /// The disappearing-message timer it was sent under, in seconds (1 to
+    /// [`MAX_TIMER_SECS`]): each end erases it this long after it stored it. Absent: kept
+    /// until deleted.
+    #[n(4)]
+    pub expires_after: Option<u32>,
+}
+
+/// "From now on, messages in this conversation disappear after this long" (or no longer
+/// disappear). Either end may send it; it is a conversation item both histories show, and
+/// acknowledged like a chat. Concurrent changes resolve to the one with the greater
+/// (`sent_at`, `id`), at both ends (protocol §7.3).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SetTimer {
+    /// The change's id (idempotency, acknowledgement, and the tie-break of concurrent ones).
+    #[n(0)]
+    pub id: MessageId,
+    /// When it was made, milliseconds since the Unix epoch, by the sender's clock.
+    #[n(1)]
+    pub sent_at: u64,
+    /// The new timer in seconds (1 to [`MAX_TIMER_SECS`]); absent: messages no longer
+    /// disappear.
+    #[n(2)]
+    pub expires_after: Option<u32>,
+}
+
+/// "Delete this message I sent you, for everyone": the receiver erases its body and keeps a
+/// tombstone. Acknowledged like a chat. Only the sender of a message can withdraw it: the
+/// receiver looks the target up among the messages it received from this peer.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Withdraw {
+    /// The withdrawal's own id (idempotency, acknowledgement).
+    #[n(0)]
+    pub id: MessageId,
+    /// The id of the chat being withdrawn.
+    #[n(1)]
+    pub target: MessageId,
 }
 
 /// "These messages are stored durably on my side."
@@ -471,6 +511,10 @@ pub enum Message {
     Rekey(Rekey),
     /// Type 9.
     Reject(Reject),
+    /// Type 10.
+    SetTimer(SetTimer),
+    /// Type 11.
+    Withdraw(Withdraw),
     /// Type 32.
     GroupOperations(GroupOperations),
     /// Type 33.
@@ -497,6 +541,10 @@ pub mod types {
     pub const REKEY: u32 = 8;
     /// Negative acknowledgement.
     pub const REJECT: u32 = 9;
+    /// Disappearing-message timer change.
+    pub const SET_TIMER: u32 = 10;
+    /// Delete for everyone.
+    pub const WITHDRAW: u32 = 11;
     /// Group operations.
     pub const GROUP_OPERATIONS: u32 = 32;
     /// Group chat.
@@ -520,6 +568,9 @@ pub enum MessageError {
         /// The limit.
         limit: usize,
     },
+    /// A disappearing-message timer outside 1 s to [`MAX_TIMER_SECS`].
+    #[error("a disappearing-message timer of {0} s is outside 1 s to 4 weeks")]
+    TimerOutOfRange(u32),
 }
 
 /// The result of decoding one envelope.
@@ -547,6 +598,8 @@ impl Message {
             Message::Close(_) => types::CLOSE,
             Message::Rekey(_) => types::REKEY,
             Message::Reject(_) => types::REJECT,
+            Message::SetTimer(_) => types::SET_TIMER,
+            Message::Withdraw(_) => types::WITHDRAW,
             Message::GroupOperations(_) => types::GROUP_OPERATIONS,
             Message::GroupChat(_) => types::GROUP_CHAT,
         }
@@ -565,12 +618,22 @@ impl Message {
                 Ok(())
             }
         }
+        fn timer(seconds: Option<u32>) -> Result<(), MessageError> {
+            match seconds {
+                Some(s) if s == 0 || s > MAX_TIMER_SECS => Err(MessageError::TimerOutOfRange(s)),
+                _ => Ok(()),
+            }
+        }
         match self {
             Message::ContactRequest(r) => {
                 limit("nickname", r.nickname.len(), MAX_NICKNAME_BYTES)?;
                 limit("greeting", r.greeting.len(), MAX_GREETING_BYTES)
             }
-            Message::Chat(c) => limit("body", c.body.len(), MAX_BODY_BYTES),
+            Message::Chat(c) => {
+                timer(c.expires_after)?;
+                limit("body", c.body.len(), MAX_BODY_BYTES)
+            }
+            Message::SetTimer(t) => timer(t.expires_after),
             Message::Ack(a) => limit("ack ids", a.ids.len(), MAX_ACK_IDS),
             Message::Reject(r) => {
                 limit("reject ids", r.ids.len(), MAX_ACK_IDS)?;
@@ -595,6 +658,7 @@ impl Message {
                 limit("body", c.body.len(), MAX_BODY_BYTES)
             }
             Message::ContactResponse(_)
+            | Message::Withdraw(_)
             | Message::Ping(_)
             | Message::Pong(_)
             | Message::Rekey(_) => Ok(()),
@@ -617,6 +681,8 @@ impl Message {
             Message::Close(m) => e.encode(m)?,
             Message::Rekey(m) => e.encode(m)?,
             Message::Reject(m) => e.encode(m)?,
+            Message::SetTimer(m) => e.encode(m)?,
+            Message::Withdraw(m) => e.encode(m)?,
             Message::GroupOperations(m) => e.encode(m)?,
             Message::GroupChat(m) => e.encode(m)?,
         };
@@ -682,6 +748,8 @@ impl Message {
             types::CLOSE => Message::Close(d.decode().map_err(malformed)?),
             types::REKEY => Message::Rekey(d.decode().map_err(malformed)?),
             types::REJECT => Message::Reject(d.decode().map_err(malformed)?),
+            types::SET_TIMER => Message::SetTimer(d.decode().map_err(malformed)?),
+            types::WITHDRAW => Message::Withdraw(d.decode().map_err(malformed)?),
             types::GROUP_OPERATIONS => Message::GroupOperations(d.decode().map_err(malformed)?),
             types::GROUP_CHAT => Message::GroupChat(d.decode().map_err(malformed)?),
             _ => {
@@ -719,6 +787,21 @@ mod tests {
                 sent_at: 1_700_000_000_000,
                 body: "hello ✓".into(),
                 reply_to: Some(id(4)),
+                expires_after: Some(300),
+            }),
+            Message::SetTimer(SetTimer {
+                id: id(11),
+                sent_at: 2,
+                expires_after: Some(86_400),
+            }),
+            Message::SetTimer(SetTimer {
+                id: id(12),
+                sent_at: 3,
+                expires_after: None,
+            }),
+            Message::Withdraw(Withdraw {
+                id: id(13),
+                target: id(3),
             }),
             Message::Ack(Ack {
                 ids: vec![id(5), id(6)],
@@ -763,6 +846,7 @@ mod tests {
             sent_at: 1,
             body: "x".repeat(MAX_BODY_BYTES + 1),
             reply_to: None,
+            expires_after: None,
         })
         .encode();
         assert!(matches!(
@@ -821,7 +905,8 @@ mod tests {
                 id: id(1),
                 sent_at: 5,
                 body: "hi".into(),
-                reply_to: None
+                reply_to: None,
+                expires_after: None,
             }))
         );
     }
@@ -833,6 +918,7 @@ mod tests {
             sent_at: 0,
             body: "x".repeat(MAX_BODY_BYTES + 1),
             reply_to: None,
+            expires_after: None,
         });
         assert!(matches!(
             Message::decode(&long.encode()),

@@ -104,8 +104,23 @@ fn message() -> impl Strategy<Value = Message> {
                 id,
                 sent_at,
                 body,
-                reply_to
+                reply_to,
+                expires_after: None,
             })),
+        (
+            message_id(),
+            any::<u64>(),
+            proptest::option::of(1..=carom_proto::MAX_TIMER_SECS)
+        )
+            .prop_map(|(id, sent_at, expires_after)| Message::SetTimer(
+                carom_proto::SetTimer {
+                    id,
+                    sent_at,
+                    expires_after,
+                }
+            )),
+        (message_id(), message_id())
+            .prop_map(|(id, target)| Message::Withdraw(carom_proto::Withdraw { id, target })),
         proptest::collection::vec(message_id(), 0..100).prop_map(|ids| Message::Ack(Ack { ids })),
         any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
         any::<u64>().prop_map(|nonce| Message::Pong(Pong { nonce })),

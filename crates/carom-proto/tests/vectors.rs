@@ -19,7 +19,8 @@ use carom_proto::{
     Ack, AddressError, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision,
     Decoded, DeviceCertificate, DeviceKey, Digest32, Event, GROUP_OPERATION_LABEL, GroupChat,
     GroupId, GroupOperation, GroupOperations, IdentityKey, Message, MessageId, OnionAddress, OpId,
-    PeerKind, Phase, Ping, Pong, Reject, Rekey, Session, SessionConfig, reject, types,
+    PeerKind, Phase, Ping, Pong, Reject, Rekey, Session, SessionConfig, SetTimer, Withdraw, reject,
+    types,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -128,6 +129,7 @@ fn chat(n: u8, body: &str) -> Message {
         sent_at: 1_800_000_000_123,
         body: body.into(),
         reply_to: None,
+        expires_after: None,
     })
 }
 
@@ -168,6 +170,20 @@ fn fields(m: &Message) -> Value {
             if let Some(r) = c.reply_to {
                 f.insert("reply_to".into(), json!(h(&r.0)));
             }
+            if let Some(t) = c.expires_after {
+                f.insert("expires_after".into(), json!(t));
+            }
+        }
+        Message::SetTimer(t) => {
+            f.insert("id".into(), json!(h(&t.id.0)));
+            f.insert("sent_at".into(), json!(t.sent_at));
+            if let Some(t) = t.expires_after {
+                f.insert("expires_after".into(), json!(t));
+            }
+        }
+        Message::Withdraw(w) => {
+            f.insert("id".into(), json!(h(&w.id.0)));
+            f.insert("target".into(), json!(h(&w.target.0)));
         }
         Message::Ack(a) => {
             let ids: Vec<String> = a.ids.iter().map(|id| h(&id.0)).collect();
@@ -1165,6 +1181,35 @@ fn message_decoding() -> Vec<Value> {
             .concat(),
         ),
         (
+            "a chat's disappearing timer of 0 seconds (out of range)",
+            [
+                &[0x82, 0x03, 0xa4, 0x00][..],
+                &id,
+                &[0x01, 0x05, 0x02, 0x62, b'h', b'i', 0x04, 0x00],
+            ]
+            .concat(),
+        ),
+        (
+            "a timer change to four weeks and one second (out of range)",
+            [
+                &[0x82, 0x0a, 0xa3, 0x00][..],
+                &id,
+                &[0x01, 0x05, 0x02, 0x1a],
+                &(28u32 * 24 * 3600 + 1).to_be_bytes(),
+            ]
+            .concat(),
+        ),
+        (
+            "a timer change to exactly four weeks",
+            [
+                &[0x82, 0x0a, 0xa3, 0x00][..],
+                &id,
+                &[0x01, 0x05, 0x02, 0x1a],
+                &(28u32 * 24 * 3600).to_be_bytes(),
+            ]
+            .concat(),
+        ),
+        (
             "a type above 2^32 - 1",
             [&[0x82, 0x1b][..], &(1u64 << 32).to_be_bytes(), &[0xa0]].concat(),
         ),
@@ -1449,6 +1494,7 @@ fn generate() -> Value {
                 sent_at: 1_800_000_000_000,
                 body: "hello ✓".into(),
                 reply_to: Some(MessageId([6; 16])),
+                expires_after: None,
             }),
         ),
         (
@@ -1480,6 +1526,39 @@ fn generate() -> Value {
                 ids: vec![MessageId([5; 16])],
                 reason: reject::OVER_QUOTA,
                 text: Some("64 MiB a day".into()),
+            }),
+        ),
+        (
+            "chat_disappearing",
+            Message::Chat(Chat {
+                id: MessageId([10; 16]),
+                sent_at: 1_800_000_000_500,
+                body: "gone in a day".into(),
+                reply_to: None,
+                expires_after: Some(86_400),
+            }),
+        ),
+        (
+            "set_timer",
+            Message::SetTimer(SetTimer {
+                id: MessageId([11; 16]),
+                sent_at: 1_800_000_000_400,
+                expires_after: Some(86_400),
+            }),
+        ),
+        (
+            "set_timer_off",
+            Message::SetTimer(SetTimer {
+                id: MessageId([12; 16]),
+                sent_at: 1_800_000_000_600,
+                expires_after: None,
+            }),
+        ),
+        (
+            "withdraw",
+            Message::Withdraw(Withdraw {
+                id: MessageId([13; 16]),
+                target: MessageId([10; 16]),
             }),
         ),
         ("group_operations", group_operations_sample()),
@@ -1614,6 +1693,8 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
                 (1, u("reason")),
             ]
         }
+        10 => vec![(0, b("id")), (1, u("sent_at"))],
+        11 => vec![(0, b("id")), (1, b("target"))],
         32 => {
             let ops = f["operations"].as_array().expect("operations");
             let ops = ops
@@ -1645,6 +1726,12 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
     };
     if message_type == 3 && f.get("reply_to").is_some() {
         body.push((3, b("reply_to")));
+    }
+    if message_type == 3 && f.get("expires_after").is_some() {
+        body.push((4, u("expires_after")));
+    }
+    if message_type == 10 && f.get("expires_after").is_some() {
+        body.push((2, u("expires_after")));
     }
     if message_type == 33 && f.get("reply_to").is_some() {
         body.push((6, b("reply_to")));

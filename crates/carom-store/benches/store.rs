@@ -123,6 +123,7 @@ fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: 
                             body: text,
                             reply_to: None,
                             now: n,
+                            expires_after: None,
                         })?;
                         tx.append_event("message.received", "{\"bench\":true}", n)
                     })
@@ -141,6 +142,7 @@ fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: 
                             client_token: Some(format!("bench-{n}")),
                             payload: vec![0xAB; 120],
                             now: n,
+                            expires_after: None,
                         })?;
                         tx.append_event("message.queued", "{\"bench\":true}", n)
                     })
@@ -217,6 +219,7 @@ fn main() {
                             client_token: None,
                             payload: vec![0xCD; 120],
                             now: m,
+                            expires_after: None,
                         })?;
                     } else {
                         tx.store_incoming(&NewIncoming {
@@ -226,6 +229,7 @@ fn main() {
                             body: text,
                             reply_to: None,
                             now: m,
+                            expires_after: None,
                         })?;
                     }
                     if m % 10 == 5 {

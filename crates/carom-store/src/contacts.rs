@@ -33,7 +33,9 @@ macro_rules! contact_columns {
             $prefix,
             "updated_at, ",
             $prefix,
-            "last_seen"
+            "last_seen, ",
+            $prefix,
+            "timer"
         )
     };
 }
@@ -76,6 +78,7 @@ fn from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Contact> {
         created_at: get_u64(row, first + 9)?,
         updated_at: get_u64(row, first + 10)?,
         last_seen: get_opt_u64(row, first + 11)?,
+        timer: row.get(first + 12)?,
     })
 }
 
@@ -269,7 +272,7 @@ impl WriteTx<'_> {
         contact.last_seen = None;
         contact.updated_at = now;
         self.update_contact(&contact)?;
-        Ok(Some(Forgotten::KeptAsCoMember(contact)))
+        Ok(Some(Forgotten::KeptAsCoMember(Box::new(contact))))
     }
 
     /// Deletes a contact with its messages and outbox items; returns whether it existed.

@@ -85,6 +85,7 @@
 //!         body: "hello".into(),
 //!         reply_to: None,
 //!         now: 1_000,
+//!         expires_after: None,
 //!     })
 //! })?;
 //! // Committed: now, and only now, acknowledge it to the peer.
@@ -97,8 +98,11 @@
 #![forbid(unsafe_code)]
 
 mod contacts;
+mod ephemeral;
 mod err;
 mod events;
+#[cfg(any(test, feature = "forensic"))]
+pub mod forensic;
 mod fsutil;
 mod groups;
 mod identity;
@@ -112,6 +116,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use ephemeral::{Erased, TimerChange, TimerStamp, TimerStored};
 pub use err::{Error, ErrorKind, Result};
 pub use groups::{
     GroupDelivery, GroupMessage, GroupQueued, GroupReceived, GroupRecord, NewGroupChat,
@@ -120,8 +125,8 @@ pub use groups::{
 pub use keyfile::{DB_KEY_LEN, DbKey, KdfParams, KeyFile, Protection, StagedKeyFile};
 pub use model::{
     Contact, ContactState, DeliveryStatus, Direction, Event, Forgotten, GroupState, IdentityRecord,
-    Message, MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem, OutboxKind, PeerKind,
-    Queued, Received, UnixMillis,
+    Message, MessageKind, MessageStatus, NewContact, NewIncoming, NewOutgoing, OutboxItem,
+    OutboxKind, PeerKind, Queued, Received, UnixMillis,
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::{Store, StoreRead, WriteTx};

@@ -5,11 +5,11 @@ use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
 use crate::model::{
-    Direction, Message, MessageStatus, NewIncoming, NewOutgoing, OutboxKind, Queued, Received,
-    UnixMillis,
+    Direction, Message, MessageKind, MessageStatus, NewIncoming, NewOutgoing, OutboxKind, Queued,
+    Received, UnixMillis,
 };
 use crate::outbox;
-use crate::store::{Db, WriteTx, get_u64, to_sql_int};
+use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
 
 /// The columns [`from_row`] reads, each prefixed with `$prefix` (a table alias and a dot, or
 /// nothing).
@@ -39,7 +39,13 @@ macro_rules! message_columns {
             $prefix,
             "client_token, ",
             $prefix,
-            "status_at"
+            "status_at, ",
+            $prefix,
+            "kind, ",
+            $prefix,
+            "timer, ",
+            $prefix,
+            "expires_at"
         )
     };
 }
@@ -105,6 +111,9 @@ pub(crate) fn from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Message>
         failure: row.get(first + 9)?,
         client_token: row.get(first + 10)?,
         status_at: get_u64(row, first + 11)?,
+        kind: row.get(first + 12)?,
+        timer: row.get(first + 13)?,
+        expires_at: get_opt_u64(row, first + 14)?,
     })
 }
 
@@ -160,6 +169,11 @@ pub(crate) fn history(
         .at(db.path)
 }
 
+/// When a message stored at `now` under `timer` is erased.
+pub(crate) fn expiry(now: UnixMillis, timer: Option<u32>) -> Option<UnixMillis> {
+    timer.map(|seconds| now.saturating_add(u64::from(seconds) * 1000))
+}
+
 /// Names the missing contact when an insert's foreign key fails.
 fn contact_must_exist(error: Error) -> Error {
     if error.is_missing_reference() {
@@ -186,12 +200,17 @@ impl WriteTx<'_> {
         }
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
+        let expires_at = expiry(new.now, new.expires_after);
+        let expires_at_sql = expires_at
+            .map(|t| to_sql_int(t, "expires_at"))
+            .transpose()?;
         let row = db
             .conn
             .prepare_cached(
                 "INSERT INTO messages (contact_id, direction, msg_id, sent_at, stored_at, body,
-                     reply_to, status, failure, client_token, status_at)
-                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, 'queued', NULL, ?7, ?4)",
+                     reply_to, status, failure, client_token, status_at, kind, timer, expires_at)
+                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, 'queued', NULL, ?7, ?4, 'text',
+                     ?8, ?9)",
             )
             .and_then(|mut stmt| {
                 stmt.insert(rusqlite::params![
@@ -202,6 +221,8 @@ impl WriteTx<'_> {
                     new.body,
                     new.reply_to,
                     new.client_token,
+                    new.expires_after,
+                    expires_at_sql,
                 ])
             })
             .at(db.path)
@@ -235,6 +256,9 @@ impl WriteTx<'_> {
             failure: None,
             client_token: new.client_token.clone(),
             status_at: new.now,
+            kind: MessageKind::Text,
+            timer: new.expires_after,
+            expires_at,
         }))
     }
 
@@ -247,14 +271,19 @@ impl WriteTx<'_> {
         let db = self.db();
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
+        let expires_at = expiry(new.now, new.expires_after);
+        let expires_at_sql = expires_at
+            .map(|t| to_sql_int(t, "expires_at"))
+            .transpose()?;
         // The UNIQUE index messages_exactly_once decides; DO NOTHING leaves other constraint
         // failures (an unknown contact) as errors.
         let inserted = db
             .conn
             .prepare_cached(
                 "INSERT INTO messages (contact_id, direction, msg_id, sent_at, stored_at, body,
-                     reply_to, status, failure, client_token, status_at)
-                 VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, 'received', NULL, NULL, ?4)
+                     reply_to, status, failure, client_token, status_at, kind, timer, expires_at)
+                 VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, 'received', NULL, NULL, ?4, 'text',
+                     ?7, ?8)
                  ON CONFLICT (contact_id, direction, msg_id) DO NOTHING",
             )
             .and_then(|mut stmt| {
@@ -265,6 +294,8 @@ impl WriteTx<'_> {
                     now,
                     new.body,
                     new.reply_to,
+                    new.expires_after,
+                    expires_at_sql,
                 ])
             })
             .at(db.path)
@@ -287,6 +318,9 @@ impl WriteTx<'_> {
             failure: None,
             client_token: None,
             status_at: new.now,
+            kind: MessageKind::Text,
+            timer: new.expires_after,
+            expires_at,
         }))
     }
 

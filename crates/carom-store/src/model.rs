@@ -146,6 +146,22 @@ stored_enum! {
         GroupOperations => "group_operations",
         /// A group message (the item points at its group message row).
         GroupChat => "group_chat",
+        /// A delete for everyone of a chat we sent (protocol §7.3); no message row: the
+        /// message it withdraws is a tombstone by now.
+        Withdraw => "withdraw",
+    }
+}
+
+stored_enum! {
+    /// What a row of a conversation is.
+    MessageKind, "message kind" {
+        /// A chat message.
+        Text => "text",
+        /// A change of the conversation's disappearing-message timer (its `timer` is the new
+        /// setting; `None` for off).
+        Timer => "timer",
+        /// A message deleted for everyone: its body is erased, its place kept.
+        Deleted => "deleted",
     }
 }
 
@@ -240,6 +256,10 @@ pub struct Contact {
     pub updated_at: UnixMillis,
     /// When we last had a live session with them.
     pub last_seen: Option<UnixMillis>,
+    /// The conversation's disappearing-message timer, in seconds (`None`: off). Read-only
+    /// here: [`crate::WriteTx::update_contact`] leaves it alone; it changes only through
+    /// [`crate::WriteTx::queue_timer_change`] and [`crate::WriteTx::store_timer_change`].
+    pub timer: Option<u32>,
 }
 
 /// A contact to add.
@@ -288,6 +308,13 @@ pub struct Message {
     pub client_token: Option<String>,
     /// When `status` last changed.
     pub status_at: UnixMillis,
+    /// A chat, a timer change or a tombstone.
+    pub kind: MessageKind,
+    /// For a chat: the disappearing-message timer it was sent under (seconds). For a timer
+    /// change: the new setting (`None`: off).
+    pub timer: Option<u32>,
+    /// When the daemon erases it (ms since the Unix epoch); `None`: never by itself.
+    pub expires_at: Option<UnixMillis>,
 }
 
 /// An outgoing message to queue.
@@ -310,6 +337,9 @@ pub struct NewOutgoing {
     pub payload: Vec<u8>,
     /// Now: `stored_at`, `status_at` and the outbox item's first due time.
     pub now: UnixMillis,
+    /// The disappearing-message timer it is sent under (seconds): erased this long after
+    /// `now`.
+    pub expires_after: Option<u32>,
 }
 
 /// An incoming message to store.
@@ -327,6 +357,9 @@ pub struct NewIncoming {
     pub reply_to: Option<[u8; 16]>,
     /// Now: `stored_at` and `status_at`.
     pub now: UnixMillis,
+    /// The disappearing-message timer it was sent under (seconds): erased this long after
+    /// `now`.
+    pub expires_after: Option<u32>,
 }
 
 /// What [`crate::WriteTx::queue_outgoing`] did.
@@ -432,7 +465,7 @@ pub enum Forgotten {
     /// The row is gone, with everything that referred to it.
     Deleted,
     /// Group traffic still waits for them: the row stays, as a co-member's.
-    KeptAsCoMember(Contact),
+    KeptAsCoMember(Box<Contact>),
 }
 
 #[cfg(test)]
@@ -481,9 +514,12 @@ mod tests {
                 "contact_request",
                 "contact_response",
                 "group_operations",
-                "group_chat"
+                "group_chat",
+                "withdraw"
             ]
         );
+        let kinds: Vec<_> = MessageKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(kinds, ["text", "timer", "deleted"]);
         let states: Vec<_> = GroupState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(states, ["invited", "member", "declined", "left"]);
         let deliveries: Vec<_> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();

@@ -62,10 +62,78 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V5,
         rebuilds_referenced_table: true,
     },
+    Migration {
+        version: 6,
+        summary: "disappearing messages, timer changes and tombstones; withdrawals in the outbox",
+        sql: V6,
+        rebuilds_referenced_table: false,
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
+
+/// Ephemerality (protocol §7.3, docs/storage.md "Erasure").
+///
+/// A message row is now one of three kinds: `text` (a chat), `timer` (a change of the
+/// conversation's disappearing-message timer, `timer` holding the new setting, NULL for off)
+/// or `deleted` (a tombstone: the body erased by delete for everyone, the row kept so that
+/// both histories show where it was and a late copy is not stored again). A text row carries
+/// the timer it was sent under and, with one, the time it is erased at (`expires_at`, wall
+/// clock ms); the partial index finds the next one without a scan. Each conversation's timer
+/// and the change that set it (for the last-writer-wins rule of concurrent changes) live on
+/// its contact row. `erasure_clock` keeps the latest time erasure ran at, so that a clock set
+/// back while the daemon was stopped does not bring expired messages back to life.
+///
+/// The outbox is rebuilt (as in V4) for one more kind, `withdraw`: a delete for everyone,
+/// which lives only in the outbox like a contact request.
+const V6: &str = "
+ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text'
+    CHECK (kind IN ('text', 'timer', 'deleted'));
+ALTER TABLE messages ADD COLUMN timer INTEGER CHECK (timer IS NULL OR timer > 0);
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+CREATE INDEX messages_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
+
+ALTER TABLE contacts ADD COLUMN timer INTEGER CHECK (timer IS NULL OR timer > 0);
+ALTER TABLE contacts ADD COLUMN timer_set_at INTEGER;
+ALTER TABLE contacts ADD COLUMN timer_set_id BLOB
+    CHECK (timer_set_id IS NULL OR length(timer_set_id) = 16);
+
+CREATE TABLE erasure_clock (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    high_water INTEGER NOT NULL
+) STRICT;
+INSERT INTO erasure_clock (id, high_water) VALUES (1, 0);
+
+CREATE TABLE outbox_v6 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id       INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    kind             TEXT NOT NULL CHECK (kind IN ('chat', 'contact_request', 'contact_response',
+                                                   'group_operations', 'group_chat',
+                                                   'withdraw')),
+    message_id       INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+    group_message_id INTEGER REFERENCES group_messages(id) ON DELETE CASCADE,
+    payload          BLOB NOT NULL,
+    attempts         INTEGER NOT NULL CHECK (attempts >= 0),
+    next_attempt_at  INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    CHECK (group_message_id IS NULL OR kind = 'group_chat')
+) STRICT;
+INSERT INTO outbox_v6 (id, contact_id, kind, message_id, group_message_id, payload, attempts,
+                       next_attempt_at, created_at)
+    SELECT id, contact_id, kind, message_id, group_message_id, payload, attempts,
+           next_attempt_at, created_at
+    FROM outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v6';
+UPDATE sqlite_sequence SET name = 'outbox_v6' WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_v6 RENAME TO outbox;
+CREATE INDEX outbox_by_contact ON outbox (contact_id, id);
+CREATE INDEX outbox_by_message ON outbox (message_id);
+CREATE INDEX outbox_by_age ON outbox (created_at, id);
+CREATE INDEX outbox_by_group_message ON outbox (group_message_id)
+    WHERE group_message_id IS NOT NULL;
+";
 
 /// A row of `contacts` may now stand for a co-member who is not a contact (state
 /// `co_member`): someone we share a group with, whose row carries what their sessions need

@@ -15,7 +15,7 @@ use crate::keyfile::DbKey;
 use crate::model::{
     Contact, ContactState, Direction, Event, IdentityRecord, Message, OutboxItem, UnixMillis,
 };
-use crate::{contacts, events, groups, identity, messages, outbox, schema};
+use crate::{contacts, ephemeral, events, groups, identity, messages, outbox, schema};
 
 /// How long a write waits for another connection's lock before reporting [`Error::Busy`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,6 +232,28 @@ impl Store {
                 Err(error)
             }
         }
+    }
+
+    /// Moves everything in the WAL into the database file and truncates the WAL to nothing,
+    /// so that older copies of pages (the content erasure just overwrote, for one) no longer
+    /// exist in it. Waits (up to the busy timeout) for other connections' readers; fails with
+    /// [`Error::Busy`] if one still holds an old snapshot. A no-op for the RAM-only store.
+    pub fn checkpoint(&self) -> Result<()> {
+        let path = self.location.for_errors();
+        if matches!(self.location, Location::Memory) {
+            return Ok(());
+        }
+        // (busy, frames in the WAL, frames checkpointed); busy = 1: it could not finish.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .at(path)?;
+        if busy != 0 {
+            return Err(Error::Busy {
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks the whole database: SQLCipher's authentication of every page, then SQLite's
@@ -459,6 +481,16 @@ pub trait StoreRead: sealed::Connected {
     /// How far an outgoing group message got to each recipient.
     fn group_deliveries(&self, message_row: i64) -> Result<Vec<GroupDelivery>> {
         groups::deliveries(self.db(), message_row)
+    }
+
+    /// When the next message is due to be erased (wall clock, ms), if any is.
+    fn next_expiry(&self) -> Result<Option<UnixMillis>> {
+        ephemeral::next_expiry(self.db())
+    }
+
+    /// The latest time erasure ran at (wall clock, ms; 0 if it never did).
+    fn erasure_high_water(&self) -> Result<UnixMillis> {
+        ephemeral::erasure_high_water(self.db())
     }
 
     /// The contacts that have something in their outbox, by id (reads no payloads).

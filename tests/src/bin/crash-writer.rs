@@ -36,6 +36,7 @@ fn incoming(contact_id: i64, n: u64) -> NewIncoming {
         body: format!("incoming message {n}"),
         reply_to: None,
         now: n,
+        expires_after: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn outgoing(contact_id: i64, n: u64) -> NewOutgoing {
         client_token: Some(format!("token-{n}")),
         payload: format!("wire {n}").into_bytes(),
         now: n,
+        expires_after: None,
     }
 }
 

@@ -236,6 +236,7 @@ mod tests {
                 sent_at: 0,
                 body: "here".into(),
                 reply_to: None,
+                expires_after: None,
             });
             a.send(chat, now).expect("sent");
             settle(&mut a, &mut b, now);

@@ -280,6 +280,7 @@ mod tests {
             sent_at: 0,
             body: "x".repeat(crate::MAX_BODY_BYTES + 1),
             reply_to: None,
+            expires_after: None,
         })
         .encode();
         for plain in [future.into_writer(), broken.into_writer(), oversized] {
@@ -296,6 +297,7 @@ mod tests {
                 sent_at: 0,
                 body: "still here".into(),
                 reply_to: None,
+                expires_after: None,
             }),
             now,
         )

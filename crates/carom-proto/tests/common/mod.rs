@@ -70,6 +70,7 @@ pub fn chat(n: u8, body: &str) -> Message {
         sent_at: 1,
         body: body.into(),
         reply_to: None,
+        expires_after: None,
     })
 }
 

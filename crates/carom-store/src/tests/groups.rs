@@ -314,6 +314,7 @@ fn forgetting_a_contact_keeps_its_row_only_while_group_traffic_waits_for_it() {
                 client_token: None,
                 payload: b"chat".to_vec(),
                 now: 10,
+                expires_after: None,
             })?;
             Ok(())
         })

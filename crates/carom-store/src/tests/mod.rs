@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod damage;
+mod erasure;
 mod groups;
 mod migrations;
 mod ops;
@@ -86,6 +87,7 @@ pub(crate) fn incoming(contact_id: i64, n: u64, body: &str, now: u64) -> NewInco
         body: body.to_owned(),
         reply_to: None,
         now,
+        expires_after: None,
     }
 }
 
@@ -99,6 +101,7 @@ pub(crate) fn outgoing(contact_id: i64, n: u64, body: &str, now: u64) -> NewOutg
         client_token: Some(format!("token-{n}")),
         payload: format!("wire-{n}").into_bytes(),
         now,
+        expires_after: None,
     }
 }
 

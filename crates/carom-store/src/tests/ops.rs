@@ -170,6 +170,7 @@ fn contacts_are_inserted_read_updated_and_unique_by_identity() {
             created_at: 100,
             updated_at: 100,
             last_seen: None,
+            timer: None,
         }
     );
     assert_eq!(
