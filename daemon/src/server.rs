@@ -545,9 +545,10 @@ async fn dispatch(
         Request::MessageList(p) => reply::<m::MessageList>(engine!().history(p).await?),
         Request::MessageGet(p) => reply::<m::MessageGet>(engine!().message(p.id).await?),
         Request::MessageDelete(p) => {
-            engine!().delete_message(p.id).await?;
+            engine!().delete_message(p).await?;
             reply::<m::MessageDelete>(api::Empty {})
         }
+        Request::ContactSetTimer(p) => reply::<m::ContactSetTimer>(engine!().set_timer(p).await?),
         Request::GroupCreate(p) => reply::<m::GroupCreate>(engine!().group_create(p).await?),
         Request::GroupList(_) => reply::<m::GroupList>(engine!().group_list().await?),
         Request::GroupGet(p) => reply::<m::GroupGet>(engine!().group_get(&p).await?),

@@ -29,6 +29,16 @@ pub const CONTACT_UNREACHABLE: &str = "contact.unreachable";
 pub const MESSAGE_RECEIVED: &str = "message.received";
 /// A message's delivery state changed: [`StatusChanged`].
 pub const MESSAGE_STATUS: &str = "message.status";
+/// A conversation's disappearing-message timer changed (by either end): [`TimerChanged`].
+/// The change is also a conversation item (kind `timer`), announced by [`MESSAGE_RECEIVED`] or
+/// [`MESSAGE_STATUS`] like any message.
+pub const CONTACT_TIMER: &str = "contact.timer";
+/// A message was deleted for everyone (by us or by its sender), or here only: [`Deleted`].
+/// For everyone, its row stays as a tombstone (kind `deleted`, body empty).
+pub const MESSAGE_DELETED: &str = "message.deleted";
+/// Messages reached the end of their disappearing-message timer and were erased:
+/// [`Expired`]. Their rows are gone.
+pub const MESSAGE_EXPIRED: &str = "message.expired";
 /// We were invited to a group: [`GroupInvited`] (see it with `group.get`).
 pub const GROUP_INVITED: &str = "group.invited";
 /// A group's membership, name, policy or our standing in it changed: [`GroupRef`].
@@ -88,6 +98,12 @@ pub enum EventData {
     MessageReceived(MessageRef),
     /// [`MESSAGE_STATUS`].
     MessageStatus(StatusChanged),
+    /// [`CONTACT_TIMER`].
+    TimerChanged(TimerChanged),
+    /// [`MESSAGE_DELETED`].
+    Deleted(Deleted),
+    /// [`MESSAGE_EXPIRED`].
+    Expired(Expired),
     /// [`GROUP_INVITED`].
     GroupInvited(GroupInvited),
     /// [`GROUP_CHANGED`].
@@ -297,6 +313,42 @@ pub struct GroupDelivered {
     pub failure: Option<String>,
 }
 
+/// Data of [`CONTACT_TIMER`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerChanged {
+    /// The contact.
+    pub address: String,
+    /// The conversation's timer now, in seconds (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<u32>,
+    /// Who set it.
+    pub by: By,
+}
+
+/// Data of [`MESSAGE_DELETED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The message's local id.
+    pub id: i64,
+    /// The conversation.
+    pub contact: String,
+    /// Its protocol id (hex).
+    pub msg_id: String,
+    /// Deleted for everyone (a tombstone stays), or here only (the row is gone).
+    pub for_everyone: bool,
+    /// Who deleted it.
+    pub by: By,
+}
+
+/// Data of [`MESSAGE_EXPIRED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expired {
+    /// The conversation.
+    pub contact: String,
+    /// The erased messages' local ids.
+    pub ids: Vec<i64>,
+}
+
 /// Data of [`FRONTEND_ATTACHED`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attached {
@@ -336,6 +388,9 @@ impl EventData {
             EventData::Unreachable(_) => CONTACT_UNREACHABLE,
             EventData::MessageReceived(_) => MESSAGE_RECEIVED,
             EventData::MessageStatus(_) => MESSAGE_STATUS,
+            EventData::TimerChanged(_) => CONTACT_TIMER,
+            EventData::Deleted(_) => MESSAGE_DELETED,
+            EventData::Expired(_) => MESSAGE_EXPIRED,
             EventData::GroupInvited(_) => GROUP_INVITED,
             EventData::GroupChanged(_) => GROUP_CHANGED,
             EventData::GroupMessage(_) => GROUP_MESSAGE,
@@ -362,6 +417,9 @@ impl EventData {
             EventData::Unreachable(d) => value(d),
             EventData::MessageReceived(d) => value(d),
             EventData::MessageStatus(d) => value(d),
+            EventData::TimerChanged(d) => value(d),
+            EventData::Deleted(d) => value(d),
+            EventData::Expired(d) => value(d),
             EventData::GroupInvited(d) => value(d),
             EventData::GroupChanged(d) => value(d),
             EventData::GroupMessage(d) => value(d),
@@ -391,6 +449,9 @@ impl EventData {
             CONTACT_UNREACHABLE => typed(&data, EventData::Unreachable),
             MESSAGE_RECEIVED => typed(&data, EventData::MessageReceived),
             MESSAGE_STATUS => typed(&data, EventData::MessageStatus),
+            CONTACT_TIMER => typed(&data, EventData::TimerChanged),
+            MESSAGE_DELETED => typed(&data, EventData::Deleted),
+            MESSAGE_EXPIRED => typed(&data, EventData::Expired),
             GROUP_INVITED => typed(&data, EventData::GroupInvited),
             GROUP_CHANGED => typed(&data, EventData::GroupChanged),
             GROUP_MESSAGE => typed(&data, EventData::GroupMessage),
@@ -485,6 +546,20 @@ mod tests {
                 MESSAGE_STATUS,
                 json!({"id": 3, "contact": "a.onion", "msg_id": "00ff", "status": "failed",
                        "failure": "rejected: too large"}),
+            ),
+            (
+                CONTACT_TIMER,
+                json!({"address": "a.onion", "timer": 86400, "by": "them"}),
+            ),
+            (CONTACT_TIMER, json!({"address": "a.onion", "by": "us"})),
+            (
+                MESSAGE_DELETED,
+                json!({"id": 3, "contact": "a.onion", "msg_id": "00ff", "for_everyone": true,
+                       "by": "them"}),
+            ),
+            (
+                MESSAGE_EXPIRED,
+                json!({"contact": "a.onion", "ids": [3, 4]}),
             ),
             (
                 FRONTEND_ATTACHED,

@@ -343,6 +343,23 @@ pub struct Contact {
     /// When a session with them was last up (ms since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<u64>,
+    /// The conversation's disappearing-message timer in seconds (absent: off). Set by either
+    /// end with `contact.set_timer`; both ends show the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<u32>,
+}
+
+/// Longest disappearing-message timer, in seconds (four weeks).
+pub const MAX_TIMER_SECS: u32 = 28 * 24 * 3600;
+
+/// Parameters of `contact.set_timer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactSetTimer {
+    /// The contact's address.
+    pub address: String,
+    /// The new timer in seconds, 1 to [`MAX_TIMER_SECS`]; absent or `null`: off.
+    #[serde(default)]
+    pub timer: Option<u32>,
 }
 
 /// Parameters of `contact.add`.
@@ -442,6 +459,22 @@ pub enum MessageStatus {
     Unknown,
 }
 
+/// What a conversation item is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A chat message.
+    #[default]
+    Text,
+    /// A change of the disappearing-message timer; `timer` is the new setting (absent: off).
+    Timer,
+    /// A message deleted for everyone: the body is gone, its place kept.
+    Deleted,
+    /// A kind newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
 /// A message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -467,6 +500,16 @@ pub struct Message {
     /// The `msg_id` this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// A chat, a timer change, or a tombstone.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// For a chat: the disappearing-message timer it was sent under (seconds). For a timer
+    /// change: the new setting (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<u32>,
+    /// When the daemon erases it here (ms since the Unix epoch); absent: never by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// Parameters of `message.send`.
@@ -513,6 +556,17 @@ pub struct MessagePage {
 pub struct MessageIdParams {
     /// The local message id.
     pub id: i64,
+}
+
+/// Parameters of `message.delete`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDelete {
+    /// The local message id.
+    pub id: i64,
+    /// Also at the peer (only for a chat we sent): their daemon erases it and keeps a
+    /// tombstone, and so do we. Otherwise it is deleted here only.
+    #[serde(default)]
+    pub for_everyone: bool,
 }
 
 /// Parameters of `events.subscribe`.

@@ -4,13 +4,14 @@
 //! cannot forget a limit on a field it takes: each parameter type must implement it.
 
 use crate::{
-    AddressParams, ContactAdd, ContactRename, ContactRespond, Empty, ErrorKind, ErrorObject,
-    EventsSubscribe, GroupAccept, GroupCreate, GroupHistory, GroupInvite, GroupMemberParams,
-    GroupParams, GroupRename, GroupSend, GroupSetPolicy, GroupSetRole, MAX_ADDRESS_BYTES,
-    MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES,
-    MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES,
-    MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageIdParams, MessageList, MessageSend,
-    ProfileChangePassphrase, ProfileCreate, ProfileUnlock, SessionHello,
+    AddressParams, ContactAdd, ContactRename, ContactRespond, ContactSetTimer, Empty, ErrorKind,
+    ErrorObject, EventsSubscribe, GroupAccept, GroupCreate, GroupHistory, GroupInvite,
+    GroupMemberParams, GroupParams, GroupRename, GroupSend, GroupSetPolicy, GroupSetRole,
+    MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES,
+    MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES,
+    MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageDelete,
+    MessageIdParams, MessageList, MessageSend, ProfileChangePassphrase, ProfileCreate,
+    ProfileUnlock, SessionHello,
 };
 
 /// Parameters whose fields have documented limits.
@@ -124,6 +125,28 @@ impl CheckLimits for MessageList {
             ));
         }
         Ok(())
+    }
+}
+
+impl CheckLimits for MessageDelete {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        MessageIdParams { id: self.id }.check_limits()
+    }
+}
+
+impl CheckLimits for ContactSetTimer {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("address", &self.address, MAX_ADDRESS_BYTES)?;
+        match self.timer {
+            Some(t) if t == 0 || t > crate::MAX_TIMER_SECS => Err(ErrorObject::new(
+                ErrorKind::InvalidParams,
+                format!(
+                    "`timer` is {t} s; it must be 1 to {} s (four weeks), or null for off",
+                    crate::MAX_TIMER_SECS
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -119,6 +119,8 @@ methods! {
     ContactRename = "contact.rename" (crate::ContactRename) -> crate::Contact;
     /// Forget a contact and its history.
     ContactRemove = "contact.remove" (crate::AddressParams) -> crate::Empty;
+    /// Set (or turn off) the conversation's disappearing-message timer, at both ends.
+    ContactSetTimer = "contact.set_timer" (crate::ContactSetTimer) -> crate::Contact;
     /// Forget every unanswered contact request from strangers.
     ContactClearRequests = "contact.clear_requests" (crate::Empty) -> crate::Cleared;
     /// Queue a message (its status is `queued`).
@@ -127,8 +129,8 @@ methods! {
     MessageList = "message.list" (crate::MessageList) -> crate::MessagePage;
     /// One message.
     MessageGet = "message.get" (crate::MessageIdParams) -> crate::Message;
-    /// Delete one message locally.
-    MessageDelete = "message.delete" (crate::MessageIdParams) -> crate::Empty;
+    /// Delete one message here, or a chat we sent for everyone.
+    MessageDelete = "message.delete" (crate::MessageDelete) -> crate::Empty;
     /// Create a group; we are its first member and an admin.
     GroupCreate = "group.create" (crate::GroupCreate) -> crate::Group;
     /// Every group we hold (invitations included).
@@ -179,6 +181,7 @@ mod tests {
             }
             "contact.respond" => serde_json::json!({ "address": "x", "response": "accept" }),
             "contact.rename" => serde_json::json!({ "address": "x", "nickname": "y" }),
+            "contact.set_timer" => serde_json::json!({ "address": "x", "timer": 300 }),
             "message.send" => serde_json::json!({ "to": "x", "body": "y" }),
             "message.list" => serde_json::json!({ "with": "x" }),
             "message.get" | "message.delete" => serde_json::json!({ "id": 1 }),

@@ -599,6 +599,7 @@ fn build_large(data: &Path, contacts: usize, messages: usize) -> Result<Vec<Stri
                     reply_to: None,
                     now: k as u64,
                     expires_after: None,
+                    expires_from: None,
                 })?;
             }
             Ok(())

@@ -15,6 +15,8 @@ use clap::{Parser, Subcommand};
 ///   carom contact list               # see requests and contacts
 ///   carom send Bob "hello"
 ///   carom history Bob
+///   carom timer Bob 1d               # messages with Bob disappear a day after they arrive
+///   carom delete 42 --for-everyone   # take back message #42, at Bob's end too
 ///   carom watch                      # follow events live
 ///
 /// Contacts can be named by their nickname or by their onion address.
@@ -98,6 +100,30 @@ pub(crate) enum Command {
         /// Only messages older than this message id (for paging)
         #[arg(long)]
         before: Option<i64>,
+    },
+    /// Set how long messages with a contact last before both ends erase them
+    ///
+    /// The change is itself a message: both of you see it, and either can change it. Each
+    /// message keeps the timer it was sent under; each end erases it that long after it
+    /// stored it (the sender when sending, the recipient when it arrived), whether or not
+    /// anyone read it.
+    Timer {
+        /// The contact (nickname or address)
+        contact: String,
+        /// How long: e.g. 30s, 5m, 1h, 1d, 1w (at most 4w), or "off"
+        duration: String,
+    },
+    /// Delete a message (its id is in `carom history`)
+    ///
+    /// Here only by default. With --for-everyone (a message you sent), the contact's daemon
+    /// erases it too and keeps a "message deleted" in its place; if they are offline, it
+    /// happens when they are back. What they already read, or copied, cannot be taken back.
+    Delete {
+        /// The message's id
+        id: i64,
+        /// Also at the contact's end (only for a message you sent)
+        #[arg(long)]
+        for_everyone: bool,
     },
     /// Follow events live (messages, requests, presence, Tor)
     Watch {

@@ -97,6 +97,35 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             });
         }
         Command::Contact(command) => contact(&client, json, command).await?,
+        Command::Timer { contact, duration } => {
+            let timer = render::parse_timer(&duration)?;
+            let address = resolve(&client, &contact).await?;
+            let c = client
+                .set_timer(&address, timer)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &c, || match c.timer {
+                Some(t) => format!(
+                    "messages with {} now disappear {} after they are sent or arrive",
+                    render::name_of(&c),
+                    render::duration(t)
+                ),
+                None => format!("messages with {} no longer disappear", render::name_of(&c)),
+            });
+        }
+        Command::Delete { id, for_everyone } => {
+            client
+                .delete_message(id, for_everyone)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &api::Empty {}, || {
+                if for_everyone {
+                    format!("deleted #{id}; the contact's daemon erases it when it gets the word")
+                } else {
+                    format!("deleted #{id} here")
+                }
+            });
+        }
         Command::Group(command) => group(&client, json, command).await?,
         Command::Send { to, text, token } => {
             let address = resolve(&client, &to).await?;

@@ -59,9 +59,78 @@ pub(crate) fn state_name(s: api::ContactState) -> &'static str {
     }
 }
 
+/// A timer in words: "30 seconds", "1 day", "2 weeks".
+pub(crate) fn duration(seconds: u32) -> String {
+    const UNITS: [(u32, &str); 5] = [
+        (7 * 86_400, "week"),
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
+    for (size, name) in UNITS {
+        if seconds >= size && seconds.is_multiple_of(size) {
+            let n = seconds / size;
+            return format!("{n} {name}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{seconds} seconds")
+}
+
+/// `carom timer`'s duration: `off`, or a number with s, m, h, d or w (a bare number is
+/// seconds), 1 s to 4 weeks.
+pub(crate) fn parse_timer(text: &str) -> Result<Option<u32>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "cannot read {text:?} as a duration: use e.g. 30s, 5m, 1h, 1d, 1w, or off"
+            ));
+        }
+    };
+    let seconds = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|s| (1..=u64::from(api::MAX_TIMER_SECS)).contains(s))
+        .and_then(|s| u32::try_from(s).ok());
+    seconds.map(Some).ok_or_else(|| {
+        format!("{text:?} is not between 1 second and 4 weeks; use e.g. 1h, 1d, 1w, or off")
+    })
+}
+
 /// One message of a conversation.
 pub(crate) fn message_line(m: &api::Message, their_name: &str) -> String {
-    let (who, mark) = match m.direction {
+    let who_did = match m.direction {
+        api::Direction::In => their_name,
+        api::Direction::Out => "you",
+    };
+    match m.kind {
+        api::MessageKind::Timer => {
+            let what = match m.timer {
+                Some(t) => format!("set messages to disappear after {}", duration(t)),
+                None => "turned disappearing messages off".into(),
+            };
+            return format!("[{}] #{} {who_did} {what}", time_of_day(m.stored_at), m.id);
+        }
+        api::MessageKind::Deleted => {
+            return format!("[{}] #{} (message deleted)", time_of_day(m.stored_at), m.id);
+        }
+        api::MessageKind::Text | api::MessageKind::Unknown => {}
+    }
+    let (who, mut mark) = match m.direction {
         api::Direction::In => (their_name, String::new()),
         api::Direction::Out => (
             "me",
@@ -76,6 +145,9 @@ pub(crate) fn message_line(m: &api::Message, their_name: &str) -> String {
             },
         ),
     };
+    if let Some(at) = m.expires_at {
+        mark.push_str(&format!(" (disappears {})", time_of_day(at)));
+    }
     format!(
         "[{}] #{} {who}: {}{mark}",
         time_of_day(m.stored_at),
@@ -442,6 +514,40 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
             t.bootstrap_phase,
             t.service
         ),
+        EventData::TimerChanged(t) => {
+            let by = match t.by {
+                event::By::Us => "you".to_owned(),
+                event::By::Them | event::By::Unknown => name(&t.address),
+            };
+            match t.timer {
+                Some(secs) => format!(
+                    "{by} set messages with {} to disappear after {}",
+                    name(&t.address),
+                    duration(secs)
+                ),
+                None => format!(
+                    "{by} turned disappearing messages with {} off",
+                    name(&t.address)
+                ),
+            }
+        }
+        EventData::Deleted(d) => match (d.for_everyone, d.by) {
+            (true, event::By::Them) => {
+                format!(
+                    "{} deleted message #{} for everyone",
+                    name(&d.contact),
+                    d.id
+                )
+            }
+            (true, _) => format!("you deleted message #{} for everyone", d.id),
+            (false, _) => format!("message #{} deleted here", d.id),
+        },
+        EventData::Expired(e) => format!(
+            "{} message{} with {} disappeared",
+            e.ids.len(),
+            if e.ids.len() == 1 { "" } else { "s" },
+            name(&e.contact)
+        ),
         EventData::GroupInvited(g) => format!(
             "{} invited you to the group \"{}\" — `carom group show {}`, then `carom group accept {}`",
             name(&g.inviter),
@@ -609,6 +715,7 @@ mod tests {
             online: false,
             created_at: 0,
             last_seen: None,
+            timer: None,
         }
     }
 
@@ -624,6 +731,9 @@ mod tests {
             status,
             failure: (status == api::MessageStatus::Failed).then(|| "rejected: too large".into()),
             reply_to: None,
+            kind: api::MessageKind::Text,
+            timer: None,
+            expires_at: None,
         }
     }
 
@@ -840,5 +950,53 @@ mod tests {
         assert_eq!(hint(Some(api::ErrorKind::Locked)), " (run `carom unlock`)");
         assert_eq!(hint(Some(api::ErrorKind::NotFound)), "");
         assert_eq!(hint(None), "");
+    }
+
+    #[test]
+    fn timers_are_read_and_shown_in_words() {
+        assert_eq!(parse_timer("off"), Ok(None));
+        assert_eq!(parse_timer("30s"), Ok(Some(30)));
+        assert_eq!(parse_timer("90"), Ok(Some(90)));
+        assert_eq!(parse_timer("5m"), Ok(Some(300)));
+        assert_eq!(parse_timer("1h"), Ok(Some(3_600)));
+        assert_eq!(parse_timer("1d"), Ok(Some(86_400)));
+        assert_eq!(parse_timer("4w"), Ok(Some(api::MAX_TIMER_SECS)));
+        for bad in ["0", "5w", "1y", "", "h", "99999999999999999999d"] {
+            assert!(parse_timer(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(duration(1), "1 second");
+        assert_eq!(duration(300), "5 minutes");
+        assert_eq!(duration(86_400), "1 day");
+        assert_eq!(duration(14 * 86_400), "2 weeks");
+        assert_eq!(duration(90), "90 seconds");
+    }
+
+    #[test]
+    fn timer_changes_tombstones_and_disappearing_messages_read_as_such() {
+        let mut change = message(api::Direction::In, api::MessageStatus::Received);
+        change.kind = api::MessageKind::Timer;
+        change.body = String::new();
+        change.timer = Some(86_400);
+        assert_eq!(
+            message_line(&change, "Bob"),
+            "[13:05 UTC] #7 Bob set messages to disappear after 1 day"
+        );
+        change.timer = None;
+        change.direction = api::Direction::Out;
+        assert_eq!(
+            message_line(&change, "Bob"),
+            "[13:05 UTC] #7 you turned disappearing messages off"
+        );
+        let mut gone = message(api::Direction::In, api::MessageStatus::Received);
+        gone.kind = api::MessageKind::Deleted;
+        gone.body = String::new();
+        assert_eq!(
+            message_line(&gone, "Bob"),
+            "[13:05 UTC] #7 (message deleted)"
+        );
+        let mut brief = message(api::Direction::In, api::MessageStatus::Received);
+        brief.timer = Some(3_600);
+        brief.expires_at = Some((14 * 3600 + 5 * 60) * 1000);
+        assert!(message_line(&brief, "Bob").ends_with("(disappears 14:05 UTC)"));
     }
 }

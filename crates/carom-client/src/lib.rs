@@ -369,11 +369,25 @@ impl Client {
             .await
     }
 
-    /// `message.delete`.
-    pub async fn delete_message(&self, id: i64) -> Result<(), ClientError> {
-        self.call::<m::MessageDelete>(&api::MessageIdParams { id })
+    /// `message.delete`: here only, or (`for_everyone`, a chat we sent) at both ends.
+    pub async fn delete_message(&self, id: i64, for_everyone: bool) -> Result<(), ClientError> {
+        self.call::<m::MessageDelete>(&api::MessageDelete { id, for_everyone })
             .await
             .map(drop)
+    }
+
+    /// `contact.set_timer`: the conversation's disappearing-message timer in seconds, or
+    /// `None` for off.
+    pub async fn set_timer(
+        &self,
+        address: &str,
+        timer: Option<u32>,
+    ) -> Result<api::Contact, ClientError> {
+        let params = api::ContactSetTimer {
+            address: address.to_owned(),
+            timer,
+        };
+        self.call::<m::ContactSetTimer>(&params).await
     }
 
     /// `events.subscribe`; then read events with [`Self::next_event`].

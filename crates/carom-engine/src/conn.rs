@@ -14,7 +14,8 @@ use std::time::Duration;
 use carom_proto::SendError;
 use carom_proto::{Ack, CloseReason, Event, Message, MessageId, OnionAddress, Phase, Session};
 use carom_store::{
-    ContactState, Direction, MessageStatus, NewIncoming, OutboxItem, OutboxKind, StoreRead, WriteTx,
+    ContactState, Direction, MessageStatus, NewIncoming, OutboxItem, OutboxKind, StoreRead,
+    TimerChange, TimerStamp, WriteTx,
 };
 use rand_core::OsRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -648,7 +649,9 @@ where
         let mut chats = Vec::new();
         for message in messages {
             match message {
-                Message::Chat(chat) => chats.push(chat),
+                Message::Chat(chat) => chats.push(Item::Chat(chat)),
+                Message::SetTimer(change) => chats.push(Item::Timer(change)),
+                Message::Withdraw(withdrawal) => chats.push(Item::Withdraw(withdrawal)),
                 Message::Ack(ack) => {
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
                     self.acknowledged(peer, ack.ids).await?;
@@ -693,12 +696,9 @@ where
         self.store_chats(peer, chats).await
     }
 
-    /// Commit chats from an accepted contact, then acknowledge them (duplicates too).
-    async fn store_chats(
-        &mut self,
-        peer: OnionAddress,
-        chats: Vec<carom_proto::Chat>,
-    ) -> Result<()> {
+    /// Commit conversation items (chats, timer changes, withdrawals) from an accepted
+    /// contact, then acknowledge them (duplicates too).
+    async fn store_chats(&mut self, peer: OnionAddress, chats: Vec<Item>) -> Result<()> {
         if chats.is_empty() {
             return Ok(());
         }
@@ -711,9 +711,10 @@ where
             return Ok(());
         };
         let now = unix_ms();
+        let erasure_now = self.shared.erasure_now();
         let shared = Arc::clone(&self.shared);
         let clock = view::monotonic();
-        let (stored, refused, charged) = self
+        let (stored, refused, charged, after) = self
             .shared
             .store
             .write(move |tx| {
@@ -726,14 +727,15 @@ where
                     Some(ContactState::CoMember) | None => {
                         let refused = chats
                             .iter()
-                            .map(|c| (c.id, carom_proto::reject::NOT_A_CONTACT))
+                            .map(|c| (c.id(), carom_proto::reject::NOT_A_CONTACT))
                             .collect();
-                        return Ok((Vec::new(), refused, 0.0));
+                        return Ok((Vec::new(), refused, 0.0, Stored::default()));
                     }
                     // A relationship on its way (a request, an answer): they learn their
                     // standing from it, and may send again once accepted.
-                    Some(_) => return Ok((Vec::new(), Vec::new(), 0.0)),
+                    Some(_) => return Ok((Vec::new(), Vec::new(), 0.0, Stored::default())),
                 }
+                let mut after = Stored::default();
                 let mut ids = Vec::with_capacity(chats.len());
                 let mut refused = Vec::new();
                 // Decided against an allowance, charged only once this commits: a rolled-back
@@ -743,42 +745,102 @@ where
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .allowance(contact_id, clock);
-                for chat in &chats {
+                for item in &chats {
+                    if let Item::Withdraw(w) = item {
+                        // Idempotent by itself (a second one finds a tombstone); charged as a
+                        // row, since one for a message we never had leaves a tombstone.
+                        if !allowance.admit(TOMBSTONE_COST) {
+                            refused.push((w.id, carom_proto::reject::OVER_QUOTA));
+                            continue;
+                        }
+                        let (tombstone, erased) =
+                            tx.withdraw_incoming(contact_id, &w.target.0, now)?;
+                        // Frontends that showed it learn it is gone; one for a message we never
+                        // had (or a repeated withdrawal) changes nothing they show.
+                        if erased {
+                            let event = EventData::Deleted(event::Deleted {
+                                id: tombstone.row,
+                                contact: peer.to_string(),
+                                msg_id: hex::encode(tombstone.msg_id),
+                                for_everyone: true,
+                                by: By::Them,
+                            });
+                            append(tx, &event, now)?;
+                        }
+                        after.erased |= erased;
+                        ids.push(w.id);
+                        continue;
+                    }
                     // A copy we already have is acknowledged again, whatever the quota: the
                     // sender only missed our first acknowledgement.
                     let known = tx
-                        .message_by_id(contact_id, Direction::Incoming, &chat.id.0)?
+                        .message_by_id(contact_id, Direction::Incoming, &item.id().0)?
                         .is_some();
                     if !known {
                         // (A body over its limit never gets here: the decoder refuses it.)
-                        if !allowance.admit(chat.body.len()) {
-                            refused.push((chat.id, carom_proto::reject::OVER_QUOTA));
+                        if !allowance.admit(item.cost()) {
+                            refused.push((item.id(), carom_proto::reject::OVER_QUOTA));
                             continue;
                         }
                     }
-                    let received = tx.store_incoming(&NewIncoming {
-                        contact_id,
-                        msg_id: chat.id.0,
-                        sent_at: chat.sent_at,
-                        body: chat.body.clone(),
-                        reply_to: chat.reply_to.map(|r| r.0),
-                        now,
-                        expires_after: None,
-                    })?;
-                    if received.is_new() {
-                        let m = received.message();
+                    let (message, new) = match item {
+                        Item::Chat(chat) => {
+                            let received = tx.store_incoming(&NewIncoming {
+                                contact_id,
+                                msg_id: chat.id.0,
+                                sent_at: chat.sent_at,
+                                body: chat.body.clone(),
+                                reply_to: chat.reply_to.map(|r| r.0),
+                                now,
+                                expires_after: chat.expires_after,
+                                expires_from: Some(erasure_now),
+                            })?;
+                            let new = received.is_new();
+                            (received.into_message(), new)
+                        }
+                        Item::Timer(change) => {
+                            let stored = tx.store_timer_change(&TimerChange {
+                                contact_id,
+                                stamp: TimerStamp {
+                                    sent_at: change.sent_at,
+                                    id: change.id.0,
+                                },
+                                timer: change.expires_after,
+                                now,
+                            })?;
+                            if stored.applied {
+                                let event = EventData::TimerChanged(event::TimerChanged {
+                                    address: peer.to_string(),
+                                    timer: change.expires_after,
+                                    by: By::Them,
+                                });
+                                append(tx, &event, now)?;
+                            }
+                            (stored.message, stored.new)
+                        }
+                        // Handled before the quota check above.
+                        Item::Withdraw(_) => continue,
+                    };
+                    if new {
                         let event = EventData::MessageReceived(event::MessageRef {
-                            id: m.row,
+                            id: message.row,
                             contact: peer.to_string(),
-                            msg_id: hex::encode(m.msg_id),
+                            msg_id: hex::encode(message.msg_id),
                         });
                         append(tx, &event, now)?;
+                        if let Some(at) = message.expires_at {
+                            after.next_expiry = Some(after.next_expiry.map_or(at, |n| n.min(at)));
+                        }
                     }
-                    ids.push(chat.id);
+                    ids.push(item.id());
                 }
-                Ok((ids, refused, allowance.charged()))
+                Ok((ids, refused, allowance.charged(), after))
             })
             .await?;
+        self.shared.expiring(after.next_expiry);
+        if after.erased {
+            self.shared.erased();
+        }
         self.shared
             .quota
             .lock()
@@ -809,12 +871,12 @@ where
     }
 
     /// Refuse every one of `chats` for `reason`, without looking at them.
-    fn refuse_chats(&mut self, chats: &[carom_proto::Chat], reason: u32) {
+    fn refuse_chats(&mut self, chats: &[Item], reason: u32) {
         let now = view::monotonic();
         for chat in chats {
             let _ = self.session.send(
                 Message::Reject(carom_proto::Reject {
-                    ids: vec![chat.id],
+                    ids: vec![chat.id()],
                     reason,
                     text: None,
                 }),
@@ -971,6 +1033,7 @@ where
                 Message::ContactResponse(r) => Some(r.id),
                 Message::GroupOperations(g) => Some(g.id),
                 Message::GroupChat(c) => Some(c.id),
+                Message::Withdraw(w) => Some(w.id),
                 _ => None,
             };
             match self.session.send(message, view::monotonic()) {
@@ -1019,6 +1082,42 @@ where
 }
 
 /// Several "deliver" nudges in a row ask for the same thing once; a close wins.
+/// A conversation item from a contact: stored in order, acknowledged by its id.
+enum Item {
+    Chat(carom_proto::Chat),
+    Timer(carom_proto::SetTimer),
+    Withdraw(carom_proto::Withdraw),
+}
+
+/// What storing conversation items leaves to do once they are committed.
+#[derive(Default)]
+struct Stored {
+    /// The earliest time one of them is erased at.
+    next_expiry: Option<u64>,
+    /// A withdrawal erased a body.
+    erased: bool,
+}
+
+/// What a timer change or a tombstone costs of a contact's daily allowance: about a row.
+const TOMBSTONE_COST: usize = 64;
+
+impl Item {
+    fn id(&self) -> MessageId {
+        match self {
+            Item::Chat(c) => c.id,
+            Item::Timer(t) => t.id,
+            Item::Withdraw(w) => w.id,
+        }
+    }
+
+    fn cost(&self) -> usize {
+        match self {
+            Item::Chat(c) => c.body.len(),
+            Item::Timer(_) | Item::Withdraw(_) => TOMBSTONE_COST,
+        }
+    }
+}
+
 fn coalesce(
     first: Option<ConnCmd>,
     rest: &mut mpsc::UnboundedReceiver<ConnCmd>,

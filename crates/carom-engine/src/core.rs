@@ -113,6 +113,7 @@ enum Written {
     GroupMessage(Option<i64>),
     Request { id: i64, displaced: Forgotten },
     Forgotten(Forgotten),
+    Erased { count: usize, next: Option<u64> },
 }
 
 /// The time, read once per input.
@@ -169,18 +170,22 @@ impl<T: Transport> Core<T> {
                 for g in s.groups()? {
                     groups.push((GroupId(g.group_id), g.state, s.group_operations(g.row)?));
                 }
-                Ok((contacts, s.outbox_contacts()?, groups))
+                let erasure = (s.next_expiry()?, s.erasure_high_water()?);
+                Ok((contacts, s.outbox_contacts()?, groups, erasure))
             })
             .await;
-        let (contacts, queued, groups) = known.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the contacts; starting with none");
-            Default::default()
-        });
+        let (contacts, queued, groups, (next_expiry, erasure_high_water)) =
+            known.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the contacts; starting with none");
+                Default::default()
+            });
         self.machine.handle(
             Input::Loaded {
                 contacts,
                 queued,
                 groups,
+                next_expiry,
+                erasure_high_water,
             },
             now(),
         );
@@ -373,6 +378,10 @@ impl<T: Transport> Core<T> {
                 Effect::Online(peer, online) => self.shared.set_online(peer, online),
                 Effect::Store(op) => {
                     let peer = op_peer(&op);
+                    let erasing = match op {
+                        StoreOp::EraseExpired { up_to, .. } => Some(up_to),
+                        _ => None,
+                    };
                     let written = self.write(op);
                     let shared = Arc::clone(&self.shared);
                     tokio::spawn(async move {
@@ -382,14 +391,39 @@ impl<T: Transport> Core<T> {
                                     .core
                                     .send(CoreMsg::Result(Input::Forgotten { peers }));
                             }
+                            Ok(Written::Erased { count, next }) => {
+                                let erased = Input::ExpiredErased {
+                                    up_to: erasing.unwrap_or_default(),
+                                    outcome: Some((count, next)),
+                                };
+                                let _ = shared.core.send(CoreMsg::Result(erased));
+                            }
                             Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "a write of the core failed");
+                                if let Some(up_to) = erasing {
+                                    let failed = Input::ExpiredErased {
+                                        up_to,
+                                        outcome: None,
+                                    };
+                                    let _ = shared.core.send(CoreMsg::Result(failed));
+                                }
                                 if let Some(peer) = peer {
                                     reload(&shared, peer).await;
                                 }
                             }
                         }
+                    });
+                }
+                Effect::Checkpoint => {
+                    let checkpoint = self.shared.store.read(|s| Ok(s.checkpoint()?));
+                    self.feed_back(async move {
+                        if let Err(e) = checkpoint.await {
+                            // The WAL keeps older copies of erased pages until a checkpoint
+                            // gets through; the next erasure or delete asks again.
+                            tracing::warn!(error = %e, "the checkpoint after an erasure failed");
+                        }
+                        Input::Checkpointed
                     });
                 }
                 Effect::CheckOutbox(peer) => {
@@ -593,6 +627,15 @@ impl<T: Transport> Core<T> {
                 let written = store.write(move |tx| group_write(tx, &write));
                 boxed(async move { written.await.map(Written::GroupMessage) })
             }
+            StoreOp::EraseExpired { up_to, limit } => {
+                let written = store.write(move |tx| erase_expired(tx, up_to, limit));
+                boxed(async move {
+                    written.await.map(|e| Written::Erased {
+                        count: e.messages.len(),
+                        next: e.next,
+                    })
+                })
+            }
             StoreOp::Housekeeping {
                 expired,
                 retention,
@@ -655,7 +698,10 @@ fn op_peer(op: &StoreOp) -> Option<OnionAddress> {
         | StoreOp::Presence { peer, .. }
         | StoreOp::StoreRequest { peer, .. }
         | StoreOp::PeerStep { peer, .. } => Some(*peer),
-        StoreOp::Event(_) | StoreOp::Housekeeping { .. } | StoreOp::Group(_) => None,
+        StoreOp::Event(_)
+        | StoreOp::Housekeeping { .. }
+        | StoreOp::Group(_)
+        | StoreOp::EraseExpired { .. } => None,
     }
 }
 
@@ -738,6 +784,35 @@ fn store_request(
         append(tx, &event, now)?;
     }
     Ok((id, dropped))
+}
+
+/// Erase at most `limit` messages due by `up_to`, and tell the frontends (one event per
+/// conversation). Used by the core's erasure schedule and at start, before anything is served.
+pub(crate) fn erase_expired(
+    tx: &WriteTx<'_>,
+    up_to: u64,
+    limit: u32,
+) -> Result<carom_store::Erased> {
+    let erased = tx.erase_expired(up_to, limit)?;
+    let mut by_contact: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for &(contact, row) in &erased.messages {
+        by_contact.entry(contact).or_default().push(row);
+    }
+    let now = unix_ms();
+    for (contact, ids) in by_contact {
+        let Some(c) = tx.contact(contact)? else {
+            continue;
+        };
+        let event = EventData::Expired(event::Expired {
+            contact: address_of(&c.identity)?.to_string(),
+            ids,
+        });
+        append(tx, &event, now)?;
+    }
+    if !erased.messages.is_empty() {
+        tracing::debug!(count = erased.messages.len(), "erased expired messages");
+    }
+    Ok(erased)
 }
 
 /// Fail the expired outbox items, prune the event log, forget old rejections; returns the

@@ -28,6 +28,7 @@ mod config;
 mod conn;
 mod contact;
 mod core;
+mod erasure;
 mod err;
 mod groups;
 mod limits;
@@ -45,11 +46,11 @@ use std::time::Duration;
 use carom_api as api;
 use carom_proto::{
     Chat, ContactRequest, DeviceCertificate, DeviceKey, IdentityKey, Message, MessageId,
-    OnionAddress, SessionConfig,
+    OnionAddress, SessionConfig, SetTimer, Withdraw,
 };
 use carom_store::{
     ContactState, Direction, IdentityRecord, MessageStatus, NewContact, NewOutgoing, Queued, Store,
-    StoreRead,
+    StoreRead, TimerChange, TimerStamp,
 };
 use carom_tor::{Transport, TransportStatus};
 use rand_core::OsRng;
@@ -69,6 +70,7 @@ use crate::store_actor::StoreHandle;
 pub use crate::store_actor::{POISON_AFTER_WRITES_VAR, SLOW_WRITES_VAR};
 use crate::view::{address_of, unix_ms, unix_secs};
 use api::event::{By, RemovalReason};
+use api::{EventData, event};
 use carom_group::{GroupId, OpId, Role};
 
 /// A profile's keys: the identity (onion service key) and this device's certified Noise key.
@@ -88,6 +90,33 @@ impl std::fmt::Debug for Profile {
             .field("address", &self.identity.address())
             .finish_non_exhaustive()
     }
+}
+
+/// **Tests in virtual time only** (`Engine::start_in_virtual_time`): set the engines' wall
+/// clock on this thread `delta_ms` forward or back, as someone changing the system clock
+/// would; their monotonic clock (every timer) does not move.
+pub fn shift_virtual_wall_clock(delta_ms: i64) {
+    view::shift_virtual_wall_clock(delta_ms);
+}
+
+/// Erase every message that expired while the daemon was stopped (by the wall clock, or by
+/// the latest time erasure had reached if the clock now reads earlier), then checkpoint.
+/// Returns the time it erased up to: the erasure clock's floor.
+fn erase_due_at_start(store: &mut Store) -> Result<u64> {
+    let up_to = unix_ms().max(store.erasure_high_water()?);
+    let mut total = 0;
+    loop {
+        let erased = store.write_with(|tx| core::erase_expired(tx, up_to, erasure::BATCH))?;
+        total += erased.messages.len();
+        if erased.next.is_none_or(|next| next > up_to) {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::info!(count = total, "erased messages that expired while stopped");
+        store.checkpoint()?;
+    }
+    Ok(up_to)
 }
 
 /// Create a new identity and device key in an empty store.
@@ -171,6 +200,8 @@ pub(crate) struct Shared {
         Mutex<std::collections::VecDeque<(ConnId, mpsc::UnboundedSender<conn::ConnCmd>)>>,
     /// What each contact may still make us store today.
     pub(crate) quota: Mutex<limits::IncomingQuota>,
+    /// The erasure clock messages are stamped with (see `erasure.rs`).
+    pub(crate) erasure_clock: Mutex<erasure::Clock>,
 }
 
 /// Traffic counters, updated by the connections.
@@ -231,6 +262,35 @@ impl Shared {
             .contains(peer)
     }
 
+    /// The erasure clock now (ms): the time a disappearing timer runs from. The wall clock,
+    /// unless it was set back (see `erasure.rs`).
+    pub(crate) fn erasure_now(&self) -> u64 {
+        let now = machine::Now {
+            at: view::monotonic(),
+            wall_ms: unix_ms(),
+        };
+        self.erasure_clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(now)
+    }
+
+    /// A message that disappears at `at` (erasure clock, ms) was stored: the core's erasure
+    /// timer must be due by then.
+    pub(crate) fn expiring(&self, at: Option<u64>) {
+        if let Some(at) = at {
+            let _ = self
+                .core
+                .send(CoreMsg::Result(machine::Input::Expiring { at }));
+        }
+    }
+
+    /// A body was erased outside the core's own erasure (a delete, a withdrawal): the WAL
+    /// still holds its older page until the core's next checkpoint, which this asks for.
+    pub(crate) fn erased(&self) {
+        let _ = self.core.send(CoreMsg::Result(machine::Input::Erased));
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -269,13 +329,23 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Start the engine on `store` (holding `profile`) and `transport` (running with
     /// `profile.identity`'s key).
+    ///
+    /// Messages whose disappearing timer ran out while the daemon was stopped are erased
+    /// first, before anything is served.
     pub fn start<T: Transport>(
-        store: Store,
+        mut store: Store,
         profile: &Profile,
         transport: T,
         config: EngineConfig,
     ) -> Result<Engine> {
-        Engine::launch(StoreHandle::spawn(store)?, profile, transport, config)
+        let erasure_floor = erase_due_at_start(&mut store)?;
+        Engine::launch(
+            StoreHandle::spawn(store)?,
+            profile,
+            transport,
+            config,
+            erasure_floor,
+        )
     }
 
     /// Start the engine for a test in virtual time: on a current-thread runtime whose clock is
@@ -284,13 +354,20 @@ impl Engine {
     /// on the engine's wall clock on this thread moves with the virtual one. **Tests only**:
     /// every fsync stalls every task, and writes are not group-committed.
     pub fn start_in_virtual_time<T: Transport>(
-        store: Store,
+        mut store: Store,
         profile: &Profile,
         transport: T,
         config: EngineConfig,
     ) -> Result<Engine> {
         view::follow_the_virtual_clock();
-        Engine::launch(StoreHandle::inline(store)?, profile, transport, config)
+        let erasure_floor = erase_due_at_start(&mut store)?;
+        Engine::launch(
+            StoreHandle::inline(store)?,
+            profile,
+            transport,
+            config,
+            erasure_floor,
+        )
     }
 
     fn launch<T: Transport>(
@@ -298,6 +375,7 @@ impl Engine {
         profile: &Profile,
         transport: T,
         config: EngineConfig,
+        erasure_floor: u64,
     ) -> Result<Engine> {
         let mut session_config = SessionConfig::new(
             profile.identity.clone(),
@@ -317,6 +395,13 @@ impl Engine {
             counters: Counters::default(),
             preauth: Mutex::default(),
             quota: Mutex::new(limits::IncomingQuota::new(config.incoming_bytes_per_day)),
+            erasure_clock: Mutex::new(erasure::Clock::new(
+                machine::Now {
+                    at: view::monotonic(),
+                    wall_ms: unix_ms(),
+                },
+                erasure_floor,
+            )),
         });
         let transport = Arc::new(transport);
         let status = transport.status();
@@ -639,6 +724,7 @@ impl Engine {
             .transpose()?;
         let key = peer.public_key();
         let msg_id = MessageId::random(&mut OsRng);
+        let erasure_now = self.shared.erasure_now();
         let message = self
             .shared
             .store
@@ -651,11 +737,13 @@ impl Engine {
                     )));
                 }
                 let now = unix_ms();
+                // The conversation's timer as it is now: the message carries it for good.
                 let payload = Message::Chat(Chat {
                     id: msg_id,
                     sent_at: now,
                     body: request.body.clone(),
                     reply_to: reply_to.map(MessageId),
+                    expires_after: c.timer,
                 })
                 .encode();
                 let queued = tx.queue_outgoing(&NewOutgoing {
@@ -667,7 +755,8 @@ impl Engine {
                     client_token: request.client_token.clone(),
                     payload,
                     now,
-                    expires_after: None,
+                    expires_after: c.timer,
+                    expires_from: Some(erasure_now),
                 })?;
                 if let Queued::New(m) = &queued {
                     append(tx, &view::status_event(m, &peer), now)?;
@@ -676,7 +765,61 @@ impl Engine {
             })
             .await?;
         let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
+        self.shared.expiring(message.expires_at);
         Ok(view::message(&message, &peer))
+    }
+
+    /// `contact.set_timer`: change the conversation's disappearing-message timer here at
+    /// once, and tell the peer (a conversation item both histories show). Messages sent from
+    /// now on carry the new timer; those already sent keep theirs.
+    pub async fn set_timer(&self, request: api::ContactSetTimer) -> Result<api::Contact> {
+        let peer = self.parse(&request.address)?;
+        let key = peer.public_key();
+        let id = MessageId::random(&mut OsRng);
+        let timer = request.timer;
+        let contact = self
+            .shared
+            .store
+            .write(move |tx| {
+                let c = a_contact(tx.contact_by_identity(&key)?)?;
+                if c.state != ContactState::Accepted {
+                    return Err(EngineError::InvalidState(format!(
+                        "a timer is set with an accepted contact; this one is {}",
+                        c.state.as_str()
+                    )));
+                }
+                let now = unix_ms();
+                // Newer than the change in force even if the peer's clock is ahead of ours:
+                // otherwise the peer would keep its older change and the ends would disagree.
+                let sent_at = match tx.timer_stamp(c.id)? {
+                    Some(in_force) => now.max(in_force.sent_at.saturating_add(1)),
+                    None => now,
+                };
+                let payload = Message::SetTimer(SetTimer {
+                    id,
+                    sent_at,
+                    expires_after: timer,
+                })
+                .encode();
+                let change = TimerChange {
+                    contact_id: c.id,
+                    stamp: TimerStamp { sent_at, id: id.0 },
+                    timer,
+                    now,
+                };
+                let item = tx.queue_timer_change(&change, &payload)?;
+                append(tx, &view::status_event(&item, &peer), now)?;
+                let event = EventData::TimerChanged(event::TimerChanged {
+                    address: peer.to_string(),
+                    timer,
+                    by: By::Us,
+                });
+                append(tx, &event, now)?;
+                a_contact(tx.contact(c.id)?)
+            })
+            .await?;
+        let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
+        view::contact(&contact, self.shared.is_online(&peer))
     }
 
     /// `message.list`: a page of a conversation, newest first.
@@ -940,29 +1083,67 @@ impl Engine {
         Ok(view::message(&m, &address_of(&identity)?))
     }
 
-    /// `message.delete`: delete one message here (not at the peer).
-    pub async fn delete_message(&self, id: i64) -> Result<()> {
-        self.shared
+    /// `message.delete`: delete one message here, or (`for_everyone`, for a chat we sent)
+    /// at both ends: ours becomes a tombstone at once, and a withdrawal is queued for the
+    /// peer, whose daemon does the same when it arrives (at once if they are online, when
+    /// they are back otherwise). Either way the body is then erased from the database file and
+    /// its WAL (a checkpoint follows).
+    pub async fn delete_message(&self, request: api::MessageDelete) -> Result<()> {
+        let id = request.id;
+        let withdrawal = MessageId::random(&mut OsRng);
+        let peer = self
+            .shared
             .store
             .write(move |tx| {
-                if let Some(m) = tx.message(id)?
-                    && m.direction == Direction::Outgoing
-                    && matches!(m.status, MessageStatus::Queued | MessageStatus::Sent)
-                {
-                    // Stop delivering it too.
-                    for item in tx.outbox_for_contact(m.contact_id)? {
-                        if item.message_row == Some(id) {
-                            tx.remove_outbox(item.id)?;
-                        }
+                let m = tx.message(id)?.ok_or(EngineError::NoSuchMessage)?;
+                let c = tx
+                    .contact(m.contact_id)?
+                    .ok_or(EngineError::NoSuchMessage)?;
+                let peer = address_of(&c.identity)?;
+                let now = unix_ms();
+                if request.for_everyone {
+                    if m.direction != Direction::Outgoing {
+                        return Err(EngineError::InvalidState(
+                            "only a message we sent can be deleted for everyone; delete a \
+                             received one here only"
+                                .into(),
+                        ));
                     }
+                    let payload = Message::Withdraw(Withdraw {
+                        id: withdrawal,
+                        target: MessageId(m.msg_id),
+                    })
+                    .encode();
+                    let tombstone = tx.withdraw_outgoing(id, &payload, now)?;
+                    let event = EventData::Deleted(event::Deleted {
+                        id,
+                        contact: peer.to_string(),
+                        msg_id: hex::encode(tombstone.msg_id),
+                        for_everyone: true,
+                        by: By::Us,
+                    });
+                    append(tx, &event, now)?;
+                    return Ok(Some(peer));
                 }
-                if tx.delete_message(id)? {
-                    Ok(())
-                } else {
-                    Err(EngineError::NoSuchMessage)
-                }
+                // (Its outbox item, if it was still queued, goes with it: the foreign key
+                // cascades.)
+                tx.delete_message(id)?;
+                let event = EventData::Deleted(event::Deleted {
+                    id,
+                    contact: peer.to_string(),
+                    msg_id: hex::encode(m.msg_id),
+                    for_everyone: false,
+                    by: By::Us,
+                });
+                append(tx, &event, now)?;
+                Ok(None)
             })
-            .await
+            .await?;
+        if let Some(peer) = peer {
+            let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
+        }
+        self.shared.erased();
+        Ok(())
     }
 
     /// Events with `seq > after`, oldest first.

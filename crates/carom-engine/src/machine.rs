@@ -38,6 +38,7 @@ use carom_api::event;
 
 use crate::config::EngineConfig;
 use crate::contact::{self, Admit, Effect as Rule, Input as RuleInput};
+use crate::erasure::{self, Erasure};
 use crate::groups::{self, GroupCommand, GroupWrite, Groups, Relation};
 use crate::limits::RequestLimiter;
 
@@ -184,6 +185,9 @@ pub(crate) enum StoreOp {
     /// A group change: operations, our standing, what to queue for whom, events (one
     /// transaction; see [`GroupWrite`]). Boxed: it is far larger than the other writes.
     Group(Box<GroupWrite>),
+    /// Erase the messages due by `up_to` (wall clock, ms), at most `limit`, with their
+    /// events. Its result comes back as [`Input::ExpiredErased`].
+    EraseExpired { up_to: u64, limit: u32 },
     /// Fail the outbox items that expired; prune the event log; forget old rejections. Its
     /// result comes back as [`Input::Forgotten`].
     Housekeeping {
@@ -215,6 +219,9 @@ pub(crate) enum Effect {
     FindExpired { enqueued_before_ms: u64, limit: u32 },
     /// Replace the device key; the outcome is [`Input::CertificateRenewed`].
     RenewCertificate,
+    /// Move the WAL into the database and truncate it (after erasure); the outcome is
+    /// [`Input::Checkpointed`].
+    Checkpoint,
 }
 
 /// Something that happened.
@@ -226,7 +233,24 @@ pub(crate) enum Input {
         contacts: Vec<(OnionAddress, Known)>,
         queued: Vec<i64>,
         groups: Vec<(GroupId, GroupState, Vec<StoredOperation>)>,
+        /// The earliest time a stored message is erased at, and the latest time erasure ran
+        /// at (wall clock, ms).
+        next_expiry: Option<u64>,
+        erasure_high_water: u64,
     },
+    /// A message that is erased at `at` (wall clock, ms) was stored.
+    Expiring { at: u64 },
+    /// A body was erased outside the erasure schedule (a delete, a withdrawal): the WAL
+    /// wants a checkpoint.
+    Erased,
+    /// A [`StoreOp::EraseExpired`] up to `up_to` committed, erasing `count` messages, with
+    /// `next` the earliest expiry left; or it failed.
+    ExpiredErased {
+        up_to: u64,
+        outcome: Option<(usize, Option<u64>)>,
+    },
+    /// An [`Effect::Checkpoint`] finished.
+    Checkpointed,
     /// The API committed a change to a contact (`None`: it is gone).
     ContactChanged {
         peer: OnionAddress,
@@ -477,6 +501,8 @@ pub(crate) struct Machine {
     /// A renewal is under way; `Some(t)`: the last one failed, try again at `t`.
     renewing: bool,
     renew_retry_at: Option<u64>,
+    /// When to erase expired messages, and to checkpoint.
+    erasure: Erasure,
     /// The contacts table has been loaded.
     loaded: bool,
     effects: VecDeque<Effect>,
@@ -537,8 +563,23 @@ impl Machine {
             certificate_expires_at,
             renewing: false,
             renew_retry_at: None,
+            erasure: Erasure::new(now, 0, None),
             loaded: false,
             effects: VecDeque::new(),
+        }
+    }
+
+    /// Carry out an erasure decision.
+    fn erasure_effect(&mut self, action: Option<erasure::Action>) {
+        match action {
+            Some(erasure::Action::Erase { up_to }) => {
+                self.push(Effect::Store(StoreOp::EraseExpired {
+                    up_to,
+                    limit: erasure::BATCH,
+                }));
+            }
+            Some(erasure::Action::Checkpoint) => self.push(Effect::Checkpoint),
+            None => {}
         }
     }
 
@@ -558,9 +599,30 @@ impl Machine {
                 contacts,
                 queued,
                 groups,
+                next_expiry,
+                erasure_high_water,
             } => {
                 self.groups.load(groups);
+                self.erasure = Erasure::new(now, erasure_high_water, next_expiry);
                 self.loaded(contacts, &queued, now);
+                let due = self.erasure.poll(now);
+                self.erasure_effect(due);
+            }
+            Input::Expiring { at } => self.erasure.expiring(at),
+            Input::Erased => {
+                let action = self.erasure.checkpoint();
+                self.erasure_effect(action);
+            }
+            Input::ExpiredErased { up_to, outcome } => match outcome {
+                Some((count, next)) => {
+                    let action = self.erasure.erased(count, next, now);
+                    self.erasure_effect(action);
+                }
+                None => self.erasure.failed(up_to, now),
+            },
+            Input::Checkpointed => {
+                let action = self.erasure.checkpointed();
+                self.erasure_effect(action);
             }
             Input::ContactChanged { peer, row } => self.contact_changed(peer, row, now),
             Input::Queued { peer } => self.queued(peer, now),
@@ -1250,6 +1312,9 @@ impl Machine {
                 next = next.min(t);
             }
         }
+        if let Some(t) = self.erasure.poll_timeout(now) {
+            next = next.min(t);
+        }
         if !self.renewing {
             let wait = self.renew_at().saturating_sub(now.wall_secs());
             // Never a tight loop: the wall clock is looked at again within a housekeeping
@@ -1302,6 +1367,8 @@ impl Machine {
         if now.at.saturating_duration_since(self.last_prune) >= HOUSEKEEPING {
             self.housekeeping(now);
         }
+        let due = self.erasure.poll(now);
+        self.erasure_effect(due);
         if !self.renewing && self.renew_at() <= now.wall_secs() {
             self.renewing = true;
             self.push(Effect::RenewCertificate);
@@ -1714,6 +1781,8 @@ mod tests {
                 contacts: vec![(peer(2), accepted(7))],
                 queued: vec![],
                 groups: vec![],
+                next_expiry: None,
+                erasure_high_water: 0,
             },
             at(t0, 0),
         );

@@ -33,6 +33,17 @@ pub(crate) fn follow_the_virtual_clock() {
     });
 }
 
+/// On a thread that follows the virtual clock: set the wall clock `delta_ms` forward (or,
+/// negative, back), as someone changing the system clock would; the monotonic clock does not
+/// move. Does nothing on other threads.
+pub(crate) fn shift_virtual_wall_clock(delta_ms: i64) {
+    VIRTUAL_WALL.with(|wall| {
+        if let Some((base_ms, base)) = wall.get() {
+            wall.set(Some((base_ms.saturating_add_signed(delta_ms), base)));
+        }
+    });
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn unix_ms() -> u64 {
     match VIRTUAL_WALL.with(std::cell::Cell::get) {
@@ -99,6 +110,7 @@ pub(crate) fn contact(c: &store::Contact, online: bool) -> Result<api::Contact> 
         online,
         created_at: c.created_at,
         last_seen: c.last_seen,
+        timer: c.timer,
     })
 }
 
@@ -127,6 +139,13 @@ pub(crate) fn message(m: &store::Message, contact: &OnionAddress) -> api::Messag
         status: status(m.status),
         failure: m.failure.clone(),
         reply_to: m.reply_to.map(hex::encode),
+        kind: match m.kind {
+            store::MessageKind::Text => api::MessageKind::Text,
+            store::MessageKind::Timer => api::MessageKind::Timer,
+            store::MessageKind::Deleted => api::MessageKind::Deleted,
+        },
+        timer: m.timer,
+        expires_at: m.expires_at,
     }
 }
 

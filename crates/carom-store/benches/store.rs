@@ -124,6 +124,7 @@ fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: 
                             reply_to: None,
                             now: n,
                             expires_after: None,
+                            expires_from: None,
                         })?;
                         tx.append_event("message.received", "{\"bench\":true}", n)
                     })
@@ -143,6 +144,7 @@ fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: 
                             payload: vec![0xAB; 120],
                             now: n,
                             expires_after: None,
+                            expires_from: None,
                         })?;
                         tx.append_event("message.queued", "{\"bench\":true}", n)
                     })
@@ -220,6 +222,7 @@ fn main() {
                             payload: vec![0xCD; 120],
                             now: m,
                             expires_after: None,
+                            expires_from: None,
                         })?;
                     } else {
                         tx.store_incoming(&NewIncoming {
@@ -230,6 +233,7 @@ fn main() {
                             reply_to: None,
                             now: m,
                             expires_after: None,
+                            expires_from: None,
                         })?;
                     }
                     if m % 10 == 5 {

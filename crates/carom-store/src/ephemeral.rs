@@ -226,7 +226,7 @@ impl WriteTx<'_> {
     }
 
     /// Deletes one of our chats for everyone: its row becomes a tombstone here (body erased),
-    /// its delivery stops if it is still queued, and the withdrawal (`payload`, a
+    /// its delivery stops if it is still queued (it fails as `withdrawn`), and the withdrawal (`payload`, a
     /// [`OutboxKind::Withdraw`] item) is queued for the peer. Returns the tombstone.
     ///
     /// Fails with [`Error::NotFound`] for an unknown row and [`Error::Invalid`] for a message
@@ -240,9 +240,15 @@ impl WriteTx<'_> {
                 reason: "only a chat we sent can be deleted for everyone".to_owned(),
             });
         }
-        db.conn
+        let undelivered = db
+            .conn
             .execute(messages::DELETE_OUTBOX_OF_MESSAGE, [row])
-            .at(db.path)?;
+            .at(db.path)?
+            > 0;
+        if undelivered {
+            // It will never be delivered now; nothing waits for it.
+            self.set_message_status(row, MessageStatus::Failed, Some("withdrawn"), now)?;
+        }
         let tombstone = self.make_tombstone(row, now)?;
         outbox::insert(
             db,

@@ -86,6 +86,7 @@
 //!         reply_to: None,
 //!         now: 1_000,
 //!         expires_after: None,
+//!         expires_from: None,
 //!     })
 //! })?;
 //! // Committed: now, and only now, acknowledge it to the peer.

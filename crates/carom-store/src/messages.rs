@@ -200,7 +200,7 @@ impl WriteTx<'_> {
         }
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
-        let expires_at = expiry(new.now, new.expires_after);
+        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
         let expires_at_sql = expires_at
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;
@@ -271,7 +271,7 @@ impl WriteTx<'_> {
         let db = self.db();
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
-        let expires_at = expiry(new.now, new.expires_after);
+        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
         let expires_at_sql = expires_at
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;

@@ -338,8 +338,12 @@ pub struct NewOutgoing {
     /// Now: `stored_at`, `status_at` and the outbox item's first due time.
     pub now: UnixMillis,
     /// The disappearing-message timer it is sent under (seconds): erased this long after
-    /// `now`.
+    /// `expires_from`.
     pub expires_after: Option<u32>,
+    /// The time the timer runs from, on the caller's erasure clock (`None`: `now`). The
+    /// store compares expiry times only with the times erasure is asked to run up to, so
+    /// both must be read from the same clock.
+    pub expires_from: Option<UnixMillis>,
 }
 
 /// An incoming message to store.
@@ -358,8 +362,10 @@ pub struct NewIncoming {
     /// Now: `stored_at` and `status_at`.
     pub now: UnixMillis,
     /// The disappearing-message timer it was sent under (seconds): erased this long after
-    /// `now`.
+    /// `expires_from`.
     pub expires_after: Option<u32>,
+    /// The time the timer runs from, on the caller's erasure clock (`None`: `now`).
+    pub expires_from: Option<UnixMillis>,
 }
 
 /// What [`crate::WriteTx::queue_outgoing`] did.

@@ -37,6 +37,7 @@ fn incoming(contact_id: i64, n: u64) -> NewIncoming {
         reply_to: None,
         now: n,
         expires_after: None,
+        expires_from: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn outgoing(contact_id: i64, n: u64) -> NewOutgoing {
         payload: format!("wire {n}").into_bytes(),
         now: n,
         expires_after: None,
+        expires_from: None,
     }
 }
 

@@ -315,6 +315,7 @@ fn forgetting_a_contact_keeps_its_row_only_while_group_traffic_waits_for_it() {
                 payload: b"chat".to_vec(),
                 now: 10,
                 expires_after: None,
+                expires_from: None,
             })?;
             Ok(())
         })

@@ -88,6 +88,7 @@ pub(crate) fn incoming(contact_id: i64, n: u64, body: &str, now: u64) -> NewInco
         reply_to: None,
         now,
         expires_after: None,
+        expires_from: None,
     }
 }
 
@@ -102,6 +103,7 @@ pub(crate) fn outgoing(contact_id: i64, n: u64, body: &str, now: u64) -> NewOutg
         payload: format!("wire-{n}").into_bytes(),
         now,
         expires_after: None,
+        expires_from: None,
     }
 }
 
