@@ -1887,3 +1887,231 @@ async fn four_daemons_form_a_group_over_tor_and_a_removed_member_gets_nothing_af
         "a removed member received a message sent after the removal"
     );
 }
+
+// ----- ephemerality -----
+
+/// Every decrypted page of the daemon's database and WAL, and the raw bytes of every other
+/// file under its data directory (arti's state included): where `marker` occurs.
+fn where_is(d: &Daemon, marker: &str) -> Vec<String> {
+    use carom_store::forensic::{Image, contains};
+    let data = d.dir.join("data");
+    let key = carom_store::KeyFile::unlock(
+        &data.join("profile.key"),
+        d.passphrase.as_deref().map(str::as_bytes),
+    )
+    .expect("the key file unlocks");
+    let image = Image::read(&data.join("profile.db"), &key).expect("the database decrypts");
+    let mut found: Vec<String> = image
+        .pages_containing(marker.as_bytes())
+        .iter()
+        .map(|p| format!("decrypted page {} ({:?})", p.number, p.source))
+        .collect();
+    let mut dirs = vec![data];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("data dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && contains(&bytes, marker.as_bytes())
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Wait (up to `limit`) until `marker` is nowhere in `d`'s files: erasure ends with a
+/// checkpoint that follows its commit.
+async fn erased_within(d: &Daemon, marker: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = where_is(d, marker);
+        if found.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {marker:?} still in {found:?} after {limit:?}\n{}",
+            d.name,
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn kinds(d: &Daemon, with: &str) -> Vec<(api::MessageKind, String)> {
+    let page = d
+        .client()
+        .await
+        .history(&api::MessageList {
+            with: with.to_owned(),
+            before: None,
+            limit: Some(500),
+        })
+        .await
+        .expect("history");
+    page.messages
+        .into_iter()
+        .rev()
+        .map(|m| (m.kind, m.body))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_tor() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let mut bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, Some("bob's secret"));
+    let (a, b) = (alice.up().await, bob.up().await);
+    pair(&alice, &a, &bob, &b).await;
+
+    // 1. Alice sets a 20-second timer: both ends see it.
+    let set = alice
+        .client()
+        .await
+        .set_timer(&b, Some(20))
+        .await
+        .expect("timer set");
+    assert_eq!(set.timer, Some(20));
+    wait_event(&bob, api::event::CONTACT_TIMER, DELIVERY, |d| {
+        d["address"] == a.as_str() && d["timer"] == 20 && d["by"] == "them"
+    })
+    .await;
+    let seen = bob.client().await.contact(&a).await.expect("contact");
+    assert_eq!(seen.timer, Some(20));
+
+    // 2. A message under it is erased at both ends, from every file, unattended.
+    let first = "MARKER-e2e-expiry-51c3a9: burn after reading";
+    let m = send(&alice, &b, first).await;
+    assert_eq!(m.timer, Some(20));
+    delivered(&alice, m.id).await;
+    assert!(!where_is(&alice, first).is_empty(), "stored at Alice's");
+    assert!(!where_is(&bob, first).is_empty(), "stored at Bob's");
+    for (d, other) in [(&alice, &b), (&bob, &a)] {
+        wait_event(
+            d,
+            api::event::MESSAGE_EXPIRED,
+            Duration::from_secs(90),
+            |e| e["contact"] == other.as_str(),
+        )
+        .await;
+        erased_within(d, first, Duration::from_secs(10)).await;
+    }
+
+    // 3. Bob turns it off; a message Alice deletes for everyone becomes a tombstone at his
+    //    end while he is online.
+    bob.client()
+        .await
+        .set_timer(&a, None)
+        .await
+        .expect("timer off");
+    wait_event(&alice, api::event::CONTACT_TIMER, DELIVERY, |d| {
+        d["address"] == b.as_str() && d["timer"].is_null() && d["by"] == "them"
+    })
+    .await;
+    let second = "MARKER-e2e-withdraw-0d7e42: wrong window";
+    let m2 = send(&alice, &b, second).await;
+    assert_eq!(m2.expires_at, None);
+    delivered(&alice, m2.id).await;
+    assert!(!where_is(&bob, second).is_empty());
+    alice
+        .client()
+        .await
+        .delete_message(m2.id, true)
+        .await
+        .expect("deleted for everyone");
+    wait_event(&bob, api::event::MESSAGE_DELETED, DELIVERY, |e| {
+        e["contact"] == a.as_str() && e["by"] == "them" && e["for_everyone"] == true
+    })
+    .await;
+    erased_within(&bob, second, Duration::from_secs(10)).await;
+    erased_within(&alice, second, Duration::from_secs(10)).await;
+
+    // 4. Bob is offline: one message he has and one still queued for him are withdrawn;
+    //    when he is back he erases the first and never stores the second.
+    let third = "MARKER-e2e-offline-had-9a2b10: he has this";
+    let m3 = send(&alice, &b, third).await;
+    delivered(&alice, m3.id).await;
+    bob.stop();
+    let fourth = "MARKER-e2e-offline-never-6f3c88: he never gets this";
+    let m4 = send(&alice, &b, fourth).await;
+    let client = alice.client().await;
+    client.delete_message(m3.id, true).await.expect("m3");
+    client.delete_message(m4.id, true).await.expect("m4");
+    erased_within(&alice, fourth, Duration::from_secs(10)).await;
+    bob.start();
+    bob.up().await;
+    let deadline = Instant::now() + DELIVERY;
+    while kinds(&bob, &a)
+        .await
+        .iter()
+        .filter(|(k, _)| *k == api::MessageKind::Deleted)
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            kinds(&bob, &a).await,
+            bob.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    erased_within(&bob, third, Duration::from_secs(10)).await;
+    assert!(where_is(&bob, fourth).is_empty());
+    let texts: Vec<String> = kinds(&bob, &a)
+        .await
+        .into_iter()
+        .filter(|(k, _)| *k == api::MessageKind::Text)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(texts.is_empty(), "Bob still holds {texts:?}");
+
+    // 5. A message that expires while Bob is stopped is erased at his next start, before
+    //    his daemon answers anything about the conversation.
+    alice
+        .client()
+        .await
+        .set_timer(&b, Some(15))
+        .await
+        .expect("timer set");
+    wait_event(&bob, api::event::CONTACT_TIMER, DELIVERY, |d| {
+        d["timer"] == 15 && d["by"] == "them"
+    })
+    .await;
+    let fifth = "MARKER-e2e-while-stopped-c4d5e6: gone while you slept";
+    let m5 = send(&alice, &b, fifth).await;
+    delivered(&alice, m5.id).await;
+    bob.stop();
+    assert!(!where_is(&bob, fifth).is_empty(), "stored before the stop");
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    bob.start();
+    // The first history Bob's daemon serves comes after the erasure.
+    let client = bob.client().await;
+    let deadline = Instant::now() + STARTUP;
+    let page = loop {
+        match client
+            .history(&api::MessageList {
+                with: a.clone(),
+                before: None,
+                limit: Some(500),
+            })
+            .await
+        {
+            Ok(page) => break page,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no history: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(page.messages.iter().all(|m| m.body != fifth));
+    assert!(
+        where_is(&bob, fifth).is_empty(),
+        "served with the body on disk"
+    );
+    erased_within(&alice, fifth, Duration::from_secs(60)).await;
+}
