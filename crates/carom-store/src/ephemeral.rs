@@ -2,7 +2,7 @@
 //!
 //! A conversation's timer lives on its contact row together with the change that set it, so
 //! that concurrent changes from both ends resolve the same way at both (the greater
-//! `(sent_at, id)` wins, protocol §7.3). Messages carry the time they are erased at; erasure
+//! `(sent_at, id)` wins, protocol §7.1). Messages carry the time they are erased at; erasure
 //! deletes them in bounded batches (so that it never holds the write lock for long), and
 //! [`crate::Store::checkpoint`] then moves the WAL into the database and truncates it, so that
 //! no older copy of an erased page survives in the WAL. `secure_delete` (set on every
@@ -58,6 +58,15 @@ pub struct Erased {
     pub next: Option<UnixMillis>,
 }
 
+/// The earliest expiry (a walk to the first entry of the partial index).
+pub(crate) const SELECT_NEXT_EXPIRY: &str =
+    "SELECT min(expires_at) FROM messages WHERE expires_at IS NOT NULL";
+
+/// The `limit` (?2) messages due first by ?1, deleted; their conversations and rows.
+pub(crate) const ERASE_EXPIRED: &str = "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
+     WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
+     ORDER BY expires_at, id LIMIT ?2) RETURNING contact_id, id";
+
 const SELECT_TIMER_STAMP: &str = "SELECT timer_set_at, timer_set_id FROM contacts WHERE id = ?1";
 
 /// The change in force for a conversation, if there was one.
@@ -82,7 +91,7 @@ pub(crate) fn timer_stamp(db: Db<'_>, contact_id: i64) -> Result<Option<TimerSta
 /// When the next message is due to be erased.
 pub(crate) fn next_expiry(db: Db<'_>) -> Result<Option<UnixMillis>> {
     db.conn
-        .prepare_cached("SELECT min(expires_at) FROM messages WHERE expires_at IS NOT NULL")
+        .prepare_cached(SELECT_NEXT_EXPIRY)
         .and_then(|mut stmt| stmt.query_row([], |r| get_opt_u64(r, 0)))
         .at(db.path)
 }
@@ -317,11 +326,7 @@ impl WriteTx<'_> {
         let up_to_sql = to_sql_int(up_to, "up_to")?;
         let messages: Vec<(i64, i64)> = db
             .conn
-            .prepare_cached(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
-                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
-                 ORDER BY expires_at, id LIMIT ?2) RETURNING contact_id, id",
-            )
+            .prepare_cached(ERASE_EXPIRED)
             .and_then(|mut stmt| {
                 stmt.query_map(rusqlite::params![up_to_sql, limit], |r| {
                     Ok((r.get(0)?, r.get(1)?))

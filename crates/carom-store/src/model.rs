@@ -146,7 +146,7 @@ stored_enum! {
         GroupOperations => "group_operations",
         /// A group message (the item points at its group message row).
         GroupChat => "group_chat",
-        /// A delete for everyone of a chat we sent (protocol §7.3); no message row: the
+        /// A delete for everyone of a chat we sent (protocol §7.1); no message row: the
         /// message it withdraws is a tombstone by now.
         Withdraw => "withdraw",
     }

@@ -73,7 +73,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: u32 = 6;
 
-/// Ephemerality (protocol §7.3, docs/storage.md "Erasure").
+/// Ephemerality (protocol §7.1, docs/storage.md "Erasure").
 ///
 /// A message row is now one of three kinds: `text` (a chat), `timer` (a change of the
 /// conversation's disappearing-message timer, `timer` holding the new setting, NULL for off)

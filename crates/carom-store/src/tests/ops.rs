@@ -594,7 +594,7 @@ fn plan(store: &Store, sql: &str) -> String {
 
 #[test]
 fn every_daemon_query_is_served_by_an_index() {
-    use crate::{contacts, events, groups, messages, outbox};
+    use crate::{contacts, ephemeral, events, groups, messages, outbox};
     let store = memory();
     // (query, what its plan must contain). None may scan a whole table of messages, outbox
     // items or events, or sort them.
@@ -630,6 +630,10 @@ fn every_daemon_query_is_served_by_an_index() {
         (
             groups::SET_DELIVERY,
             "SEARCH group_deliveries USING PRIMARY KEY (message_row=? AND recipient=?)",
+        ),
+        (
+            ephemeral::SELECT_NEXT_EXPIRY,
+            "SEARCH messages USING COVERING INDEX messages_expiry",
         ),
         (
             messages::SELECT_HISTORY,
@@ -699,6 +703,17 @@ fn every_daemon_query_is_served_by_an_index() {
             "SEARCH events USING INTEGER PRIMARY KEY (rowid<?)",
         ),
     ];
+    // Erasure's subquery, with values (bound to NULL, SQLite folds it away): a range of the
+    // partial index, never a scan of the messages.
+    let erase = ephemeral::ERASE_EXPIRED
+        .replace("?1", "1000")
+        .replace("?2", "500");
+    let erase_plan = plan(&store, &erase);
+    assert!(
+        erase_plan.contains("SEARCH messages USING COVERING INDEX messages_expiry"),
+        "{erase_plan}"
+    );
+    assert!(!erase_plan.contains("SCAN"), "{erase_plan}");
     for (sql, expected) in cases {
         let plan = plan(&store, sql);
         assert!(
