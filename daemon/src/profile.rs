@@ -381,6 +381,54 @@ impl Profiles {
         }
     }
 
+    /// `profile.erase` (its confirmation was checked with its parameters): stop the engine,
+    /// shred the key file first — from then on nothing of the profile can be decrypted, so an
+    /// interruption after it leaves nothing readable — then remove the database with its WAL
+    /// and Tor's state and cache. The daemon goes on without a profile; `profile.create` makes
+    /// a new one (a new identity).
+    pub(crate) async fn erase(&self) -> Result<api::ProfileErased, ErrorObject> {
+        let mut state = self.state.write().await;
+        match std::mem::replace(&mut *state, State::Missing) {
+            State::Running { engine, .. } => {
+                if let Err(e) = engine.shutdown().await {
+                    tracing::warn!(error = %e, "the store did not close cleanly before erasure");
+                }
+            }
+            State::Locked => {}
+            State::Missing => {
+                return Err(err(ErrorKind::NoProfile, "there is no profile to erase"));
+            }
+            State::Stopped => {
+                *state = State::Stopped;
+                return Err(err(ErrorKind::ShuttingDown, "the daemon is shutting down"));
+            }
+        }
+        if self.ephemeral {
+            let dir = self.tor_data_dir();
+            let _ = std::fs::remove_dir_all(&dir);
+            tracing::warn!("erased the RAM-only profile");
+            return Ok(api::ProfileErased {
+                shredded: Vec::new(),
+                removed: vec![dir.display().to_string()],
+            });
+        }
+        let paths = self.paths.clone();
+        let erased = tokio::task::spawn_blocking(move || erase_on_disk(&paths))
+            .await
+            .map_err(|_| err(ErrorKind::Internal, "erasure was interrupted"))?;
+        if self.paths.key_file().exists() {
+            // The key file could not be shredded: the profile is still there, locked.
+            *state = State::Locked;
+        }
+        let erased = erased?;
+        tracing::warn!(
+            shredded = erased.shredded.len(),
+            removed = erased.removed.len(),
+            "erased the profile"
+        );
+        Ok(erased)
+    }
+
     /// Stop the engine (closing sessions, stopping Tor, checkpointing the store).
     pub(crate) async fn shutdown(&self) {
         let previous = std::mem::replace(&mut *self.state.write().await, State::Stopped);
@@ -393,6 +441,47 @@ impl Profiles {
             let _ = std::fs::remove_dir_all(self.tor_data_dir());
         }
     }
+}
+
+/// What an erasure does, in order: the key file (and a staged one) shredded, then the
+/// database with its WAL, then Tor's directory under the data directory.
+fn erase_on_disk(paths: &Paths) -> Result<api::ProfileErased, ErrorObject> {
+    let mut done = api::ProfileErased::default();
+    let key_file = paths.key_file();
+    // A creation interrupted before its key was placed leaves a staged key file: it wraps the
+    // same kind of secret.
+    for key in [key_file.clone(), KeyFile::staging_path(&key_file)] {
+        if KeyFile::shred(&key).map_err(|e| store_error(&e))? {
+            done.shredded.push(key.display().to_string());
+        }
+    }
+    let database = paths.database();
+    let sidecars: Vec<PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut name = database.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .filter(|p| p.exists())
+        .collect();
+    if Store::delete_files(&database).map_err(|e| store_error(&e))? {
+        done.removed.push(database.display().to_string());
+    }
+    done.removed
+        .extend(sidecars.iter().map(|p| p.display().to_string()));
+    let tor = paths.data_dir.join("tor");
+    match std::fs::remove_dir_all(&tor) {
+        Ok(()) => done.removed.push(tor.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(err(
+                ErrorKind::Internal,
+                format!("cannot remove {}: {e}", tor.display()),
+            ));
+        }
+    }
+    Ok(done)
 }
 
 /// The steps of [`create_on_disk`], in order. Each is on disk when it is reported.
@@ -661,6 +750,46 @@ mod tests {
         assert_eq!(
             std::fs::read(paths.database()).expect("kept"),
             b"profile.db"
+        );
+    }
+
+    #[test]
+    fn erasing_shreds_the_key_then_removes_the_database_and_tor_state_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = paths(&dir);
+        complete(&paths);
+        write(&paths, "profile.db-wal");
+        write(&paths, "caromd.lock");
+        std::fs::create_dir_all(paths.data_dir.join("tor").join("state")).expect("tor dir");
+        std::fs::write(paths.data_dir.join("tor").join("state").join("guards"), "x")
+            .expect("tor state");
+        // The key file's inode, to see what happened to its bytes.
+        let witness = dir.path().join("witness");
+        std::fs::hard_link(paths.key_file(), &witness).expect("link");
+        let before = std::fs::read(&witness).expect("key file");
+
+        let erased = erase_on_disk(&paths).expect("erased");
+        assert_eq!(erased.shredded, [paths.key_file().display().to_string()]);
+        assert_eq!(
+            erased.removed,
+            [
+                paths.database().display().to_string(),
+                format!("{}-wal", paths.database().display()),
+                paths.data_dir.join("tor").display().to_string(),
+            ]
+        );
+        // Only the daemon's lock stays (it is the running daemon's, not the profile's).
+        assert_eq!(names(&paths), ["caromd.lock"]);
+        let after = std::fs::read(&witness).expect("witness");
+        assert_eq!(after.len(), before.len());
+        assert_ne!(
+            after, before,
+            "the key file was removed without being overwritten"
+        );
+        // Again: nothing left to do, and no error.
+        assert_eq!(
+            erase_on_disk(&paths).expect("nothing"),
+            api::ProfileErased::default()
         );
     }
 }

@@ -527,6 +527,7 @@ async fn dispatch(
             profiles.change_passphrase(&p).await?;
             reply::<m::ProfileChangePassphrase>(api::Empty {})
         }
+        Request::ProfileErase(_) => reply::<m::ProfileErase>(profiles.erase().await?),
         Request::IdentityGet(_) => reply::<m::IdentityGet>(engine!().identity()),
         Request::TorStatus(_) => reply::<m::TorStatus>(engine!().tor_status()),
         Request::ContactAdd(p) => reply::<m::ContactAdd>(engine!().add_contact(p).await?),

@@ -2115,3 +2115,64 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
     );
     erased_within(&alice, fifth, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_profile_is_gone_from_disk_and_a_new_identity_can_be_made() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, Some("to be erased"));
+    let first = alice.up().await;
+    let client = alice.client().await;
+    let data = alice.dir.join("data");
+    let before: Vec<String> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(before.iter().any(|n| n == "profile.key"), "{before:?}");
+
+    // Without the exact confirmation nothing happens.
+    let refused = client
+        .call::<api::method::ProfileErase>(&api::ProfileErase {
+            confirm: "erase".into(),
+        })
+        .await
+        .expect_err("a sloppy confirmation is refused");
+    assert_eq!(refused.kind(), Some(api::ErrorKind::InvalidParams));
+    assert!(data.join("profile.key").exists());
+    assert_eq!(client.identity().await.expect("still there").address, first);
+
+    let erased = client.erase_profile().await.expect("erased");
+    assert_eq!(
+        erased.shredded,
+        [data.join("profile.key").display().to_string()]
+    );
+    assert!(
+        erased
+            .removed
+            .contains(&data.join("profile.db").display().to_string())
+    );
+    assert!(
+        erased
+            .removed
+            .contains(&data.join("tor").display().to_string())
+    );
+    let left: Vec<String> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        ["caromd.lock"],
+        "only the running daemon's lock stays"
+    );
+    let info = client.info().await.expect("info");
+    assert_eq!(info.profile, api::ProfileState::None);
+    assert_eq!(
+        client.identity().await.expect_err("no identity").kind(),
+        Some(api::ErrorKind::NoProfile)
+    );
+
+    // The daemon carries on: a new profile is a new identity.
+    let second = alice.up().await;
+    assert_ne!(second, first);
+}

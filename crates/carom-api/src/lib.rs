@@ -189,6 +189,27 @@ pub struct ProfileCreate {
     pub no_passphrase: bool,
 }
 
+/// What `profile.erase` must be given as `confirm`: erasing is irreversible, and never the
+/// result of a slip.
+pub const ERASE_CONFIRMATION: &str = "ERASE";
+
+/// Parameters of `profile.erase`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileErase {
+    /// Exactly [`ERASE_CONFIRMATION`].
+    pub confirm: String,
+}
+
+/// Result of `profile.erase`: what was done, file by file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileErased {
+    /// Overwritten with random bytes, flushed, then removed (the key file: without it nothing
+    /// left anywhere can be decrypted).
+    pub shredded: Vec<String>,
+    /// Removed (the database and its WAL, Tor's state and cache).
+    pub removed: Vec<String>,
+}
+
 /// Parameters of `profile.unlock`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileUnlock {

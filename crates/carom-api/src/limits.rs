@@ -11,7 +11,7 @@ use crate::{
     MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES,
     MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageDelete,
     MessageIdParams, MessageList, MessageSend, ProfileChangePassphrase, ProfileCreate,
-    ProfileUnlock, SessionHello,
+    ProfileErase, ProfileUnlock, SessionHello,
 };
 
 /// Parameters whose fields have documented limits.
@@ -122,6 +122,21 @@ impl CheckLimits for MessageList {
             return Err(ErrorObject::new(
                 ErrorKind::InvalidParams,
                 "`before` is a message id, which is at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CheckLimits for ProfileErase {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        if self.confirm != crate::ERASE_CONFIRMATION {
+            return Err(ErrorObject::new(
+                ErrorKind::InvalidParams,
+                format!(
+                    "erasing the profile cannot be undone: `confirm` must be exactly {:?}",
+                    crate::ERASE_CONFIRMATION
+                ),
             ));
         }
         Ok(())

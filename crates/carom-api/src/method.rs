@@ -103,6 +103,8 @@ methods! {
     /// Change (or remove) the passphrase.
     ProfileChangePassphrase = "profile.change_passphrase"
         (crate::ProfileChangePassphrase) -> crate::Empty;
+    /// Erase the profile for good: the key file shredded first, then everything else.
+    ProfileErase = "profile.erase" (crate::ProfileErase) -> crate::ProfileErased;
     /// Our address.
     IdentityGet = "identity.get" (crate::Empty) -> crate::Identity;
     /// Tor's bootstrap and our onion service's state.
@@ -176,6 +178,7 @@ mod tests {
         let minimal = |name: &str| match name {
             "profile.unlock" => serde_json::json!({ "passphrase": "" }),
             "profile.change_passphrase" => serde_json::json!({ "old": "" }),
+            "profile.erase" => serde_json::json!({ "confirm": "ERASE" }),
             "contact.add" | "contact.get" | "contact.remove" => {
                 serde_json::json!({ "address": "x" })
             }

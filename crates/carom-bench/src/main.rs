@@ -130,7 +130,9 @@ fn main() -> ExitCode {
             "== in-process: durable engine-to-engine throughput ({} messages)",
             sizes.local_messages
         );
-        local::throughput(&mut report, sizes).await?;
+        local::throughput(&mut report, sizes, None).await?;
+        eprintln!("== in-process: the same with a 5-minute disappearing timer on every message");
+        local::throughput(&mut report, sizes, Some(300)).await?;
         if args.local_only {
             return Ok(());
         }

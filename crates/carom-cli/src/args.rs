@@ -58,6 +58,9 @@ pub(crate) enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// The profile as a whole (see also init, unlock, passphrase)
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Show the daemon, profile and Tor status
     Status {
         /// Wait (showing progress) until Tor is ready and your onion service is published
@@ -138,6 +141,21 @@ pub(crate) enum Command {
     Sessions,
     /// Stop the daemon
     Stop,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub(crate) enum ProfileCommand {
+    /// Erase the profile for good: your identity, every contact and message
+    ///
+    /// The key file is overwritten and removed first (without it nothing left anywhere can be
+    /// decrypted), then the database and Tor's state. Your onion address is gone with it:
+    /// contacts can no longer reach you there. What erasure cannot reach (SSD blocks, swap,
+    /// backups) is in docs/storage.md. Asks you to type ERASE, unless --yes.
+    Erase {
+        /// Do not ask (for scripts)
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, Subcommand)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use carom_api::{self as api, EventData};
 use carom_client::{Client, ClientError};
 
-use crate::args::{Cli, Command, ContactCommand, GroupCommand};
+use crate::args::{Cli, Command, ContactCommand, GroupCommand, ProfileCommand};
 use crate::render;
 use crate::terminal::{output, prompt, qr_code, read_passphrase, say};
 
@@ -82,6 +82,32 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| explain(&e))?;
             output(json, &api::Empty {}, || "Passphrase changed.".into());
+        }
+        Command::Profile(ProfileCommand::Erase { yes }) => {
+            if !yes {
+                let who = match client.identity().await {
+                    Ok(identity) => format!("the profile {}", identity.address),
+                    Err(_) => "the profile (locked)".to_owned(),
+                };
+                crate::terminal::say(&format!(
+                    "This erases {who}: your identity, every contact and every message, for good."
+                ));
+                let typed = crate::terminal::ask("Type ERASE to go on: ")?;
+                if typed.trim() != api::ERASE_CONFIRMATION {
+                    return Err("not erased".into());
+                }
+            }
+            let erased = client.erase_profile().await.map_err(|e| explain(&e))?;
+            output(json, &erased, || {
+                let mut lines: Vec<String> = erased
+                    .shredded
+                    .iter()
+                    .map(|p| format!("shredded {p}"))
+                    .collect();
+                lines.extend(erased.removed.iter().map(|p| format!("removed {p}")));
+                lines.push("The profile is erased. `carom init` makes a new one.".into());
+                lines.join("\n")
+            });
         }
         Command::Status { wait, timeout } => status(&client, json, wait, timeout).await?,
         Command::Address { qr } => {

@@ -25,6 +25,18 @@ pub(crate) fn say(line: &str) {
     }
 }
 
+/// A line typed by the user (shown as typed), without its newline.
+pub(crate) fn ask(label: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{label}").and_then(|()| out.flush());
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 pub(crate) fn prompt(label: &str) -> Result<Zeroizing<String>, String> {
     if std::io::stdin().is_terminal() {
         rpassword::prompt_password(label)

@@ -369,6 +369,15 @@ impl Client {
             .await
     }
 
+    /// `profile.erase`: the profile is gone for good (this sends the confirmation; ask the
+    /// user first).
+    pub async fn erase_profile(&self) -> Result<api::ProfileErased, ClientError> {
+        self.call::<m::ProfileErase>(&api::ProfileErase {
+            confirm: api::ERASE_CONFIRMATION.to_owned(),
+        })
+        .await
+    }
+
     /// `message.delete`: here only, or (`for_everyone`, a chat we sent) at both ends.
     pub async fn delete_message(&self, id: i64, for_everyone: bool) -> Result<(), ClientError> {
         self.call::<m::MessageDelete>(&api::MessageDelete { id, for_everyone })

@@ -222,7 +222,7 @@ pub struct Chat {
 /// "From now on, messages in this conversation disappear after this long" (or no longer
 /// disappear). Either end may send it; it is a conversation item both histories show, and
 /// acknowledged like a chat. Concurrent changes resolve to the one with the greater
-/// (`sent_at`, `id`), at both ends (protocol §7.3).
+/// (`sent_at`, `id`), at both ends (protocol §7.1).
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct SetTimer {

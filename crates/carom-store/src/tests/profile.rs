@@ -175,3 +175,23 @@ fn creation_leftovers_are_removed_and_the_database_is_not() {
     );
     profile.open().check_integrity().unwrap();
 }
+
+#[test]
+fn a_shredded_key_file_is_overwritten_in_place_before_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("profile.key");
+    KeyFile::create(&path, Protection::Passphrase(b"pw"), CHEAP).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // A second name for the same inode shows what happened to its bytes after the first
+    // name is gone.
+    let witness = dir.path().join("witness");
+    std::fs::hard_link(&path, &witness).unwrap();
+    assert!(KeyFile::shred(&path).unwrap());
+    assert!(!path.exists());
+    let after = std::fs::read(&witness).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_ne!(after, before);
+    assert!(KeyFile::unlock(&witness, Some(b"pw")).is_err());
+    // Nothing there: nothing to do.
+    assert!(!KeyFile::shred(&path).unwrap());
+}
