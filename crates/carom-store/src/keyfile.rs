@@ -656,3 +656,6 @@ fn derive_wrapping_key(
         .map_err(|e| format!("key derivation failed: {e}"))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;
