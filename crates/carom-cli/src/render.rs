@@ -455,6 +455,12 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
     let name = |address: &str| lookup.name.clone().unwrap_or_else(|| address.to_owned());
     match data {
         EventData::MessageReceived(m) => match &lookup.message {
+            // A timer change is told by its own `contact.timer` line.
+            Some(message) if message.kind == api::MessageKind::Timer => format!(
+                "{} changed the disappearing-message timer (#{})",
+                name(&m.contact),
+                m.id
+            ),
             Some(message) => format!("message from {}: {}", name(&m.contact), message.body),
             None => format!("message #{} (since deleted)", m.id),
         },

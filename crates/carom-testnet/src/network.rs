@@ -398,13 +398,34 @@ impl TestNetwork {
             .collect()
     }
 
-    /// Freeze these relays (SIGSTOP): their connections stay open but nothing moves through
+    /// The PIDs of the network's directory authorities, in start order.
+    pub fn authority_pids(&self) -> Vec<u32> {
+        self.lock_nodes()
+            .iter()
+            .filter(|n| n.info.role == Role::Authority)
+            .filter_map(|n| n.info.pid)
+            .collect()
+    }
+
+    /// The PIDs of every node that carries circuits — the relays **and the authorities**,
+    /// which are relays too and may hold any position of a path — in start order. A test
+    /// that must stop whatever is on a path partitions these, not [`Self::relay_pids`]: with
+    /// three authorities, a circuit can avoid every relay.
+    pub fn router_pids(&self) -> Vec<u32> {
+        self.lock_nodes()
+            .iter()
+            .filter(|n| matches!(n.info.role, Role::Relay | Role::Authority))
+            .filter_map(|n| n.info.pid)
+            .collect()
+    }
+
+    /// Freeze these relays or authorities (SIGSTOP): their connections stay open but nothing moves through
     /// them, as with a relay that hangs. They resume when the returned guard is dropped — or,
     /// should this process die first, when `at_most` has passed: a separate thawer process
     /// (`sleep`, then `kill -CONT`) makes sure no relay stays frozen, so each can notice
     /// that its owner is gone and exit. Only relays of this network can be frozen.
     pub fn freeze(&self, pids: &[u32], at_most: Duration) -> Result<Frozen> {
-        let ours = self.relay_pids();
+        let ours = self.router_pids();
         if let Some(pid) = pids.iter().find(|p| !ours.contains(p)) {
             return Err(Error::NotARelay { pid: *pid });
         }
