@@ -456,20 +456,13 @@ fn erase_on_disk(paths: &Paths) -> Result<api::ProfileErased, ErrorObject> {
         }
     }
     let database = paths.database();
-    let sidecars: Vec<PathBuf> = ["-wal", "-shm"]
-        .iter()
-        .map(|suffix| {
-            let mut name = database.as_os_str().to_owned();
-            name.push(suffix);
-            PathBuf::from(name)
-        })
+    let present: Vec<PathBuf> = Store::database_files(&database)
+        .into_iter()
         .filter(|p| p.exists())
         .collect();
-    if Store::delete_files(&database).map_err(|e| store_error(&e))? {
-        done.removed.push(database.display().to_string());
-    }
+    Store::delete_files(&database).map_err(|e| store_error(&e))?;
     done.removed
-        .extend(sidecars.iter().map(|p| p.display().to_string()));
+        .extend(present.iter().map(|p| p.display().to_string()));
     let tor = paths.data_dir.join("tor");
     match std::fs::remove_dir_all(&tor) {
         Ok(()) => done.removed.push(tor.display().to_string()),

@@ -292,7 +292,8 @@ async fn delivered(d: &Daemon, id: i64) {
     .await;
 }
 
-async fn history(d: &Daemon, with: &str) -> Vec<(api::Direction, String)> {
+/// The conversation with `with`, oldest first.
+async fn conversation(d: &Daemon, with: &str) -> Vec<api::Message> {
     let page = d
         .client()
         .await
@@ -303,9 +304,13 @@ async fn history(d: &Daemon, with: &str) -> Vec<(api::Direction, String)> {
         })
         .await
         .expect("history");
-    page.messages
+    page.messages.into_iter().rev().collect()
+}
+
+async fn history(d: &Daemon, with: &str) -> Vec<(api::Direction, String)> {
+    conversation(d, with)
+        .await
         .into_iter()
-        .rev()
         .map(|m| (m.direction, m.body))
         .collect()
 }
@@ -1959,19 +1964,9 @@ async fn erased_within(d: &Daemon, marker: &str, limit: Duration) {
 }
 
 async fn kinds(d: &Daemon, with: &str) -> Vec<(api::MessageKind, String)> {
-    let page = d
-        .client()
+    conversation(d, with)
         .await
-        .history(&api::MessageList {
-            with: with.to_owned(),
-            before: None,
-            limit: Some(500),
-        })
-        .await
-        .expect("history");
-    page.messages
         .into_iter()
-        .rev()
         .map(|m| (m.kind, m.body))
         .collect()
 }

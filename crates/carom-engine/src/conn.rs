@@ -746,44 +746,14 @@ where
                     .unwrap_or_else(|e| e.into_inner())
                     .allowance(contact_id, clock);
                 for item in &chats {
-                    if let Item::Withdraw(w) = item {
-                        // Idempotent by itself (a second one finds a tombstone); charged as a
-                        // row, since one for a message we never had leaves a tombstone.
-                        if !allowance.admit(TOMBSTONE_COST) {
-                            refused.push((w.id, carom_proto::reject::OVER_QUOTA));
-                            continue;
-                        }
-                        let (tombstone, erased) =
-                            tx.withdraw_incoming(contact_id, &w.target.0, now)?;
-                        // Frontends that showed it learn it is gone; one for a message we never
-                        // had (or a repeated withdrawal) changes nothing they show.
-                        if erased {
-                            let event = EventData::Deleted(event::Deleted {
-                                id: tombstone.row,
-                                contact: peer.to_string(),
-                                msg_id: hex::encode(tombstone.msg_id),
-                                for_everyone: true,
-                                by: By::Them,
-                            });
-                            append(tx, &event, now)?;
-                        }
-                        after.erased |= erased;
-                        ids.push(w.id);
+                    // A copy we already have is acknowledged again, whatever the quota: the
+                    // sender only missed our first acknowledgement. (A body over its limit
+                    // never gets here: the decoder refuses it.)
+                    if item.is_new_here(tx, contact_id)? && !allowance.admit(item.cost()) {
+                        refused.push((item.id(), carom_proto::reject::OVER_QUOTA));
                         continue;
                     }
-                    // A copy we already have is acknowledged again, whatever the quota: the
-                    // sender only missed our first acknowledgement.
-                    let known = tx
-                        .message_by_id(contact_id, Direction::Incoming, &item.id().0)?
-                        .is_some();
-                    if !known {
-                        // (A body over its limit never gets here: the decoder refuses it.)
-                        if !allowance.admit(item.cost()) {
-                            refused.push((item.id(), carom_proto::reject::OVER_QUOTA));
-                            continue;
-                        }
-                    }
-                    let (message, new) = match item {
+                    let stored = match item {
                         Item::Chat(chat) => {
                             let received = tx.store_incoming(&NewIncoming {
                                 contact_id,
@@ -796,7 +766,7 @@ where
                                 expires_from: Some(erasure_now),
                             })?;
                             let new = received.is_new();
-                            (received.into_message(), new)
+                            Some((received.into_message(), new))
                         }
                         Item::Timer(change) => {
                             let stored = tx.store_timer_change(&TimerChange {
@@ -816,12 +786,28 @@ where
                                 });
                                 append(tx, &event, now)?;
                             }
-                            (stored.message, stored.new)
+                            Some((stored.message, stored.new))
                         }
-                        // Handled before the quota check above.
-                        Item::Withdraw(_) => continue,
+                        Item::Withdraw(w) => {
+                            let (tombstone, erased) =
+                                tx.withdraw_incoming(contact_id, &w.target.0, now)?;
+                            // Frontends that showed it learn it is gone; one for a message we
+                            // never had (or a repeated withdrawal) changes nothing they show.
+                            if erased {
+                                let event = EventData::Deleted(event::Deleted {
+                                    id: tombstone.row,
+                                    contact: peer.to_string(),
+                                    msg_id: hex::encode(tombstone.msg_id),
+                                    for_everyone: true,
+                                    by: By::Them,
+                                });
+                                append(tx, &event, now)?;
+                            }
+                            after.erased |= erased;
+                            None
+                        }
                     };
-                    if new {
+                    if let Some((message, true)) = stored {
                         let event = EventData::MessageReceived(event::MessageRef {
                             id: message.row,
                             contact: peer.to_string(),
@@ -1114,6 +1100,18 @@ impl Item {
         match self {
             Item::Chat(c) => c.body.len(),
             Item::Timer(_) | Item::Withdraw(_) => TOMBSTONE_COST,
+        }
+    }
+
+    /// Whether storing it would take room: a chat or timer change not stored before, or any
+    /// withdrawal (idempotent by itself, and one for a message we never had leaves a
+    /// tombstone, so it is charged as a row).
+    fn is_new_here(&self, tx: &WriteTx<'_>, contact_id: i64) -> carom_store::Result<bool> {
+        match self {
+            Item::Withdraw(_) => Ok(true),
+            Item::Chat(_) | Item::Timer(_) => Ok(tx
+                .message_by_id(contact_id, Direction::Incoming, &self.id().0)?
+                .is_none()),
         }
     }
 }

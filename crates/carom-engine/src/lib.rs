@@ -729,13 +729,8 @@ impl Engine {
             .shared
             .store
             .write(move |tx| {
-                let c = a_contact(tx.contact_by_identity(&key)?)?;
-                if c.state != ContactState::Accepted {
-                    return Err(EngineError::InvalidState(format!(
-                        "messages go only to accepted contacts; this one is {}",
-                        c.state.as_str()
-                    )));
-                }
+                let c =
+                    an_accepted_contact(tx.contact_by_identity(&key)?, "messages are exchanged")?;
                 let now = unix_ms();
                 // The conversation's timer as it is now: the message carries it for good.
                 let payload = Message::Chat(Chat {
@@ -781,13 +776,7 @@ impl Engine {
             .shared
             .store
             .write(move |tx| {
-                let c = a_contact(tx.contact_by_identity(&key)?)?;
-                if c.state != ContactState::Accepted {
-                    return Err(EngineError::InvalidState(format!(
-                        "a timer is set with an accepted contact; this one is {}",
-                        c.state.as_str()
-                    )));
-                }
+                let c = an_accepted_contact(tx.contact_by_identity(&key)?, "a timer is set")?;
                 let now = unix_ms();
                 // Newer than the change in force even if the peer's clock is ahead of ours:
                 // otherwise the peer would keep its older change and the ends would disagree.
@@ -1114,29 +1103,21 @@ impl Engine {
                         target: MessageId(m.msg_id),
                     })
                     .encode();
-                    let tombstone = tx.withdraw_outgoing(id, &payload, now)?;
-                    let event = EventData::Deleted(event::Deleted {
-                        id,
-                        contact: peer.to_string(),
-                        msg_id: hex::encode(tombstone.msg_id),
-                        for_everyone: true,
-                        by: By::Us,
-                    });
-                    append(tx, &event, now)?;
-                    return Ok(Some(peer));
+                    tx.withdraw_outgoing(id, &payload, now)?;
+                } else {
+                    // (Its outbox item, if it was still queued, goes with it: the foreign key
+                    // cascades.)
+                    tx.delete_message(id)?;
                 }
-                // (Its outbox item, if it was still queued, goes with it: the foreign key
-                // cascades.)
-                tx.delete_message(id)?;
                 let event = EventData::Deleted(event::Deleted {
                     id,
                     contact: peer.to_string(),
                     msg_id: hex::encode(m.msg_id),
-                    for_everyone: false,
+                    for_everyone: request.for_everyone,
                     by: By::Us,
                 });
                 append(tx, &event, now)?;
-                Ok(None)
+                Ok(request.for_everyone.then_some(peer))
             })
             .await?;
         if let Some(peer) = peer {
@@ -1218,6 +1199,21 @@ impl Engine {
 fn a_contact(row: Option<carom_store::Contact>) -> Result<carom_store::Contact> {
     row.filter(|c| c.state != ContactState::CoMember)
         .ok_or(EngineError::NoSuchContact)
+}
+
+/// [`a_contact`], and accepted: what `what` ("messages are exchanged") needs.
+fn an_accepted_contact(
+    row: Option<carom_store::Contact>,
+    what: &str,
+) -> Result<carom_store::Contact> {
+    let c = a_contact(row)?;
+    if c.state != ContactState::Accepted {
+        return Err(EngineError::InvalidState(format!(
+            "{what} only with an accepted contact; this one is {}",
+            c.state.as_str()
+        )));
+    }
+    Ok(c)
 }
 
 /// Drop a contact's outbox; its queued chats (and group messages) fail with `reason`.

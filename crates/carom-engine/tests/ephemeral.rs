@@ -68,6 +68,16 @@ async fn wait_received(node: &Node, from: &Node, body: &str) -> api::Message {
     }
 }
 
+/// Alice and Bob, paired, with a `secs` timer Alice set and Bob has.
+async fn paired_with_timer(net: &MemoryNetwork, dir: &std::path::Path, secs: u32) -> (Node, Node) {
+    let alice = Node::create(net, dir, "alice");
+    let bob = Node::create(net, dir, "bob");
+    pair(&alice, &bob).await;
+    set_timer(&alice, &bob, Some(secs)).await;
+    alice.wait_all_delivered(&bob).await;
+    (alice, bob)
+}
+
 fn run(test: impl AsyncFnOnce(&MemoryNetwork, &std::path::Path)) {
     let dir = tempfile::tempdir().expect("dir");
     let net = MemoryNetwork::new(LATENCY);
@@ -296,11 +306,7 @@ fn a_local_delete_erases_the_body_from_the_file() {
 #[test]
 fn messages_that_expired_while_stopped_are_erased_before_anything_is_served() {
     run(async |net, dir| {
-        let alice = Node::create(net, dir, "alice");
-        let mut bob = Node::create(net, dir, "bob");
-        pair(&alice, &bob).await;
-        set_timer(&alice, &bob, Some(600)).await;
-        alice.wait_all_delivered(&bob).await;
+        let (alice, mut bob) = paired_with_timer(net, dir, 600).await;
         let body = "MARKER-stopped-a6f2d8: gone while you slept";
         alice.send(&bob, body).await;
         wait_received(&bob, &alice, body).await;
@@ -330,11 +336,7 @@ fn messages_that_expired_while_stopped_are_erased_before_anything_is_served() {
 #[test]
 fn a_clock_set_back_neither_keeps_messages_longer_nor_cuts_new_ones_short() {
     run(async |net, dir| {
-        let alice = Node::create(net, dir, "alice");
-        let bob = Node::create(net, dir, "bob");
-        pair(&alice, &bob).await;
-        set_timer(&alice, &bob, Some(3600)).await;
-        alice.wait_all_delivered(&bob).await;
+        let (alice, bob) = paired_with_timer(net, dir, 3600).await;
 
         let before_jump = alice.send(&bob, "an hour, whatever the clock says").await;
         advance(Duration::from_secs(600)).await;
@@ -367,11 +369,7 @@ fn a_clock_set_back_neither_keeps_messages_longer_nor_cuts_new_ones_short() {
 #[test]
 fn a_clock_set_forward_erases_early_within_the_minute() {
     run(async |net, dir| {
-        let alice = Node::create(net, dir, "alice");
-        let bob = Node::create(net, dir, "bob");
-        pair(&alice, &bob).await;
-        set_timer(&alice, &bob, Some(3600)).await;
-        alice.wait_all_delivered(&bob).await;
+        let (alice, bob) = paired_with_timer(net, dir, 3600).await;
         // On the side of erasure: the jump cannot be told from time passing while asleep.
         let forward = alice.send(&bob, "caught by a clock set forward").await;
         carom_engine::shift_virtual_wall_clock(2 * 24 * 3600 * 1000);

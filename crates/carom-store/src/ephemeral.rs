@@ -224,13 +224,7 @@ impl WriteTx<'_> {
                 ])
             })
             .at(db.path)
-            .map_err(|e| {
-                if e.is_missing_reference() {
-                    Error::NotFound { what: "contact" }
-                } else {
-                    e
-                }
-            })?;
+            .map_err(messages::contact_must_exist)?;
         Ok((inserted > 0).then(|| db.conn.last_insert_rowid()))
     }
 

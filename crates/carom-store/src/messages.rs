@@ -175,7 +175,7 @@ pub(crate) fn expiry(now: UnixMillis, timer: Option<u32>) -> Option<UnixMillis> 
 }
 
 /// Names the missing contact when an insert's foreign key fails.
-fn contact_must_exist(error: Error) -> Error {
+pub(crate) fn contact_must_exist(error: Error) -> Error {
     if error.is_missing_reference() {
         Error::NotFound { what: "contact" }
     } else {

@@ -155,6 +155,15 @@ impl Store {
         Ok(leftovers)
     }
 
+    /// The files of the database at `path`: itself, its `-wal` and its `-shm`.
+    pub fn database_files(path: &Path) -> [PathBuf; 3] {
+        [
+            path.to_owned(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ]
+    }
+
     /// Deletes the database at `path` with its `-wal` and `-shm` files, then flushes the
     /// directory so the deletion is on disk before whatever the caller does next. Missing files
     /// are not an error; returns whether the database itself was there.
@@ -163,8 +172,9 @@ impl Store {
     /// an interrupted profile creation left behind. The database must not be open.
     pub fn delete_files(path: &Path) -> Result<bool> {
         // The main file last: while it remains, the database is still recognisably there.
-        for suffix in ["-wal", "-shm"] {
-            fsutil::remove_durably(&sidecar(path, suffix))?;
+        let [_, wal, shm] = Store::database_files(path);
+        for side in [wal, shm] {
+            fsutil::remove_durably(&side)?;
         }
         let existed = fsutil::remove_durably(path)?;
         if existed {
@@ -708,7 +718,7 @@ fn sidecar(db: &Path, suffix: &str) -> PathBuf {
 
 /// Best-effort removal of a half-built database.
 fn remove_database_files(db: &Path) {
-    for path in [db.to_owned(), sidecar(db, "-wal"), sidecar(db, "-shm")] {
+    for path in Store::database_files(db) {
         let _ = fs::remove_file(path);
     }
 }

@@ -389,22 +389,23 @@ impl TestNetwork {
         Ok(pid)
     }
 
-    /// The PIDs of the network's relays (not its authorities), in start order.
-    pub fn relay_pids(&self) -> Vec<u32> {
+    /// The PIDs of the nodes in `roles`, in start order.
+    fn pids_of(&self, roles: &[Role]) -> Vec<u32> {
         self.lock_nodes()
             .iter()
-            .filter(|n| n.info.role == Role::Relay)
+            .filter(|n| roles.contains(&n.info.role))
             .filter_map(|n| n.info.pid)
             .collect()
     }
 
+    /// The PIDs of the network's relays (not its authorities), in start order.
+    pub fn relay_pids(&self) -> Vec<u32> {
+        self.pids_of(&[Role::Relay])
+    }
+
     /// The PIDs of the network's directory authorities, in start order.
     pub fn authority_pids(&self) -> Vec<u32> {
-        self.lock_nodes()
-            .iter()
-            .filter(|n| n.info.role == Role::Authority)
-            .filter_map(|n| n.info.pid)
-            .collect()
+        self.pids_of(&[Role::Authority])
     }
 
     /// The PIDs of every node that carries circuits — the relays **and the authorities**,
@@ -412,11 +413,7 @@ impl TestNetwork {
     /// that must stop whatever is on a path partitions these, not [`Self::relay_pids`]: with
     /// three authorities, a circuit can avoid every relay.
     pub fn router_pids(&self) -> Vec<u32> {
-        self.lock_nodes()
-            .iter()
-            .filter(|n| matches!(n.info.role, Role::Relay | Role::Authority))
-            .filter_map(|n| n.info.pid)
-            .collect()
+        self.pids_of(&[Role::Authority, Role::Relay])
     }
 
     /// Freeze these relays or authorities (SIGSTOP): their connections stay open but nothing moves through

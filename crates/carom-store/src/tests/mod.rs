@@ -134,10 +134,7 @@ pub(crate) fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Whether `needle` occurs in `haystack`.
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
+pub(crate) use crate::forensic::contains;
 
 /// The direction's message, looked up by id, to check exactly-once storage.
 pub(crate) fn count_rows(store: &Store, contact_id: i64, direction: Direction, n: u64) -> i64 {
