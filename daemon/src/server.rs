@@ -19,7 +19,7 @@ use carom_api::{self as api, ErrorKind, ErrorObject, EventData, Method, Request,
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use zeroize::{Zeroize, Zeroizing};
@@ -550,6 +550,9 @@ async fn dispatch(
             reply::<m::MessageDelete>(api::Empty {})
         }
         Request::ContactSetTimer(p) => reply::<m::ContactSetTimer>(engine!().set_timer(p).await?),
+        Request::ContactSetHistory(p) => {
+            reply::<m::ContactSetHistory>(engine!().set_history(p).await?)
+        }
         Request::GroupCreate(p) => reply::<m::GroupCreate>(engine!().group_create(p).await?),
         Request::GroupList(_) => reply::<m::GroupList>(engine!().group_list().await?),
         Request::GroupGet(p) => reply::<m::GroupGet>(engine!().group_get(&p).await?),
@@ -601,6 +604,8 @@ async fn subscribe(
     let engine = server.profiles.engine().await?;
     let (latest, oldest) = engine.event_bounds().await?;
     let notifier = engine.event_notifier();
+    // Live events from now on (they are never stored, so none can be replayed).
+    let live = engine.live_events();
     drop(engine);
     if let Some(old) = conn.events.take() {
         old.abort();
@@ -615,7 +620,7 @@ async fn subscribe(
     let task = tokio::spawn(forward_events(
         Arc::clone(server),
         conn.out.clone(),
-        notifier,
+        (notifier, live),
         cursor,
         request.kinds,
     ));
@@ -626,14 +631,16 @@ async fn subscribe(
     Ok(result)
 }
 
-/// Replay events after `cursor`, then follow new ones, until the connection goes.
+/// Replay events after `cursor`, then follow new ones, until the connection goes. Live events
+/// (never stored) are forwarded as they come, between pages.
 async fn forward_events(
     server: Arc<Server>,
     out: mpsc::Sender<String>,
-    mut notifier: watch::Receiver<u64>,
+    (mut notifier, mut live): (watch::Receiver<u64>, broadcast::Receiver<api::LiveEvent>),
     mut cursor: u64,
     kinds: Option<Vec<String>>,
 ) {
+    let wanted = |kind: &str| kinds.as_ref().is_none_or(|k| k.iter().any(|w| w == kind));
     // Let the subscribe response be written first.
     tokio::task::yield_now().await;
     let mut checked_gap = false;
@@ -674,10 +681,7 @@ async fn forward_events(
         let full = page.len() == usize::try_from(EVENT_PAGE).unwrap_or(usize::MAX);
         for event in page {
             cursor = event.seq;
-            if kinds
-                .as_ref()
-                .is_some_and(|k| !k.iter().any(|kind| kind == event.kind()))
-            {
+            if !wanted(event.kind()) {
                 continue;
             }
             let line = api::notification(method::EVENT, json!(event)).to_string();
@@ -688,10 +692,32 @@ async fn forward_events(
         if full {
             continue;
         }
-        // Wait for something newer than what we sent.
+        // Wait for something newer than what we sent, forwarding live events meanwhile.
         while *notifier.borrow_and_update() <= cursor {
-            if notifier.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = notifier.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                received = live.recv() => {
+                    let event = match received {
+                        Ok(event) => event,
+                        // Never a silent drop: the subscriber learns how many it missed.
+                        Err(broadcast::error::RecvError::Lagged(count)) => api::LiveEvent {
+                            at: unix_ms(),
+                            data: EventData::LiveMissed(api::event::LiveMissed { count }),
+                        },
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if !wanted(event.kind()) {
+                        continue;
+                    }
+                    let line = api::notification(method::LIVE_EVENT, json!(event)).to_string();
+                    if out.send(line).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

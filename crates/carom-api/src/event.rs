@@ -33,6 +33,11 @@ pub const MESSAGE_STATUS: &str = "message.status";
 /// The change is also a conversation item (kind `timer`), announced by [`MESSAGE_RECEIVED`] or
 /// [`MESSAGE_STATUS`] like any message.
 pub const CONTACT_TIMER: &str = "contact.timer";
+/// We turned a conversation's history off or on again: [`HistoryChanged`].
+pub const CONTACT_HISTORY: &str = "contact.history";
+/// Live events were lost to a subscriber too slow to take them: [`LiveMissed`]. Sent live
+/// itself, in their place (they cannot be replayed: they were never stored).
+pub const LIVE_MISSED: &str = "events.live_missed";
 /// A message was deleted for everyone (by us or by its sender), or here only: [`Deleted`].
 /// For everyone, its row stays as a tombstone (kind `deleted`, body empty).
 pub const MESSAGE_DELETED: &str = "message.deleted";
@@ -100,6 +105,10 @@ pub enum EventData {
     MessageStatus(StatusChanged),
     /// [`CONTACT_TIMER`].
     TimerChanged(TimerChanged),
+    /// [`CONTACT_HISTORY`].
+    HistoryChanged(HistoryChanged),
+    /// [`LIVE_MISSED`].
+    LiveMissed(LiveMissed),
     /// [`MESSAGE_DELETED`].
     Deleted(Deleted),
     /// [`MESSAGE_EXPIRED`].
@@ -325,6 +334,22 @@ pub struct TimerChanged {
     pub by: By,
 }
 
+/// Data of [`CONTACT_HISTORY`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryChanged {
+    /// The contact.
+    pub address: String,
+    /// Whether the conversation's messages are stored from now on.
+    pub keep_history: bool,
+}
+
+/// Data of [`LIVE_MISSED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveMissed {
+    /// How many live events this subscriber did not get.
+    pub count: u64,
+}
+
 /// Data of [`MESSAGE_DELETED`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
@@ -389,6 +414,8 @@ impl EventData {
             EventData::MessageReceived(_) => MESSAGE_RECEIVED,
             EventData::MessageStatus(_) => MESSAGE_STATUS,
             EventData::TimerChanged(_) => CONTACT_TIMER,
+            EventData::HistoryChanged(_) => CONTACT_HISTORY,
+            EventData::LiveMissed(_) => LIVE_MISSED,
             EventData::Deleted(_) => MESSAGE_DELETED,
             EventData::Expired(_) => MESSAGE_EXPIRED,
             EventData::GroupInvited(_) => GROUP_INVITED,
@@ -418,6 +445,8 @@ impl EventData {
             EventData::MessageReceived(d) => value(d),
             EventData::MessageStatus(d) => value(d),
             EventData::TimerChanged(d) => value(d),
+            EventData::HistoryChanged(d) => value(d),
+            EventData::LiveMissed(d) => value(d),
             EventData::Deleted(d) => value(d),
             EventData::Expired(d) => value(d),
             EventData::GroupInvited(d) => value(d),
@@ -450,6 +479,8 @@ impl EventData {
             MESSAGE_RECEIVED => typed(&data, EventData::MessageReceived),
             MESSAGE_STATUS => typed(&data, EventData::MessageStatus),
             CONTACT_TIMER => typed(&data, EventData::TimerChanged),
+            CONTACT_HISTORY => typed(&data, EventData::HistoryChanged),
+            LIVE_MISSED => typed(&data, EventData::LiveMissed),
             MESSAGE_DELETED => typed(&data, EventData::Deleted),
             MESSAGE_EXPIRED => typed(&data, EventData::Expired),
             GROUP_INVITED => typed(&data, EventData::GroupInvited),
@@ -464,6 +495,54 @@ impl EventData {
         parsed.unwrap_or_else(|| EventData::Unknown {
             kind: kind.to_owned(),
             data,
+        })
+    }
+}
+
+/// An event that is never stored: about a conversation with history off (a message arrived,
+/// changed state, was deleted or erased), so that not even its metadata reaches the disk. Sent
+/// to subscribers as it happens, as the params of [`crate::method::LIVE_EVENT`]
+/// (`{"at","kind","data"}`, no `seq`: it has no place in the log and is never replayed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveEvent {
+    /// When it happened (ms since the Unix epoch).
+    pub at: u64,
+    /// What happened.
+    pub data: EventData,
+}
+
+impl LiveEvent {
+    /// The event's kind.
+    pub fn kind(&self) -> &str {
+        self.data.kind()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireLiveEvent {
+    at: u64,
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+impl Serialize for LiveEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireLiveEvent {
+            at: self.at,
+            kind: self.kind().to_owned(),
+            data: self.data.to_value(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for LiveEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireLiveEvent::deserialize(deserializer)?;
+        Ok(LiveEvent {
+            at: wire.at,
+            data: EventData::from_parts(&wire.kind, wire.data),
         })
     }
 }
@@ -553,6 +632,11 @@ mod tests {
             ),
             (CONTACT_TIMER, json!({"address": "a.onion", "by": "us"})),
             (
+                CONTACT_HISTORY,
+                json!({"address": "a.onion", "keep_history": false}),
+            ),
+            (LIVE_MISSED, json!({"count": 12})),
+            (
                 MESSAGE_DELETED,
                 json!({"id": 3, "contact": "a.onion", "msg_id": "00ff", "for_everyone": true,
                        "by": "them"}),
@@ -576,6 +660,16 @@ mod tests {
             );
             assert_eq!(event.kind(), kind);
         }
+    }
+
+    #[test]
+    fn live_events_have_no_sequence_number() {
+        let wire = json!({"at": 9, "kind": MESSAGE_RECEIVED,
+                          "data": {"id": 4_503_599_627_370_496_i64, "contact": "a.onion",
+                                   "msg_id": "00ff"}});
+        let event: LiveEvent = serde_json::from_value(wire.clone()).unwrap();
+        assert!(matches!(event.data, EventData::MessageReceived(_)));
+        assert_eq!(serde_json::to_value(&event).unwrap(), wire);
     }
 
     #[test]

@@ -368,6 +368,25 @@ pub struct Contact {
     /// end with `contact.set_timer`; both ends show the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer: Option<u32>,
+    /// Whether the conversation's messages are written to the store (`false`: history off,
+    /// they live in the daemon's memory only; see `contact.set_history`). Ours alone: the
+    /// contact's daemon keeps its own copy as its own setting says.
+    #[serde(default = "yes")]
+    pub keep_history: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parameters of `contact.set_history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactSetHistory {
+    /// The contact's address.
+    pub address: String,
+    /// `false`: from now on the conversation's messages live in memory only, never written;
+    /// `true`: they are stored again.
+    pub keep_history: bool,
 }
 
 /// Longest disappearing-message timer, in seconds (four weeks).
@@ -531,6 +550,10 @@ pub struct Message {
     /// When the daemon erases it here (ms since the Unix epoch); absent: never by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// It lives in the daemon's memory only (its conversation had history off when it was
+    /// sent or received): gone when the daemon stops, and its events are live only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_only: bool,
 }
 
 /// Parameters of `message.send`.
@@ -613,7 +636,7 @@ pub struct Subscribed {
 }
 
 pub mod event;
-pub use event::{Event, EventData};
+pub use event::{Event, EventData, LiveEvent};
 
 /// An attached frontend (result element of `session.list`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,10 +4,10 @@
 //! cannot forget a limit on a field it takes: each parameter type must implement it.
 
 use crate::{
-    AddressParams, ContactAdd, ContactRename, ContactRespond, ContactSetTimer, Empty, ErrorKind,
-    ErrorObject, EventsSubscribe, GroupAccept, GroupCreate, GroupHistory, GroupInvite,
-    GroupMemberParams, GroupParams, GroupRename, GroupSend, GroupSetPolicy, GroupSetRole,
-    MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES,
+    AddressParams, ContactAdd, ContactRename, ContactRespond, ContactSetHistory, ContactSetTimer,
+    Empty, ErrorKind, ErrorObject, EventsSubscribe, GroupAccept, GroupCreate, GroupHistory,
+    GroupInvite, GroupMemberParams, GroupParams, GroupRename, GroupSend, GroupSetPolicy,
+    GroupSetRole, MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES,
     MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES,
     MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageDelete,
     MessageIdParams, MessageList, MessageSend, ProfileChangePassphrase, ProfileCreate,
@@ -146,6 +146,12 @@ impl CheckLimits for ProfileErase {
 impl CheckLimits for MessageDelete {
     fn check_limits(&self) -> Result<(), ErrorObject> {
         MessageIdParams { id: self.id }.check_limits()
+    }
+}
+
+impl CheckLimits for ContactSetHistory {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("address", &self.address, MAX_ADDRESS_BYTES)
     }
 }
 

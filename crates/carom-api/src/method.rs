@@ -15,6 +15,9 @@ use crate::{CheckLimits, ErrorKind, ErrorObject};
 pub const BANNER: &str = "carom.banner";
 /// An event notification (after `events.subscribe`).
 pub const EVENT: &str = "carom.event";
+/// Notification: an event that is never stored ([`crate::event::LiveEvent`]), about a
+/// conversation with history off.
+pub const LIVE_EVENT: &str = "carom.live_event";
 
 /// One API method.
 pub trait Method {
@@ -123,6 +126,8 @@ methods! {
     ContactRemove = "contact.remove" (crate::AddressParams) -> crate::Empty;
     /// Set (or turn off) the conversation's disappearing-message timer, at both ends.
     ContactSetTimer = "contact.set_timer" (crate::ContactSetTimer) -> crate::Contact;
+    /// Keep the conversation's history in the store, or in memory only (here).
+    ContactSetHistory = "contact.set_history" (crate::ContactSetHistory) -> crate::Contact;
     /// Forget every unanswered contact request from strangers.
     ContactClearRequests = "contact.clear_requests" (crate::Empty) -> crate::Cleared;
     /// Queue a message (its status is `queued`).
@@ -185,6 +190,9 @@ mod tests {
             "contact.respond" => serde_json::json!({ "address": "x", "response": "accept" }),
             "contact.rename" => serde_json::json!({ "address": "x", "nickname": "y" }),
             "contact.set_timer" => serde_json::json!({ "address": "x", "timer": 300 }),
+            "contact.set_history" => {
+                serde_json::json!({ "address": "x", "keep_history": false })
+            }
             "message.send" => serde_json::json!({ "to": "x", "body": "y" }),
             "message.list" => serde_json::json!({ "with": "x" }),
             "message.get" | "message.delete" => serde_json::json!({ "id": 1 }),

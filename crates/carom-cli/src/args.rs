@@ -216,6 +216,27 @@ pub(crate) enum ContactCommand {
     },
     /// Forget every unanswered request from strangers at once (e.g. after a flood)
     ClearRequests,
+    /// Keep the conversation with a contact in memory only ("off"), or stored ("on")
+    ///
+    /// With history off, this daemon never writes the conversation's messages, nor even that
+    /// they came: they live in its memory, and are gone when it stops or crashes, including
+    /// any still waiting for delivery. The contact is not told, and keeps their own copy as
+    /// their own setting says. Messages stored before stay until deleted or expired.
+    History {
+        /// The contact (nickname or address)
+        contact: String,
+        /// on (stored, the default) or off (memory only)
+        setting: OnOff,
+    },
+}
+
+/// A setting's two values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    /// On
+    On,
+    /// Off
+    Off,
 }
 
 /// Groups are named by their name (when no other group has it) or their id.

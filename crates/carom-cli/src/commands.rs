@@ -6,7 +6,7 @@ use std::time::Duration;
 use carom_api::{self as api, EventData};
 use carom_client::{Client, ClientError};
 
-use crate::args::{Cli, Command, ContactCommand, GroupCommand, ProfileCommand};
+use crate::args::{Cli, Command, ContactCommand, GroupCommand, OnOff, ProfileCommand};
 use crate::render;
 use crate::terminal::{output, prompt, qr_code, read_passphrase, say};
 
@@ -346,6 +346,27 @@ async fn contact(client: &Client, json: bool, command: ContactCommand) -> Result
                 .map_err(|e| explain(&e))?;
             output(json, &api::Empty {}, || "removed".into());
         }
+        ContactCommand::History { contact, setting } => {
+            let address = resolve(client, &contact).await?;
+            let c = client
+                .set_history(&address, setting == OnOff::On)
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &c, || {
+                if c.keep_history {
+                    format!(
+                        "messages with {} are stored from now on",
+                        render::name_of(&c)
+                    )
+                } else {
+                    format!(
+                        "history with {} is off: from now on its messages live in the daemon's \
+                         memory only, and are gone when it stops",
+                        render::name_of(&c)
+                    )
+                }
+            });
+        }
         ContactCommand::ClearRequests => {
             let cleared = client.clear_requests().await.map_err(|e| explain(&e))?;
             output(json, &cleared, || {
@@ -375,14 +396,25 @@ async fn watch(
             subscribed.latest_seq
         );
     }
-    while let Some(event) = client.next_event().await {
+    loop {
+        // Live events (history off) are never stored: they come beside the log's.
+        let (at, data, line) = tokio::select! {
+            event = client.next_event() => match event {
+                Some(e) => (e.at, e.data.clone(), serde_json::to_string(&e)),
+                None => break,
+            },
+            event = client.next_live_event() => match event {
+                Some(e) => (e.at, e.data.clone(), serde_json::to_string(&e)),
+                None => break,
+            },
+        };
         if json {
-            say(&serde_json::to_string(&event).unwrap_or_default());
+            say(&line.unwrap_or_default());
             continue;
         }
-        let lookup = look_up(client, &event.data).await;
-        let text = render::event_line(&event.data, &lookup);
-        say(&format!("[{}] {text}", render::time_of_day(event.at)));
+        let lookup = look_up(client, &data).await;
+        let text = render::event_line(&data, &lookup);
+        say(&format!("[{}] {text}", render::time_of_day(at)));
     }
     Err("the daemon closed the connection".into())
 }

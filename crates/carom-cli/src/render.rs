@@ -148,6 +148,9 @@ pub(crate) fn message_line(m: &api::Message, their_name: &str) -> String {
     if let Some(at) = m.expires_at {
         mark.push_str(&format!(" (disappears {})", time_of_day(at)));
     }
+    if m.memory_only {
+        mark.push_str(" (memory only)");
+    }
     format!(
         "[{}] #{} {who}: {}{mark}",
         time_of_day(m.stored_at),
@@ -183,7 +186,7 @@ pub(crate) fn contact_list(contacts: &[api::Contact]) -> String {
         .iter()
         .map(|c| {
             let mut line = format!(
-                "{:<16} {:<10} {:<7} {}{}",
+                "{:<16} {:<10} {:<7} {}{}{}",
                 name_of(c),
                 state_name(c.state),
                 if c.online { "online" } else { "" },
@@ -193,6 +196,7 @@ pub(crate) fn contact_list(contacts: &[api::Contact]) -> String {
                 } else {
                     ""
                 },
+                if c.keep_history { "" } else { " [history off]" },
             );
             if c.state == api::ContactState::Pending
                 && let Some(g) = &c.greeting
@@ -593,6 +597,20 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
             "(events {}–{} were pruned before you caught up)",
             g.from_seq, g.to_seq
         ),
+        EventData::HistoryChanged(h) => {
+            if h.keep_history {
+                format!("messages with {} are stored again", name(&h.address))
+            } else {
+                format!(
+                    "history with {} is off: its messages live in the daemon's memory only",
+                    name(&h.address)
+                )
+            }
+        }
+        EventData::LiveMissed(m) => format!(
+            "({} live events were missed: this terminal read too slowly)",
+            m.count
+        ),
         EventData::Unknown { kind, data } => format!("{kind} {data}"),
     }
 }
@@ -722,6 +740,7 @@ mod tests {
             created_at: 0,
             last_seen: None,
             timer: None,
+            keep_history: true,
         }
     }
 
@@ -740,6 +759,7 @@ mod tests {
             kind: api::MessageKind::Text,
             timer: None,
             expires_at: None,
+            memory_only: false,
         }
     }
 

@@ -93,6 +93,7 @@ pub struct Client {
     pending: Pending,
     next_id: Arc<AtomicU64>,
     events: Arc<AsyncMutex<mpsc::UnboundedReceiver<api::Event>>>,
+    live: Arc<AsyncMutex<mpsc::UnboundedReceiver<api::LiveEvent>>>,
     banner: api::Banner,
 }
 
@@ -180,12 +181,14 @@ impl Client {
         }
         let pending: Pending = Arc::default();
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(lines, Arc::clone(&pending), event_tx));
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        tokio::spawn(read_loop(lines, Arc::clone(&pending), (event_tx, live_tx)));
         Ok(Client {
             writer: Arc::new(AsyncMutex::new(write)),
             pending,
             next_id: Arc::new(AtomicU64::new(1)),
             events: Arc::new(AsyncMutex::new(event_rx)),
+            live: Arc::new(AsyncMutex::new(live_rx)),
             banner,
         })
     }
@@ -244,6 +247,12 @@ impl Client {
     /// The next event after [`Self::subscribe`]; `None` once the connection is gone.
     pub async fn next_event(&self) -> Option<api::Event> {
         self.events.lock().await.recv().await
+    }
+
+    /// The next live event after [`Self::subscribe`] (about a conversation with history off;
+    /// never stored, never replayed); `None` once the connection is gone.
+    pub async fn next_live_event(&self) -> Option<api::LiveEvent> {
+        self.live.lock().await.recv().await
     }
 
     /// `daemon.info`.
@@ -399,7 +408,22 @@ impl Client {
         self.call::<m::ContactSetTimer>(&params).await
     }
 
-    /// `events.subscribe`; then read events with [`Self::next_event`].
+    /// `contact.set_history`: keep the conversation's messages in the store (`true`), or in
+    /// the daemon's memory only (`false`).
+    pub async fn set_history(
+        &self,
+        address: &str,
+        keep_history: bool,
+    ) -> Result<api::Contact, ClientError> {
+        let params = api::ContactSetHistory {
+            address: address.to_owned(),
+            keep_history,
+        };
+        self.call::<m::ContactSetHistory>(&params).await
+    }
+
+    /// `events.subscribe`; then read events with [`Self::next_event`] (and live ones with
+    /// [`Self::next_live_event`]).
     pub async fn subscribe(
         &self,
         params: &api::EventsSubscribe,
@@ -430,7 +454,10 @@ fn address_params(address: &str) -> api::AddressParams {
 async fn read_loop(
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     pending: Pending,
-    events: mpsc::UnboundedSender<api::Event>,
+    (events, live): (
+        mpsc::UnboundedSender<api::Event>,
+        mpsc::UnboundedSender<api::LiveEvent>,
+    ),
 ) {
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(value) = serde_json::from_str::<Value>(&line) else {
@@ -439,6 +466,12 @@ async fn read_loop(
         if value.get("method").and_then(Value::as_str) == Some(api::method::EVENT) {
             if let Ok(event) = serde_json::from_value(value["params"].clone()) {
                 let _ = events.send(event);
+            }
+            continue;
+        }
+        if value.get("method").and_then(Value::as_str) == Some(api::method::LIVE_EVENT) {
+            if let Ok(event) = serde_json::from_value(value["params"].clone()) {
+                let _ = live.send(event);
             }
             continue;
         }

@@ -224,6 +224,9 @@ struct Conn<S> {
     /// Every outbox item up to this id has been written on this connection (items are sent
     /// in id order, so one number says it).
     sent_up_to: i64,
+    /// The same for the outbox kept in memory (conversations with history off), sent after
+    /// the stored one.
+    memory_sent_up_to: i64,
     /// Items that live only in the outbox (contact requests and responses, group traffic)
     /// written on this connection, by message id → outbox id, kind and group message row, so
     /// their acknowledgements can clear them without searching the outbox.
@@ -276,6 +279,7 @@ pub(crate) async fn run_initiator<S>(
         peer: Some(peer),
         contact_id: ticket.contact_id,
         sent_up_to: 0,
+        memory_sent_up_to: 0,
         control_sent: HashMap::new(),
         just_sent: Vec::new(),
         registered: true,
@@ -322,6 +326,7 @@ where
         peer: None,
         contact_id: None,
         sent_up_to: 0,
+        memory_sent_up_to: 0,
         control_sent: HashMap::new(),
         just_sent: Vec::new(),
         registered: false,
@@ -714,13 +719,19 @@ where
         let erasure_now = self.shared.erasure_now();
         let shared = Arc::clone(&self.shared);
         let clock = view::monotonic();
-        let (stored, refused, charged, after) = self
+        let (stored, refused, charged, after, to_memory) = self
             .shared
             .store
             .write(move |tx| {
                 // Checked inside the transaction, never cached: an acceptance made on another
                 // session counts at once, and a block or removal committed just before wins.
-                match tx.contact(contact_id)?.map(|c| c.state) {
+                let contact = tx.contact(contact_id)?;
+                // History off: chats (and withdrawals of chats not stored) are kept in memory
+                // once this commits, never written. Memory is only read in here: this may run
+                // again if another write of its batch fails.
+                let in_memory = contact.as_ref().is_some_and(|c| !c.keep_history);
+                let mut to_memory = Vec::new();
+                match contact.map(|c| c.state) {
                     Some(ContactState::Accepted) => {}
                     // No relationship at all (a co-member's session): refused, so that the
                     // sender does not retry for ever. 1:1 chat needs pairing.
@@ -729,11 +740,13 @@ where
                             .iter()
                             .map(|c| (c.id(), carom_proto::reject::NOT_A_CONTACT))
                             .collect();
-                        return Ok((Vec::new(), refused, 0.0, Stored::default()));
+                        return Ok((Vec::new(), refused, 0.0, Stored::default(), to_memory));
                     }
                     // A relationship on its way (a request, an answer): they learn their
                     // standing from it, and may send again once accepted.
-                    Some(_) => return Ok((Vec::new(), Vec::new(), 0.0, Stored::default())),
+                    Some(_) => {
+                        return Ok((Vec::new(), Vec::new(), 0.0, Stored::default(), to_memory));
+                    }
                 }
                 let mut after = Stored::default();
                 let mut ids = Vec::with_capacity(chats.len());
@@ -749,11 +762,28 @@ where
                     // A copy we already have is acknowledged again, whatever the quota: the
                     // sender only missed our first acknowledgement. (A body over its limit
                     // never gets here: the decoder refuses it.)
-                    if item.is_new_here(tx, contact_id)? && !allowance.admit(item.cost()) {
+                    let new_here = item.is_new_here(tx, contact_id)?
+                        && !(in_memory && shared.memory().has_incoming(contact_id, &item.id().0));
+                    if new_here && !allowance.admit(item.cost()) {
                         refused.push((item.id(), carom_proto::reject::OVER_QUOTA));
                         continue;
                     }
                     let stored = match item {
+                        Item::Chat(chat) if in_memory => {
+                            if new_here {
+                                to_memory.push(Item::Chat(chat.clone()));
+                            }
+                            None
+                        }
+                        Item::Withdraw(w)
+                            if in_memory
+                                && tx
+                                    .message_by_id(contact_id, Direction::Incoming, &w.target.0)?
+                                    .is_none() =>
+                        {
+                            to_memory.push(Item::Withdraw(w.clone()));
+                            None
+                        }
                         Item::Chat(chat) => {
                             let received = tx.store_incoming(&NewIncoming {
                                 contact_id,
@@ -820,9 +850,11 @@ where
                     }
                     ids.push(item.id());
                 }
-                Ok((ids, refused, allowance.charged(), after))
+                Ok((ids, refused, allowance.charged(), after, to_memory))
             })
             .await?;
+        // Before any acknowledgement: "acknowledged" means kept, in memory or on disk.
+        self.keep_in_memory(peer, contact_id, to_memory, now, erasure_now);
         self.shared.expiring(after.next_expiry);
         if after.erased {
             self.shared.erased();
@@ -854,6 +886,69 @@ where
             );
         }
         Ok(())
+    }
+
+    /// Keep conversation items of a conversation with history off in memory; the events
+    /// about them are live only.
+    fn keep_in_memory(
+        &self,
+        peer: OnionAddress,
+        contact_id: i64,
+        items: Vec<Item>,
+        now: u64,
+        erasure_now: u64,
+    ) {
+        let mut live = Vec::new();
+        let mut forgotten = Vec::new();
+        let mut next_expiry = None::<u64>;
+        {
+            let mut memory = self.shared.memory();
+            for item in items {
+                match item {
+                    Item::Chat(chat) => {
+                        let (message, new, gone) = memory.receive(&NewIncoming {
+                            contact_id,
+                            msg_id: chat.id.0,
+                            sent_at: chat.sent_at,
+                            body: chat.body,
+                            reply_to: chat.reply_to.map(|r| r.0),
+                            now,
+                            expires_after: chat.expires_after,
+                            expires_from: Some(erasure_now),
+                        });
+                        forgotten.extend(gone);
+                        if new {
+                            live.push(EventData::MessageReceived(event::MessageRef {
+                                id: message.row,
+                                contact: peer.to_string(),
+                                msg_id: hex::encode(message.msg_id),
+                            }));
+                            if let Some(at) = message.expires_at {
+                                next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
+                            }
+                        }
+                    }
+                    Item::Withdraw(w) => {
+                        let (tombstone, erased) =
+                            memory.withdraw_incoming(contact_id, &w.target.0, now);
+                        if erased {
+                            live.push(EventData::Deleted(event::Deleted {
+                                id: tombstone.row,
+                                contact: peer.to_string(),
+                                msg_id: hex::encode(tombstone.msg_id),
+                                for_everyone: true,
+                                by: By::Them,
+                            }));
+                        }
+                    }
+                    // Settings are stored: never sent here.
+                    Item::Timer(_) => {}
+                }
+            }
+        }
+        self.shared.publish_live(live);
+        self.shared.publish_forgotten(forgotten, &peer);
+        self.shared.expiring(next_expiry);
     }
 
     /// Refuse every one of `chats` for `reason`, without looking at them.
@@ -904,6 +999,12 @@ where
             .iter()
             .filter_map(|id| self.control_sent.remove(id))
             .collect();
+        let raw: Vec<[u8; 16]> = reject.ids.iter().map(|id| id.0).collect();
+        let settled = self
+            .shared
+            .memory()
+            .settle(contact_id, &raw, Some(failure), now);
+        self.shared.publish_statuses(&settled, &peer);
         self.shared
             .store
             .write(move |tx| {
@@ -938,6 +1039,9 @@ where
             .iter()
             .filter_map(|id| self.control_sent.remove(id))
             .collect();
+        let raw: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
+        let settled = self.shared.memory().settle(contact_id, &raw, None, now);
+        self.shared.publish_statuses(&settled, &peer);
         self.shared
             .store
             .write(move |tx| {
@@ -987,13 +1091,21 @@ where
             }
             let Some(item) = self.page.pop_front() else {
                 let after = self.sent_up_to;
-                let items = self
+                let mut items = self
                     .shared
                     .store
                     .read(move |store| {
                         Ok(store.outbox_for_contact_after(contact_id, after, OUTBOX_PAGE)?)
                     })
                     .await?;
+                if items.is_empty() {
+                    // The stored outbox is sent: then what waits in memory (history off).
+                    items = self.shared.memory().outbox_after(
+                        contact_id,
+                        self.memory_sent_up_to,
+                        usize::try_from(OUTBOX_PAGE).unwrap_or(usize::MAX),
+                    );
+                }
                 trace!(items = items.len(), after, "outbox page");
                 if items.is_empty() {
                     return Ok(());
@@ -1008,7 +1120,7 @@ where
                         item = item.id,
                         "an outbox item does not decode; skipping it"
                     );
-                    self.sent_up_to = item.id;
+                    self.sent_up_to_item(item.id);
                     continue;
                 }
             };
@@ -1037,11 +1149,11 @@ where
                     // Checked when it was queued, so this is a bug or a changed limit; it can
                     // never go out, and must not hold back what follows.
                     warn!(item = item.id, error = %e, "an outbox item cannot be sent; skipping it");
-                    self.sent_up_to = item.id;
+                    self.sent_up_to_item(item.id);
                     continue;
                 }
             }
-            self.sent_up_to = item.id;
+            self.sent_up_to_item(item.id);
             if let Some(row) = item.message_row {
                 self.just_sent.push(row);
             }
@@ -1049,6 +1161,15 @@ where
                 self.control_sent
                     .insert(id, (item.id, item.kind, item.group_message_row));
             }
+        }
+    }
+
+    /// Everything up to this outbox item (stored, or in memory) has been written here.
+    fn sent_up_to_item(&mut self, id: i64) {
+        if crate::memory::is_memory_row(id) {
+            self.memory_sent_up_to = id;
+        } else {
+            self.sent_up_to = id;
         }
     }
 
@@ -1140,6 +1261,13 @@ fn mark_sent(
     rows: Vec<i64>,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let now = unix_ms();
+    let (in_memory, rows): (Vec<i64>, Vec<i64>) = rows
+        .into_iter()
+        .partition(|&row| crate::memory::is_memory_row(row));
+    if !in_memory.is_empty() {
+        let sent = shared.memory().mark_sent(&in_memory, now);
+        shared.publish_statuses(&sent, &peer);
+    }
     shared.store.write(move |tx| {
         for &row in &rows {
             if let Some(m) = tx.message(row)?

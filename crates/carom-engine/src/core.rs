@@ -392,6 +392,14 @@ impl<T: Transport> Core<T> {
                                     .send(CoreMsg::Result(Input::Forgotten { peers }));
                             }
                             Ok(Written::Erased { count, next }) => {
+                                // Memory-only messages (history off) expire at the same times.
+                                let up_to = erasing.unwrap_or_default();
+                                // (Not counted: nothing of them is in the file to checkpoint.)
+                                erase_in_memory(&shared, up_to).await;
+                                let next = match (next, shared.memory().next_expiry()) {
+                                    (Some(a), Some(b)) => Some(a.min(b)),
+                                    (a, b) => a.or(b),
+                                };
                                 let erased = Input::ExpiredErased {
                                     up_to: erasing.unwrap_or_default(),
                                     outcome: Some((count, next)),
@@ -428,11 +436,12 @@ impl<T: Transport> Core<T> {
                 }
                 Effect::CheckOutbox(peer) => {
                     let key = peer.public_key();
+                    let shared = Arc::clone(&self.shared);
                     let read = self.shared.store.read(move |s| {
                         let Some(c) = s.contact_by_identity(&key)? else {
                             return Ok(false);
                         };
-                        Ok(s.has_outbox(c.id)?)
+                        Ok(s.has_outbox(c.id)? || shared.memory().has_outbox(c.id))
                     });
                     self.feed_back(async move {
                         let queued = read.await.unwrap_or(false);
@@ -702,6 +711,27 @@ fn op_peer(op: &StoreOp) -> Option<OnionAddress> {
         | StoreOp::Housekeeping { .. }
         | StoreOp::Group(_)
         | StoreOp::EraseExpired { .. } => None,
+    }
+}
+
+/// Erase the memory-only messages whose time came by `up_to`, telling the frontends live.
+async fn erase_in_memory(shared: &Arc<Shared>, up_to: u64) {
+    let erased = shared.memory().erase_expired(up_to);
+    for (contact_id, ids) in erased {
+        let identity = shared
+            .store
+            .read(move |s| Ok(s.contact(contact_id)?.map(|c| c.identity)))
+            .await;
+        let Ok(Some(identity)) = identity else {
+            continue;
+        };
+        let Ok(peer) = crate::view::address_of(&identity) else {
+            continue;
+        };
+        shared.publish_live([EventData::Expired(carom_api::event::Expired {
+            contact: peer.to_string(),
+            ids,
+        })]);
     }
 }
 

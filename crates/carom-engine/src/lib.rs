@@ -33,6 +33,7 @@ mod err;
 mod groups;
 mod limits;
 mod machine;
+mod memory;
 mod store_actor;
 mod view;
 
@@ -202,7 +203,15 @@ pub(crate) struct Shared {
     pub(crate) quota: Mutex<limits::IncomingQuota>,
     /// The erasure clock messages are stamped with (see `erasure.rs`).
     pub(crate) erasure_clock: Mutex<erasure::Clock>,
+    /// The messages of conversations with history off (see `memory.rs`).
+    memory: Mutex<memory::Memory>,
+    /// Events never stored (about those conversations), to whoever is subscribed now.
+    live: tokio::sync::broadcast::Sender<api::LiveEvent>,
 }
+
+/// How many live events wait for the slowest subscriber before it misses some (and is told
+/// how many, with an `events.live_missed`).
+const LIVE_BUFFER: usize = 4_096;
 
 /// Traffic counters, updated by the connections.
 #[derive(Default)]
@@ -289,6 +298,35 @@ impl Shared {
     /// still holds its older page until the core's next checkpoint, which this asks for.
     pub(crate) fn erased(&self) {
         let _ = self.core.send(CoreMsg::Result(machine::Input::Erased));
+    }
+
+    /// The conversations with history off.
+    pub(crate) fn memory(&self) -> std::sync::MutexGuard<'_, memory::Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send events to the subscribers attached now, never storing them.
+    pub(crate) fn publish_live(&self, events: impl IntoIterator<Item = EventData>) {
+        let at = unix_ms();
+        for data in events {
+            // No subscriber: nobody to tell, and nothing is kept for later by design.
+            let _ = self.live.send(api::LiveEvent { at, data });
+        }
+    }
+
+    /// Memory-only messages forgotten to make room: frontends learn their rows are gone.
+    pub(crate) fn publish_forgotten(&self, rows: Vec<i64>, peer: &OnionAddress) {
+        if !rows.is_empty() {
+            self.publish_live([EventData::Expired(event::Expired {
+                contact: peer.to_string(),
+                ids: rows,
+            })]);
+        }
+    }
+
+    /// Status events for memory-only messages whose state changed.
+    pub(crate) fn publish_statuses(&self, changed: &[carom_store::Message], peer: &OnionAddress) {
+        self.publish_live(changed.iter().map(|m| view::status_event(m, peer)));
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -402,6 +440,8 @@ impl Engine {
                 },
                 erasure_floor,
             )),
+            memory: Mutex::default(),
+            live: tokio::sync::broadcast::channel(LIVE_BUFFER).0,
         });
         let transport = Arc::new(transport);
         let status = transport.status();
@@ -648,9 +688,12 @@ impl Engine {
             .write(move |tx| {
                 let c = a_contact(tx.contact_by_identity(&key)?)?;
                 let (_, kept) = forget_contact(tx, &c, None, unix_ms())?;
-                Ok(kept)
+                Ok((c.id, kept))
             })
             .await?;
+        let (id, kept) = kept;
+        // Its history goes with it, wherever it was kept.
+        self.shared.memory().forget(id);
         self.shared.set_online(peer, false);
         self.notify(peer, kept.as_ref());
         Ok(())
@@ -725,43 +768,79 @@ impl Engine {
         let key = peer.public_key();
         let msg_id = MessageId::random(&mut OsRng);
         let erasure_now = self.shared.erasure_now();
-        let message = self
+        // The conversation's timer as it is now: the message carries it for good.
+        let body = request.body;
+        let client_token = request.client_token;
+        let outgoing = move |c: &carom_store::Contact| {
+            let now = unix_ms();
+            let payload = Message::Chat(Chat {
+                id: msg_id,
+                sent_at: now,
+                body: body.clone(),
+                reply_to: reply_to.map(MessageId),
+                expires_after: c.timer,
+            })
+            .encode();
+            NewOutgoing {
+                contact_id: c.id,
+                msg_id: msg_id.0,
+                sent_at: now,
+                body: body.clone(),
+                reply_to,
+                client_token: client_token.clone(),
+                payload,
+                now,
+                expires_after: c.timer,
+                expires_from: Some(erasure_now),
+            }
+        };
+        let queue = outgoing.clone();
+        let written = self
             .shared
             .store
             .write(move |tx| {
                 let c =
                     an_accepted_contact(tx.contact_by_identity(&key)?, "messages are exchanged")?;
-                let now = unix_ms();
-                // The conversation's timer as it is now: the message carries it for good.
-                let payload = Message::Chat(Chat {
-                    id: msg_id,
-                    sent_at: now,
-                    body: request.body.clone(),
-                    reply_to: reply_to.map(MessageId),
-                    expires_after: c.timer,
-                })
-                .encode();
-                let queued = tx.queue_outgoing(&NewOutgoing {
-                    contact_id: c.id,
-                    msg_id: msg_id.0,
-                    sent_at: now,
-                    body: request.body.clone(),
-                    reply_to,
-                    client_token: request.client_token.clone(),
-                    payload,
-                    now,
-                    expires_after: c.timer,
-                    expires_from: Some(erasure_now),
-                })?;
-                if let Queued::New(m) = &queued {
-                    append(tx, &view::status_event(m, &peer), now)?;
+                if !c.keep_history {
+                    // Nothing of it is written: it is queued in memory below.
+                    return Ok(Err(c));
                 }
-                Ok(queued.into_message())
+                let new = queue(&c);
+                let queued = tx.queue_outgoing(&new)?;
+                if let Queued::New(m) = &queued {
+                    append(tx, &view::status_event(m, &peer), new.now)?;
+                }
+                Ok(Ok(queued.into_message()))
             })
             .await?;
+        let message = match written {
+            Ok(message) => message,
+            Err(c) => self.queue_in_memory(&outgoing(&c), &peer)?,
+        };
         let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
         self.shared.expiring(message.expires_at);
         Ok(view::message(&message, &peer))
+    }
+
+    /// Queue a chat of a conversation with history off: in memory, never written.
+    fn queue_in_memory(
+        &self,
+        new: &NewOutgoing,
+        peer: &OnionAddress,
+    ) -> Result<carom_store::Message> {
+        let (message, fresh, forgotten) = self.shared.memory().queue_chat(new).map_err(|_| {
+            EngineError::InvalidState(format!(
+                "{} messages to this contact wait for delivery in memory (history is off); \
+                     wait until they are delivered",
+                memory::MAX_WAITING
+            ))
+        })?;
+        if fresh {
+            self.shared
+                .publish_statuses(std::slice::from_ref(&message), peer);
+        }
+        self.shared.publish_forgotten(forgotten, peer);
+        Ok(message)
     }
 
     /// `contact.set_timer`: change the conversation's disappearing-message timer here at
@@ -817,14 +896,26 @@ impl Engine {
         let key = peer.public_key();
         let limit = request.limit.unwrap_or(50).clamp(1, 500);
         let before = request.before;
-        let messages = self
+        let c = self
             .shared
             .store
-            .read(move |s| {
-                let c = a_contact(s.contact_by_identity(&key)?)?;
-                Ok(s.history(c.id, before, limit)?)
-            })
+            .read(move |s| a_contact(s.contact_by_identity(&key)?))
             .await?;
+        // Messages kept in memory have rows above every stored one: newest first, they come
+        // before the stored messages, and one cursor pages through both.
+        let page = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut messages = self.shared.memory().history(c.id, before, page);
+        if messages.len() < page {
+            let rest = u32::try_from(page - messages.len()).unwrap_or(limit);
+            let before = before.map(|b| b.min(memory::FIRST_ROW));
+            let contact_id = c.id;
+            let stored = self
+                .shared
+                .store
+                .read(move |s| Ok(s.history(contact_id, before, rest)?))
+                .await?;
+            messages.extend(stored);
+        }
         let next_before = if messages.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
             messages.last().map(|m| m.row)
         } else {
@@ -1060,11 +1151,17 @@ impl Engine {
 
     /// `message.get`.
     pub async fn message(&self, id: i64) -> Result<api::Message> {
+        let kept = memory::is_memory_row(id)
+            .then(|| self.shared.memory().get(id))
+            .flatten();
         let (m, identity) = self
             .shared
             .store
             .read(move |s| {
-                let m = s.message(id)?.ok_or(EngineError::NoSuchMessage)?;
+                let m = match kept {
+                    Some(m) => m,
+                    None => s.message(id)?.ok_or(EngineError::NoSuchMessage)?,
+                };
                 let c = s.contact(m.contact_id)?.ok_or(EngineError::NoSuchMessage)?;
                 Ok((m, c.identity))
             })
@@ -1080,6 +1177,9 @@ impl Engine {
     pub async fn delete_message(&self, request: api::MessageDelete) -> Result<()> {
         let id = request.id;
         let withdrawal = MessageId::random(&mut OsRng);
+        if memory::is_memory_row(id) {
+            return self.delete_in_memory(request, withdrawal).await;
+        }
         let peer = self
             .shared
             .store
@@ -1125,6 +1225,100 @@ impl Engine {
         }
         self.shared.erased();
         Ok(())
+    }
+
+    /// [`Engine::delete_message`] for a message kept in memory: the same rules, nothing
+    /// written, the event live only.
+    async fn delete_in_memory(
+        &self,
+        request: api::MessageDelete,
+        withdrawal: MessageId,
+    ) -> Result<()> {
+        let id = request.id;
+        let contact_id = self
+            .shared
+            .memory()
+            .get(id)
+            .ok_or(EngineError::NoSuchMessage)?
+            .contact_id;
+        let identity = self
+            .shared
+            .store
+            .read(move |s| {
+                Ok(s.contact(contact_id)?
+                    .ok_or(EngineError::NoSuchMessage)?
+                    .identity)
+            })
+            .await?;
+        let peer = address_of(&identity)?;
+        let m = {
+            let mut memory = self.shared.memory();
+            if request.for_everyone {
+                let target = memory.get(id).ok_or(EngineError::NoSuchMessage)?.msg_id;
+                let payload = Message::Withdraw(Withdraw {
+                    id: withdrawal,
+                    target: MessageId(target),
+                })
+                .encode();
+                memory
+                    .withdraw_outgoing(id, withdrawal.0, payload, unix_ms())
+                    .map_err(|refused| match refused {
+                        memory::Refused::NotOurs => EngineError::InvalidState(
+                            "only a message we sent can be deleted for everyone; delete a \
+                             received one here only"
+                                .into(),
+                        ),
+                        _ => EngineError::NoSuchMessage,
+                    })?
+            } else {
+                memory.delete(id).ok_or(EngineError::NoSuchMessage)?
+            }
+        };
+        self.shared
+            .publish_live([EventData::Deleted(event::Deleted {
+                id,
+                contact: peer.to_string(),
+                msg_id: hex::encode(m.msg_id),
+                for_everyone: request.for_everyone,
+                by: By::Us,
+            })]);
+        if request.for_everyone {
+            let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
+        }
+        Ok(())
+    }
+
+    /// `contact.set_history`: keep the conversation's messages in the store, or (`false`) in
+    /// memory only from now on. Ours alone: the peer is not told, and keeps its own copy as
+    /// its own setting says. Messages already stored stay until deleted or expired; those in
+    /// memory stay there.
+    pub async fn set_history(&self, request: api::ContactSetHistory) -> Result<api::Contact> {
+        let peer = self.parse(&request.address)?;
+        let key = peer.public_key();
+        let keep = request.keep_history;
+        let contact = self
+            .shared
+            .store
+            .write(move |tx| {
+                let c = a_contact(tx.contact_by_identity(&key)?)?;
+                if c.keep_history != keep {
+                    let now = unix_ms();
+                    tx.set_keep_history(c.id, keep, now)?;
+                    let event = EventData::HistoryChanged(event::HistoryChanged {
+                        address: peer.to_string(),
+                        keep_history: keep,
+                    });
+                    append(tx, &event, now)?;
+                }
+                a_contact(tx.contact(c.id)?)
+            })
+            .await?;
+        view::contact(&contact, self.shared.is_online(&peer))
+    }
+
+    /// Events that are never stored, from now on (see [`api::LiveEvent`]).
+    pub fn live_events(&self) -> tokio::sync::broadcast::Receiver<api::LiveEvent> {
+        self.shared.live.subscribe()
     }
 
     /// Events with `seq > after`, oldest first.

@@ -111,6 +111,7 @@ pub(crate) fn contact(c: &store::Contact, online: bool) -> Result<api::Contact> 
         created_at: c.created_at,
         last_seen: c.last_seen,
         timer: c.timer,
+        keep_history: c.keep_history,
     })
 }
 
@@ -146,6 +147,7 @@ pub(crate) fn message(m: &store::Message, contact: &OnionAddress) -> api::Messag
         },
         timer: m.timer,
         expires_at: m.expires_at,
+        memory_only: crate::memory::is_memory_row(m.row),
     }
 }
 

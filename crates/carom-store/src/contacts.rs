@@ -35,7 +35,9 @@ macro_rules! contact_columns {
             $prefix,
             "last_seen, ",
             $prefix,
-            "timer"
+            "timer, ",
+            $prefix,
+            "keep_history"
         )
     };
 }
@@ -79,6 +81,7 @@ fn from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Contact> {
         updated_at: get_u64(row, first + 10)?,
         last_seen: get_opt_u64(row, first + 11)?,
         timer: row.get(first + 12)?,
+        keep_history: row.get(first + 13)?,
     })
 }
 
@@ -205,6 +208,22 @@ impl WriteTx<'_> {
                     last_seen,
                 ])
             })
+            .at(db.path)?;
+        if changed == 0 {
+            return Err(Error::NotFound { what: "contact" });
+        }
+        Ok(())
+    }
+
+    /// Keep the conversation's history in the store (`true`), or keep its messages in memory
+    /// only from now on (`false`). Messages stored before stay until deleted or expired.
+    pub fn set_keep_history(&self, contact_id: i64, keep: bool, now: UnixMillis) -> Result<()> {
+        let db = self.db();
+        let now = to_sql_int(now, "updated_at")?;
+        let changed = db
+            .conn
+            .prepare_cached("UPDATE contacts SET keep_history = ?2, updated_at = ?3 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(rusqlite::params![contact_id, keep, now]))
             .at(db.path)?;
         if changed == 0 {
             return Err(Error::NotFound { what: "contact" });

@@ -260,6 +260,10 @@ pub struct Contact {
     /// here: [`crate::WriteTx::update_contact`] leaves it alone; it changes only through
     /// [`crate::WriteTx::queue_timer_change`] and [`crate::WriteTx::store_timer_change`].
     pub timer: Option<u32>,
+    /// Whether the conversation's messages are written to the store (`false`: history off,
+    /// they live in the daemon's memory only). Read-only here: it changes only through
+    /// [`crate::WriteTx::set_keep_history`].
+    pub keep_history: bool,
 }
 
 /// A contact to add.

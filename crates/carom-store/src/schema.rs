@@ -68,10 +68,23 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V6,
         rebuilds_referenced_table: false,
     },
+    Migration {
+        version: 7,
+        summary: "contacts: whether the conversation's history is kept",
+        sql: V7,
+        rebuilds_referenced_table: false,
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
+
+/// History off (docs/storage.md "History off"): a conversation whose messages live in the
+/// daemon's memory only. The setting is the one thing about them that is written.
+const V7: &str = "
+ALTER TABLE contacts ADD COLUMN keep_history INTEGER NOT NULL DEFAULT 1
+    CHECK (keep_history IN (0, 1));
+";
 
 /// Ephemerality (protocol §7.1, docs/storage.md "Erasure").
 ///

@@ -171,6 +171,7 @@ fn contacts_are_inserted_read_updated_and_unique_by_identity() {
             updated_at: 100,
             last_seen: None,
             timer: None,
+            keep_history: true,
         }
     );
     assert_eq!(
@@ -200,6 +201,28 @@ fn contacts_are_inserted_read_updated_and_unique_by_identity() {
     assert_eq!(stored.created_at, 100);
     changed.created_at = 100;
     assert_eq!(stored, changed);
+
+    // The history setting changes only by its own call, which update_contact leaves alone.
+    store
+        .write(|tx| tx.set_keep_history(id, false, 250))
+        .unwrap();
+    let off = store.contact(id).unwrap().unwrap();
+    assert!(!off.keep_history);
+    assert_eq!(off.updated_at, 250);
+    store.write(|tx| tx.update_contact(&changed)).unwrap();
+    assert!(!store.contact(id).unwrap().unwrap().keep_history);
+    let error = store
+        .write(|tx| tx.set_keep_history(id + 100, false, 250))
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::NotFound { what: "contact" }),
+        "{error}"
+    );
+    store
+        .write(|tx| tx.set_keep_history(id, true, 260))
+        .unwrap();
+    changed.updated_at = 260;
+    assert_eq!(store.contact(id).unwrap().unwrap(), changed);
 
     let mut ghost = changed.clone();
     ghost.id = id + 100;
