@@ -1915,6 +1915,11 @@ async fn four_daemons_form_a_group_over_tor_and_a_removed_member_gets_nothing_af
 /// Every decrypted page of the daemon's database and WAL, and the raw bytes of every other
 /// file under its data directory (arti's state included): where `marker` occurs.
 fn where_is(d: &Daemon, marker: &str) -> Vec<String> {
+    where_are_bytes(d, marker.as_bytes())
+}
+
+/// [`where_is`] for any bytes (a message id, say).
+fn where_are_bytes(d: &Daemon, marker: &[u8]) -> Vec<String> {
     use carom_store::forensic::{Image, contains};
     let data = d.dir.join("data");
     let key = carom_store::KeyFile::unlock(
@@ -1924,7 +1929,7 @@ fn where_is(d: &Daemon, marker: &str) -> Vec<String> {
     .expect("the key file unlocks");
     let image = Image::read(&data.join("profile.db"), &key).expect("the database decrypts");
     let mut found: Vec<String> = image
-        .pages_containing(marker.as_bytes())
+        .pages_containing(marker)
         .iter()
         .map(|p| format!("decrypted page {} ({:?})", p.number, p.source))
         .collect();
@@ -1935,7 +1940,7 @@ fn where_is(d: &Daemon, marker: &str) -> Vec<String> {
             if path.is_dir() {
                 dirs.push(path);
             } else if let Ok(bytes) = std::fs::read(&path)
-                && contains(&bytes, marker.as_bytes())
+                && contains(&bytes, marker)
             {
                 found.push(path.display().to_string());
             }
@@ -2126,6 +2131,124 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
         "served with the body on disk"
     );
     erased_within(&alice, fifth, Duration::from_secs(60)).await;
+}
+
+/// Nothing of `m` in any of `d`'s files: its body, its id (raw, or in hex as an event would
+/// name it).
+fn nowhere_on_disk(d: &Daemon, m: &api::Message) {
+    for needle in [
+        m.body.as_bytes(),
+        &hex_bytes(&m.msg_id),
+        m.msg_id.as_bytes(),
+    ] {
+        let found = where_are_bytes(d, needle);
+        assert!(found.is_empty(), "{}: #{} is in {found:?}", d.name, m.id);
+    }
+}
+
+/// Poll `d`'s conversation with `with` until `pred` holds for some message; that message.
+async fn until_in_conversation(
+    d: &Daemon,
+    with: &str,
+    pred: impl Fn(&api::Message) -> bool,
+) -> api::Message {
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        if let Some(m) = conversation(d, with).await.into_iter().find(|m| pred(m)) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: not within {DELIVERY:?}\n{}",
+            d.name,
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_off_two_daemons_talk_over_tor_and_nothing_of_it_reaches_their_disks() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
+    let mut bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, Some("bob's secret"));
+    let (a, b) = (alice.up().await, bob.up().await);
+    pair(&alice, &a, &bob, &b).await;
+    let off = alice
+        .client()
+        .await
+        .set_history(&b, false)
+        .await
+        .expect("off");
+    assert!(!off.keep_history);
+    let bob_client = bob.client().await;
+    assert!(
+        !bob_client
+            .set_history(&a, false)
+            .await
+            .expect("off")
+            .keep_history
+    );
+    // Bob's frontend is attached: it hears of the message live, from a real socket.
+    bob_client
+        .subscribe(&api::EventsSubscribe {
+            since_seq: None,
+            kinds: None,
+        })
+        .await
+        .expect("subscribe");
+
+    let to_bob = "MARKER-e2e-memory-8d2c41: nothing of this is written";
+    let sent = send(&alice, &b, to_bob).await;
+    assert!(sent.memory_only);
+    let live = tokio::time::timeout(DELIVERY, async {
+        loop {
+            let event = bob_client.next_live_event().await.expect("connected");
+            if let api::EventData::MessageReceived(r) = event.data {
+                return r;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no live message.received\n{}", bob.log_tail()));
+    let got = bob_client.message(live.id).await.expect("message.get");
+    assert_eq!((got.body.as_str(), got.memory_only), (to_bob, true));
+    let sent_id = sent.id;
+    until_in_conversation(&alice, &b, |m| {
+        m.id == sent_id && m.status == api::MessageStatus::Delivered
+    })
+    .await;
+    let to_alice = "MARKER-e2e-memory-3f90ae: nor of this";
+    send(&bob, &a, to_alice).await;
+    let reply = until_in_conversation(&alice, &b, |m| m.body == to_alice).await;
+    assert!(reply.memory_only);
+
+    for d in [&alice, &bob] {
+        nowhere_on_disk(d, &sent);
+        nowhere_on_disk(d, &reply);
+    }
+    // The scan finds what is stored (the contact's name, written at pairing).
+    assert!(!where_is(&bob, "Alice").is_empty());
+
+    // A restart forgets it: nothing to find, in the history or on disk.
+    bob.stop();
+    bob.start();
+    bob.up().await;
+    let left = conversation(&bob, &a).await;
+    assert!(
+        left.is_empty(),
+        "Bob's restarted daemon still shows {left:?}"
+    );
+    nowhere_on_disk(&bob, &sent);
+    assert!(
+        !bob.client()
+            .await
+            .contact(&a)
+            .await
+            .expect("contact")
+            .keep_history
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
