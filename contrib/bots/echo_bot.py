@@ -103,7 +103,7 @@ class Api:
         self.file.flush()
         while True:
             message = self._read()
-            if message.get("method") == "carom.event":
+            if message.get("method") in EVENT_METHODS:
                 self.pending_events.append(message["params"])
                 continue
             if message.get("id") == request_id:
@@ -116,8 +116,13 @@ class Api:
             return self.pending_events.pop(0)
         while True:
             message = self._read()
-            if message.get("method") == "carom.event":
+            if message.get("method") in EVENT_METHODS:
                 return message["params"]
+
+
+# Stored events, and live ones (about conversations with history off: never stored, so they
+# carry no "seq" and are never replayed).
+EVENT_METHODS = ("carom.event", "carom.live_event")
 
 
 def main():
@@ -160,6 +165,8 @@ def main():
                 })
             except RuntimeError as e:  # deleted or removed meanwhile
                 print(e, file=sys.stderr)
+        if "seq" not in event:
+            continue
         cursor = event["seq"]
         with open(args.state + ".tmp", "w") as f:
             f.write(str(cursor))
