@@ -563,6 +563,9 @@ async fn dispatch(
         Request::GroupRemove(p) => reply::<m::GroupRemove>(engine!().group_remove(&p).await?),
         Request::GroupSetRole(p) => reply::<m::GroupSetRole>(engine!().group_set_role(&p).await?),
         Request::GroupRename(p) => reply::<m::GroupRename>(engine!().group_rename(p).await?),
+        Request::GroupSetTimer(p) => {
+            reply::<m::GroupSetTimer>(engine!().group_set_timer(&p).await?)
+        }
         Request::GroupSetPolicy(p) => {
             reply::<m::GroupSetPolicy>(engine!().group_set_policy(&p).await?)
         }

@@ -1649,6 +1649,7 @@ async fn four_daemons_form_a_group_over_tor_and_a_removed_member_gets_nothing_af
             sent_at: 1,
             body: "injected".into(),
             reply_to: None,
+            expires_after: None,
         })],
         Duration::from_secs(60),
     )
@@ -2131,6 +2132,79 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
         "served with the body on disk"
     );
     erased_within(&alice, fifth, Duration::from_secs(60)).await;
+
+    // 6. A group with a disappearing timer: Alice, its admin, sets it in the group's signed
+    //    history; Bob's daemon sees it; his message under it is erased at both ends.
+    let group = group_call::<api::method::GroupCreate>(
+        &alice,
+        &api::GroupCreate {
+            name: "Brief".into(),
+            members_can_invite: false,
+            member_name: "Alice".into(),
+            kind: api::PeerKind::Human,
+        },
+    )
+    .await
+    .id;
+    group_call::<api::method::GroupInvite>(
+        &alice,
+        &api::GroupInvite {
+            group: group.clone(),
+            address: b.clone(),
+            role: api::GroupRole::Member,
+        },
+    )
+    .await;
+    wait_event(&bob, api::event::GROUP_INVITED, DELIVERY, |d| {
+        d["group"] == group.as_str()
+    })
+    .await;
+    group_call::<api::method::GroupAccept>(
+        &bob,
+        &api::GroupAccept {
+            group: group.clone(),
+            name: "Bob".into(),
+            kind: api::PeerKind::Human,
+        },
+    )
+    .await;
+    group_until(&alice, &group, "Bob a member", |g| g.members.len() == 2).await;
+    let set = group_call::<api::method::GroupSetTimer>(
+        &alice,
+        &api::GroupSetTimer {
+            group: group.clone(),
+            timer: Some(15),
+        },
+    )
+    .await;
+    assert_eq!(set.timer, Some(15));
+    group_until(&bob, &group, "the group's timer", |g| g.timer == Some(15)).await;
+    let sixth = "MARKER-e2e-group-expiry-7d21e0: the group forgets this";
+    let sent = group_call::<api::method::GroupSend>(
+        &bob,
+        &api::GroupSend {
+            group: group.clone(),
+            body: sixth.into(),
+            reply_to: None,
+            client_token: None,
+        },
+    )
+    .await;
+    assert_eq!(sent.timer, Some(15));
+    let at_alice = group_messages(&alice, &group, 1).await;
+    assert_eq!(
+        (at_alice[0].body.as_str(), at_alice[0].timer),
+        (sixth, Some(15))
+    );
+    group_messages(&bob, &group, 1).await;
+    assert!(!where_is(&alice, sixth).is_empty(), "stored at Alice's");
+    for d in [&alice, &bob] {
+        wait_event(d, api::event::GROUP_EXPIRED, Duration::from_secs(60), |e| {
+            e["group"] == group.as_str()
+        })
+        .await;
+        erased_within(d, sixth, Duration::from_secs(10)).await;
+    }
 }
 
 /// Nothing of `m` in any of `d`'s files: its body, its id (raw, or in hex as an event would

@@ -52,6 +52,9 @@ pub const GROUP_CHANGED: &str = "group.changed";
 pub const GROUP_MESSAGE: &str = "group.message";
 /// An outgoing group message reached (or will not reach) one recipient: [`GroupDelivered`].
 pub const GROUP_DELIVERY: &str = "group.delivery";
+/// Group messages reached the end of their group's disappearing-message timer and were
+/// erased here: [`GroupExpired`].
+pub const GROUP_EXPIRED: &str = "group.expired";
 /// A frontend attached: [`Attached`].
 pub const FRONTEND_ATTACHED: &str = "frontend.attached";
 /// A frontend detached: [`Detached`].
@@ -121,6 +124,8 @@ pub enum EventData {
     GroupMessage(GroupMessageRef),
     /// [`GROUP_DELIVERY`].
     GroupDelivery(GroupDelivered),
+    /// [`GROUP_EXPIRED`].
+    GroupExpired(GroupExpired),
     /// [`FRONTEND_ATTACHED`].
     Attached(Attached),
     /// [`FRONTEND_DETACHED`].
@@ -322,6 +327,15 @@ pub struct GroupDelivered {
     pub failure: Option<String>,
 }
 
+/// Data of [`GROUP_EXPIRED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupExpired {
+    /// The group's id.
+    pub group: String,
+    /// The erased messages' local ids.
+    pub ids: Vec<i64>,
+}
+
 /// Data of [`CONTACT_TIMER`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerChanged {
@@ -422,6 +436,7 @@ impl EventData {
             EventData::GroupChanged(_) => GROUP_CHANGED,
             EventData::GroupMessage(_) => GROUP_MESSAGE,
             EventData::GroupDelivery(_) => GROUP_DELIVERY,
+            EventData::GroupExpired(_) => GROUP_EXPIRED,
             EventData::Attached(_) => FRONTEND_ATTACHED,
             EventData::Detached(_) => FRONTEND_DETACHED,
             EventData::Gap(_) => GAP,
@@ -453,6 +468,7 @@ impl EventData {
             EventData::GroupChanged(d) => value(d),
             EventData::GroupMessage(d) => value(d),
             EventData::GroupDelivery(d) => value(d),
+            EventData::GroupExpired(d) => value(d),
             EventData::Attached(d) => value(d),
             EventData::Detached(d) => value(d),
             EventData::Gap(d) => value(d),
@@ -487,6 +503,7 @@ impl EventData {
             GROUP_CHANGED => typed(&data, EventData::GroupChanged),
             GROUP_MESSAGE => typed(&data, EventData::GroupMessage),
             GROUP_DELIVERY => typed(&data, EventData::GroupDelivery),
+            GROUP_EXPIRED => typed(&data, EventData::GroupExpired),
             FRONTEND_ATTACHED => typed(&data, EventData::Attached),
             FRONTEND_DETACHED => typed(&data, EventData::Detached),
             GAP => typed(&data, EventData::Gap),
@@ -636,6 +653,7 @@ mod tests {
                 json!({"address": "a.onion", "keep_history": false}),
             ),
             (LIVE_MISSED, json!({"count": 12})),
+            (GROUP_EXPIRED, json!({"group": "00ff", "ids": [5]})),
             (
                 MESSAGE_DELETED,
                 json!({"id": 3, "contact": "a.onion", "msg_id": "00ff", "for_everyone": true,

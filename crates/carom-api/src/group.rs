@@ -81,6 +81,10 @@ pub struct Group {
     /// Who invited us, while we are invited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_by: Option<String>,
+    /// The group's disappearing-message timer in seconds (absent: off), set by an admin with
+    /// `group.set_timer`; every member's copy of the history gives the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<u32>,
 }
 
 /// Parameters naming a group.
@@ -169,6 +173,16 @@ pub struct GroupSetPolicy {
     pub members_can_invite: bool,
 }
 
+/// Parameters of `group.set_timer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSetTimer {
+    /// The group.
+    pub group: String,
+    /// Seconds, 1 to [`crate::MAX_TIMER_SECS`]; absent or `null`: off.
+    #[serde(default)]
+    pub timer: Option<u32>,
+}
+
 /// Parameters of `group.send`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSend {
@@ -252,6 +266,12 @@ pub struct GroupMessage {
     /// (Outgoing) how far it got to each recipient.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<GroupDelivery>,
+    /// The group's disappearing-message timer it was sent under (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<u32>,
+    /// When this daemon erases it (ms, its erasure clock); absent: never by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// Result of `group.history`: newest first.

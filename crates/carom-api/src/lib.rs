@@ -71,7 +71,7 @@ mod group;
 pub use group::{
     DeliveryStatus, Group, GroupAccept, GroupCreate, GroupDelivery, GroupHistory, GroupInvitation,
     GroupInvite, GroupMember, GroupMemberParams, GroupMessage, GroupMessagePage, GroupParams,
-    GroupRename, GroupRole, GroupSend, GroupSetPolicy, GroupSetRole, GroupState,
+    GroupRename, GroupRole, GroupSend, GroupSetPolicy, GroupSetRole, GroupSetTimer, GroupState,
 };
 
 /// The first line on every connection (method [`method::BANNER`]).

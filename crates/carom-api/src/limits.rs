@@ -7,11 +7,11 @@ use crate::{
     AddressParams, ContactAdd, ContactRename, ContactRespond, ContactSetHistory, ContactSetTimer,
     Empty, ErrorKind, ErrorObject, EventsSubscribe, GroupAccept, GroupCreate, GroupHistory,
     GroupInvite, GroupMemberParams, GroupParams, GroupRename, GroupSend, GroupSetPolicy,
-    GroupSetRole, MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES,
-    MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES,
-    MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageDelete,
-    MessageIdParams, MessageList, MessageSend, ProfileChangePassphrase, ProfileCreate,
-    ProfileErase, ProfileUnlock, SessionHello,
+    GroupSetRole, GroupSetTimer, MAX_ADDRESS_BYTES, MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES,
+    MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES,
+    MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES,
+    MessageDelete, MessageIdParams, MessageList, MessageSend, ProfileChangePassphrase,
+    ProfileCreate, ProfileErase, ProfileUnlock, SessionHello,
 };
 
 /// Parameters whose fields have documented limits.
@@ -158,16 +158,21 @@ impl CheckLimits for ContactSetHistory {
 impl CheckLimits for ContactSetTimer {
     fn check_limits(&self) -> Result<(), ErrorObject> {
         at_most("address", &self.address, MAX_ADDRESS_BYTES)?;
-        match self.timer {
-            Some(t) if t == 0 || t > crate::MAX_TIMER_SECS => Err(ErrorObject::new(
-                ErrorKind::InvalidParams,
-                format!(
-                    "`timer` is {t} s; it must be 1 to {} s (four weeks), or null for off",
-                    crate::MAX_TIMER_SECS
-                ),
-            )),
-            _ => Ok(()),
-        }
+        timer_in_range(self.timer)
+    }
+}
+
+/// A disappearing-message timer: 1 s to four weeks, or off.
+fn timer_in_range(timer: Option<u32>) -> Result<(), ErrorObject> {
+    match timer {
+        Some(t) if t == 0 || t > crate::MAX_TIMER_SECS => Err(ErrorObject::new(
+            ErrorKind::InvalidParams,
+            format!(
+                "`timer` is {t} s; it must be 1 to {} s (four weeks), or null for off",
+                crate::MAX_TIMER_SECS
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -270,6 +275,13 @@ impl CheckLimits for GroupRename {
 impl CheckLimits for GroupSetPolicy {
     fn check_limits(&self) -> Result<(), ErrorObject> {
         at_most("group", &self.group, MAX_ADDRESS_BYTES)
+    }
+}
+
+impl CheckLimits for GroupSetTimer {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
+        timer_in_range(self.timer)
     }
 }
 

@@ -160,6 +160,8 @@ methods! {
     GroupRename = "group.rename" (crate::GroupRename) -> crate::Group;
     /// Let members invite, or not (admins).
     GroupSetPolicy = "group.set_policy" (crate::GroupSetPolicy) -> crate::Group;
+    /// Set (or turn off) the group's disappearing-message timer (admins).
+    GroupSetTimer = "group.set_timer" (crate::GroupSetTimer) -> crate::Group;
     /// Send a message to every member.
     GroupSend = "group.send" (crate::GroupSend) -> crate::GroupMessage;
     /// Page a group's messages.
@@ -208,6 +210,7 @@ mod tests {
             }
             "group.rename" => serde_json::json!({ "group": "x", "name": "y" }),
             "group.set_policy" => serde_json::json!({ "group": "x", "members_can_invite": true }),
+            "group.set_timer" => serde_json::json!({ "group": "x", "timer": 60 }),
             "group.send" => serde_json::json!({ "group": "x", "body": "y" }),
             "group.history" => serde_json::json!({ "group": "x" }),
             _ => Value::Null,

@@ -324,6 +324,16 @@ pub(crate) enum GroupCommand {
         /// The new name
         name: String,
     },
+    /// Set how long the group's messages last before every member erases them (admins)
+    ///
+    /// Every member sees the setting (it is part of the group's signed history). Each message
+    /// keeps the timer it was sent under; each member erases it that long after storing it.
+    Timer {
+        /// The group (name or id)
+        group: String,
+        /// How long: e.g. 30s, 5m, 1h, 1d, 1w (at most 4w), or "off"
+        duration: String,
+    },
     /// Send a message to every member
     Send {
         /// The group (name or id)

@@ -595,6 +595,15 @@ async fn group(client: &Client, json: bool, command: GroupCommand) -> Result<(),
                 .map_err(|e| explain(&e))?;
             shown(&g);
         }
+        GroupCommand::Timer { group, duration } => {
+            let timer = render::parse_timer(&duration)?;
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupSetTimer>(&api::GroupSetTimer { group: id, timer })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
         GroupCommand::Send { group, text, token } => {
             let id = resolve_group(client, &group).await?;
             let m = client

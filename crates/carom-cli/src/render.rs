@@ -350,6 +350,12 @@ pub(crate) fn group_detail(g: &api::Group) -> String {
             ""
         }
     ));
+    if let Some(t) = g.timer {
+        lines.push(format!(
+            "messages disappear {} after they are stored",
+            duration(t)
+        ));
+    }
     for m in &g.members {
         lines.push(format!(
             "  {} {}{} · {} · {}{}",
@@ -430,6 +436,10 @@ pub(crate) fn group_history(page: &api::GroupMessagePage) -> String {
                 format!("  (delivered to {delivered} of {})", m.deliveries.len())
             } else {
                 String::new()
+            };
+            let reach = match m.expires_at {
+                Some(at) => format!("{reach} (disappears {})", time_of_day(at)),
+                None => reach,
             };
             format!(
                 "#{} {} {}: {}{}  [to {}]",
@@ -575,6 +585,12 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
             short(&m.sender),
             m.group
         ),
+        EventData::GroupExpired(e) => format!(
+            "{} message{} of group {} reached the end of the group's timer and were erased",
+            e.ids.len(),
+            if e.ids.len() == 1 { "" } else { "s" },
+            e.group
+        ),
         EventData::GroupDelivery(d) => format!(
             "group message #{} reached {}{}",
             d.id,
@@ -675,6 +691,7 @@ mod tests {
             ],
             invitations: vec![],
             invited_by: None,
+            timer: None,
         };
         let text = group_detail(&g);
         let lines: Vec<&str> = text.lines().collect();
@@ -713,6 +730,8 @@ mod tests {
                     delivery(api::DeliveryStatus::Delivered),
                     delivery(api::DeliveryStatus::Queued),
                 ],
+                timer: None,
+                expires_at: None,
             }],
             next_before: None,
         };

@@ -633,14 +633,21 @@ impl<T: Transport> Core<T> {
                 boxed(async move { written.await.map(|()| Written::Nothing) })
             }
             StoreOp::Group(write) => {
-                let written = store.write(move |tx| group_write(tx, &write));
-                boxed(async move { written.await.map(Written::GroupMessage) })
+                // A group message under a timer runs it from now, on the erasure clock.
+                let erasure_now = self.shared.erasure_now();
+                let written = store.write(move |tx| group_write(tx, &write, erasure_now));
+                let shared = Arc::clone(&self.shared);
+                boxed(async move {
+                    let (row, expires_at) = written.await?;
+                    shared.expiring(expires_at);
+                    Ok(Written::GroupMessage(row))
+                })
             }
             StoreOp::EraseExpired { up_to, limit } => {
                 let written = store.write(move |tx| erase_expired(tx, up_to, limit));
                 boxed(async move {
                     written.await.map(|e| Written::Erased {
-                        count: e.messages.len(),
+                        count: e.messages.len() + e.group_messages.len(),
                         next: e.next,
                     })
                 })
@@ -839,8 +846,23 @@ pub(crate) fn erase_expired(
         });
         append(tx, &event, now)?;
     }
-    if !erased.messages.is_empty() {
-        tracing::debug!(count = erased.messages.len(), "erased expired messages");
+    let mut by_group: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for &(group, row) in &erased.group_messages {
+        by_group.entry(group).or_default().push(row);
+    }
+    for (group_row, ids) in by_group {
+        let Some(g) = tx.group_by_row(group_row)? else {
+            continue;
+        };
+        let event = EventData::GroupExpired(event::GroupExpired {
+            group: hex::encode(g.group_id),
+            ids,
+        });
+        append(tx, &event, now)?;
+    }
+    let count = erased.messages.len() + erased.group_messages.len();
+    if count > 0 {
+        tracing::debug!(count, "erased expired messages");
     }
     Ok(erased)
 }
@@ -902,7 +924,12 @@ fn housekeeping(
 /// Carry out a group write in its transaction: our standing, the operations, what is queued
 /// for whom, an incoming or outgoing message, the events. Returns the row of the group message
 /// it stored or queued, if any.
-fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
+/// Returns the group message's row, if one was stored, and when it expires.
+fn group_write(
+    tx: &WriteTx<'_>,
+    write: &GroupWrite,
+    erasure_now: u64,
+) -> Result<(Option<i64>, Option<u64>)> {
     let now = unix_ms();
     let row = match tx.group(&write.group.0)? {
         Some(g) => {
@@ -943,6 +970,7 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
     }
     let group = hex::encode(write.group.0);
     let mut message_row = None;
+    let mut expires_at = None;
     if let Some(out) = &write.chat_out {
         let mut recipients = Vec::with_capacity(out.recipients.len());
         for peer in &out.recipients {
@@ -965,7 +993,13 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
                 .collect(),
             payload: out.payload.clone(),
             now,
+            expires_after: out.expires_after,
+            expires_from: Some(erasure_now),
         })?;
+        let m = match &queued {
+            GroupQueued::New(m) | GroupQueued::Existing(m) => m,
+        };
+        expires_at = m.expires_at;
         message_row = Some(match queued {
             GroupQueued::New(m) => {
                 for peer in &out.unreachable {
@@ -993,8 +1027,11 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
             body: chat.body.clone(),
             reply_to: chat.reply_to.map(|r| r.0),
             now,
+            expires_after: chat.expires_after,
+            expires_from: Some(erasure_now),
         })?;
         if let GroupReceived::New(m) = received {
+            expires_at = m.expires_at;
             let event = EventData::GroupMessage(event::GroupMessageRef {
                 group: group.clone(),
                 id: m.row,
@@ -1005,5 +1042,5 @@ fn group_write(tx: &WriteTx<'_>, write: &GroupWrite) -> Result<Option<i64>> {
             message_row = Some(m.row);
         }
     }
-    Ok(message_row)
+    Ok((message_row, expires_at))
 }

@@ -109,6 +109,10 @@ pub(crate) enum GroupCommand {
         group: GroupId,
         members_can_invite: bool,
     },
+    SetTimer {
+        group: GroupId,
+        timer: Option<u32>,
+    },
     Send {
         group: GroupId,
         body: String,
@@ -169,6 +173,8 @@ pub(crate) struct OutgoingChat {
     pub(crate) body: String,
     pub(crate) reply_to: Option<MessageId>,
     pub(crate) client_token: Option<String>,
+    /// The group's disappearing-message timer it is sent under.
+    pub(crate) expires_after: Option<u32>,
     /// Members it is sent to.
     pub(crate) recipients: Vec<OnionAddress>,
     /// Members of its set of ends we do not send to: those we blocked (see [`BLOCKED`]).
@@ -185,6 +191,8 @@ pub(crate) struct IncomingChat {
     pub(crate) sent_at: u64,
     pub(crate) body: String,
     pub(crate) reply_to: Option<MessageId>,
+    /// The timer it was sent under.
+    pub(crate) expires_after: Option<u32>,
 }
 
 /// What a local command decided.
@@ -317,6 +325,7 @@ impl Groups {
             name: membership.name.clone(),
             state: state_api(entry.state),
             members_can_invite: membership.policy.members_can_invite,
+            timer: membership.timer,
             role: membership.member(&self.me).map(|m| role_api(m.role)),
             members: membership
                 .members
@@ -492,6 +501,7 @@ impl Groups {
             | GroupCommand::SetRole { group, .. }
             | GroupCommand::Rename { group, .. }
             | GroupCommand::SetPolicy { group, .. }
+            | GroupCommand::SetTimer { group, .. }
             | GroupCommand::Send { group, .. } => *group,
         };
         let me = self.me;
@@ -563,6 +573,10 @@ impl Groups {
                     policy: Policy { members_can_invite },
                 })
             }
+            GroupCommand::SetTimer { timer, .. } => {
+                require_member(entry)?;
+                Some(Action::SetTimer { timer })
+            }
             GroupCommand::Send {
                 body,
                 reply_to,
@@ -574,6 +588,8 @@ impl Groups {
                 let heads = entry.history.heads();
                 let membership = entry.history.membership().clone();
                 let msg_id = MessageId::random(rng);
+                // The group's timer as it is now: the message carries it for good.
+                let expires_after = membership.timer;
                 let payload = Message::GroupChat(GroupChat {
                     id: msg_id,
                     group,
@@ -582,6 +598,7 @@ impl Groups {
                     sent_at: now_ms,
                     body: body.clone(),
                     reply_to,
+                    expires_after,
                 })
                 .encode();
                 let (recipients, unreachable): (Vec<OnionAddress>, Vec<OnionAddress>) = membership
@@ -599,6 +616,7 @@ impl Groups {
                     body,
                     reply_to,
                     client_token,
+                    expires_after,
                     recipients,
                     unreachable,
                     payload,
@@ -857,6 +875,7 @@ impl Groups {
             sent_at: chat.sent_at,
             body: chat.body,
             reply_to: chat.reply_to,
+            expires_after: chat.expires_after,
         });
         PeerDecision {
             write: Some(write),
@@ -963,6 +982,7 @@ mod tests {
             sent_at: 0,
             body: "hi".into(),
             reply_to: None,
+            expires_after: None,
         }
     }
 

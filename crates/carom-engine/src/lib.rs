@@ -108,7 +108,7 @@ fn erase_due_at_start(store: &mut Store) -> Result<u64> {
     let mut total = 0;
     loop {
         let erased = store.write_with(|tx| core::erase_expired(tx, up_to, erasure::BATCH))?;
-        total += erased.messages.len();
+        total += erased.messages.len() + erased.group_messages.len();
         if erased.next.is_none_or(|next| next > up_to) {
             break;
         }
@@ -1051,6 +1051,19 @@ impl Engine {
             self.group(GroupCommand::SetPolicy {
                 group: parse_group(&p.group)?,
                 members_can_invite: p.members_can_invite,
+            })
+            .await?,
+        )
+    }
+
+    /// `group.set_timer`: an admin sets the group's disappearing-message timer (a signed
+    /// operation every member applies by the same rule). Messages sent from then on carry it;
+    /// each member erases each that long after storing it.
+    pub async fn group_set_timer(&self, p: &api::GroupSetTimer) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::SetTimer {
+                group: parse_group(&p.group)?,
+                timer: p.timer,
             })
             .await?,
         )

@@ -615,7 +615,7 @@ impl Machine {
             }
             Input::ExpiredErased { up_to, outcome } => match outcome {
                 Some((count, next)) => {
-                    let action = self.erasure.erased(count, next, now);
+                    let action = self.erasure.erased(up_to, count, next, now);
                     self.erasure_effect(action);
                 }
                 None => self.erasure.failed(up_to, now),
@@ -1884,6 +1884,7 @@ mod tests {
             sent_at: 0,
             body: "let me in".into(),
             reply_to: None,
+            expires_after: None,
         });
         let reply = m.contact_message(peer(3), chat.clone(), at(t0, 1));
         assert!(reply.commit.is_none());

@@ -222,5 +222,7 @@ pub(crate) fn group_message(
         reply_to: m.reply_to.map(hex::encode),
         sent_to,
         deliveries,
+        timer: m.timer,
+        expires_at: m.expires_at,
     })
 }

@@ -571,6 +571,7 @@ fn a_group_chat(group: &str, heads: Vec<carom_group::OpId>) -> carom_proto::Mess
         sent_at: 1,
         body: "injected".into(),
         reply_to: None,
+        expires_after: None,
     })
 }
 
@@ -762,6 +763,120 @@ fn members_who_are_not_each_others_contacts_reach_each_other_for_group_traffic_o
                     row.state
                 );
             }
+        }
+    });
+}
+
+/// How many decrypted pages (database and WAL) of `node`'s store hold `marker`.
+fn pages_with(node: &Node, marker: &str) -> usize {
+    let key = carom_store::DbKey::from_bytes(node.key);
+    let image = carom_store::forensic::Image::read(&node.db, &key).expect("readable");
+    image.pages_containing(marker.as_bytes()).len()
+}
+
+#[test]
+fn an_admins_timer_holds_for_every_member_and_each_erases_the_groups_messages() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let nodes: Vec<Node> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|n| Node::create(&net, dir.path(), n))
+            .collect();
+        let all: Vec<&Node> = nodes.iter().collect();
+        mesh(&all).await;
+        let group = create(&nodes[0], "Brief").await.id;
+        for n in &nodes[1..] {
+            invite(&nodes[0], &group, n).await;
+            join(n, &group, api::PeerKind::Human).await;
+        }
+        for n in &all {
+            wait_members(n, &group, &all).await;
+        }
+        // A member who is not an admin may not set it.
+        let refused = nodes[1]
+            .e()
+            .group_set_timer(&api::GroupSetTimer {
+                group: group.clone(),
+                timer: Some(60),
+            })
+            .await;
+        assert!(refused.is_err(), "a member set the group's timer");
+        let set = nodes[0]
+            .e()
+            .group_set_timer(&api::GroupSetTimer {
+                group: group.clone(),
+                timer: Some(60),
+            })
+            .await
+            .expect("the admin sets it");
+        assert_eq!(set.timer, Some(60));
+        for n in &nodes[1..] {
+            until(n, || async {
+                let g = get(n, &group).await;
+                if g.timer == Some(60) {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", g.timer))
+                }
+            })
+            .await;
+        }
+        // Bob's message goes out under it, and every member erases it a minute after storing
+        // it, unattended; one sent after the timer is turned off stays.
+        let marker = "MARKER-group-expiry-2b7f91c4: gone in a minute";
+        let sent = send(&nodes[1], &group, marker).await;
+        assert_eq!(sent.timer, Some(60));
+        assert!(sent.expires_at.is_some());
+        wait_delivered(&nodes[1], &group, sent.id).await;
+        for n in &nodes {
+            wait_received(n, &group, if n.address == nodes[1].address { 0 } else { 1 }).await;
+            let copy = history(n, &group).await;
+            assert_eq!(
+                copy[0].timer,
+                Some(60),
+                "it carries the timer it was sent under"
+            );
+            assert!(pages_with(n, marker) > 0, "stored at {}", n.address);
+        }
+        nodes[0]
+            .e()
+            .group_set_timer(&api::GroupSetTimer {
+                group: group.clone(),
+                timer: None,
+            })
+            .await
+            .expect("off");
+        for n in &nodes {
+            n.wait_event(api::event::GROUP_EXPIRED, |d| d["group"] == group.as_str())
+                .await;
+            assert!(
+                history(n, &group).await.iter().all(|m| m.body != marker),
+                "still listed at {}",
+                n.address
+            );
+            assert_eq!(pages_with(n, marker), 0, "still on disk at {}", n.address);
+        }
+        for n in &nodes[1..] {
+            until(n, || async {
+                match get(n, &group).await.timer {
+                    None => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        }
+        let kept = send(&nodes[2], &group, "this one stays").await;
+        assert_eq!(kept.timer, None);
+        wait_delivered(&nodes[2], &group, kept.id).await;
+        support::advance(std::time::Duration::from_secs(3_600)).await;
+        for n in &nodes {
+            assert!(
+                history(n, &group)
+                    .await
+                    .iter()
+                    .any(|m| m.body == "this one stays")
+            );
         }
     });
 }

@@ -64,6 +64,10 @@ pub struct Membership {
     pub name: String,
     /// Its settings.
     pub policy: Policy,
+    /// Its disappearing-message timer in seconds (`None`: off): each group message carries
+    /// the timer in force when it was sent, and each member erases it that long after storing
+    /// it.
+    pub timer: Option<u32>,
     /// Its members, by identity key.
     pub members: BTreeMap<[u8; 32], Member>,
     /// Invitations not yet accepted or withdrawn, by invite id.
@@ -855,6 +859,11 @@ impl History {
                 state.policy = *policy;
                 Ok(None)
             }
+            Action::SetTimer { timer } => {
+                require_admin()?;
+                state.timer = *timer;
+                Ok(None)
+            }
         }
     }
 }
@@ -882,7 +891,8 @@ fn needs_admin(action: &Action, policy: &Policy) -> bool {
         Action::Remove { .. }
         | Action::SetRole { .. }
         | Action::Rename { .. }
-        | Action::SetPolicy { .. } => true,
+        | Action::SetPolicy { .. }
+        | Action::SetTimer { .. } => true,
         Action::Create { .. } | Action::Accept { .. } | Action::Leave => false,
     }
 }
@@ -896,6 +906,7 @@ fn withdraw_invitations_by(state: &mut Membership, inviter: &OnionAddress) {
 fn empty_membership() -> Membership {
     Membership {
         name: String::new(),
+        timer: None,
         policy: Policy {
             members_can_invite: false,
         },

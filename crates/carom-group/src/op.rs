@@ -99,6 +99,11 @@ pub enum Action {
         /// The new settings.
         policy: Policy,
     },
+    /// Type 8: an admin sets the group's disappearing-message timer (or turns it off).
+    SetTimer {
+        /// Seconds, 1 to [`carom_proto::MAX_TIMER_SECS`]; `None`: off.
+        timer: Option<u32>,
+    },
 }
 
 impl Action {
@@ -113,6 +118,7 @@ impl Action {
             Action::SetRole { .. } => 5,
             Action::Rename { .. } => 6,
             Action::SetPolicy { .. } => 7,
+            Action::SetTimer { .. } => 8,
         }
     }
 
@@ -127,6 +133,7 @@ impl Action {
             Action::SetRole { .. } => "set_role",
             Action::Rename { .. } => "rename",
             Action::SetPolicy { .. } => "set_policy",
+            Action::SetTimer { .. } => "set_timer",
         }
     }
 }
@@ -239,6 +246,13 @@ impl Operation {
             Action::SetPolicy { policy } => {
                 e.array(2)?.u8(7)?.bool(policy.members_can_invite)?;
             }
+            Action::SetTimer { timer } => {
+                e.array(2)?.u8(8)?;
+                match timer {
+                    Some(secs) => e.u32(*secs)?,
+                    None => e.null()?,
+                };
+            }
         }
         Ok(())
     }
@@ -289,11 +303,19 @@ impl Operation {
             }
             Action::Accept { name, .. } => limit("member name (bytes)", name.len(), MAX_NAME_BYTES),
             Action::Rename { name } => limit("group name (bytes)", name.len(), MAX_NAME_BYTES),
+            Action::SetTimer { timer: Some(secs) }
+                if *secs == 0 || *secs > carom_proto::MAX_TIMER_SECS =>
+            {
+                Err(OperationError::Malformed(format!(
+                    "a timer of {secs} s is outside 1 s to four weeks"
+                )))
+            }
             Action::Invite { .. }
             | Action::Remove { .. }
             | Action::Leave
             | Action::SetRole { .. }
-            | Action::SetPolicy { .. } => Ok(()),
+            | Action::SetPolicy { .. }
+            | Action::SetTimer { .. } => Ok(()),
         }
     }
 
@@ -474,6 +496,15 @@ fn decode_body(d: &mut Decoder<'_>) -> Result<Operation, minicbor::decode::Error
             },
             2,
         ),
+        8 => {
+            let timer = if d.datatype()? == minicbor::data::Type::Null {
+                d.null()?;
+                None
+            } else {
+                Some(d.u32()?)
+            };
+            (Action::SetTimer { timer }, 2)
+        }
         other => {
             return Err(minicbor::decode::Error::message(format!(
                 "unknown action {other}"
@@ -680,6 +711,8 @@ mod tests {
                     },
                 },
             ),
+            op(parent(7), Action::SetTimer { timer: Some(3_600) }),
+            op(parent(8), Action::SetTimer { timer: None }),
         ]
     }
 
@@ -752,6 +785,16 @@ mod tests {
             Operation::decode(&op.encode()),
             Err(OperationError::TooLarge { .. })
         ));
+        for timer in [0, carom_proto::MAX_TIMER_SECS + 1] {
+            op.action = Action::SetTimer { timer: Some(timer) };
+            assert!(
+                matches!(
+                    Operation::decode(&op.encode()),
+                    Err(OperationError::Malformed(_))
+                ),
+                "a {timer} s timer decoded"
+            );
+        }
         op.action = Action::Leave;
         op.parents = (0..=16u8).map(|n| OpId([n; 32])).collect();
         assert!(op.parents.len() > MAX_PARENTS);

@@ -116,8 +116,14 @@ impl Sim {
                 member: target,
                 role: Role::Member,
             },
-            87..93 => Action::Rename {
+            87..91 => Action::Rename {
                 name: format!("renamed by p{who}"),
+            },
+            91..93 => Action::SetTimer {
+                timer: self
+                    .rng
+                    .gen_bool(0.7)
+                    .then(|| self.rng.gen_range(1..=86_400)),
             },
             _ => Action::SetPolicy {
                 policy: Policy {

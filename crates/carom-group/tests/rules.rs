@@ -544,3 +544,39 @@ fn a_member_who_left_can_be_invited_back() {
         Some(PeerKind::Bot)
     );
 }
+
+#[test]
+fn only_admins_set_the_disappearing_timer_and_every_copy_agrees_on_it() {
+    let (alice, bob) = (person(1), person(2));
+    let mut history = group_of(&alice, &[&bob]);
+    assert_eq!(history.membership().timer, None);
+    let refused = history.propose(&bob, Action::SetTimer { timer: Some(60) }, NOW);
+    assert_eq!(
+        refused,
+        Err(HistoryError::WouldBeIgnored(Ignored::NotAllowed))
+    );
+    history
+        .propose(&alice, Action::SetTimer { timer: Some(3_600) }, NOW)
+        .expect("an admin sets it");
+    assert_eq!(history.membership().timer, Some(3_600));
+    assert_eq!(copy(&history).membership().timer, Some(3_600));
+    history
+        .propose(&alice, Action::SetTimer { timer: None }, NOW)
+        .expect("off");
+    assert_eq!(history.membership().timer, None);
+    // A member promoted to admin may.
+    history
+        .propose(
+            &alice,
+            Action::SetRole {
+                member: bob.address(),
+                role: Role::Admin,
+            },
+            NOW,
+        )
+        .expect("promoted");
+    history
+        .propose(&bob, Action::SetTimer { timer: Some(300) }, NOW)
+        .expect("an admin now");
+    assert_eq!(copy(&history).membership().timer, Some(300));
+}

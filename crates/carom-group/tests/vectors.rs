@@ -67,6 +67,7 @@ fn action_fields(action: &Action) -> Value {
         Action::SetPolicy { policy } => {
             json!({ "type": 7, "members_can_invite": policy.members_can_invite })
         }
+        Action::SetTimer { timer } => json!({ "type": 8, "timer": timer }),
     }
 }
 
@@ -112,6 +113,7 @@ fn membership_json(m: &Membership) -> Value {
     json!({
         "name": m.name,
         "members_can_invite": m.policy.members_can_invite,
+        "timer": m.timer,
         "members": members,
         "invitations": invitations,
         "members_digest": h(&m.members_digest()),
@@ -239,6 +241,16 @@ fn script() -> (Vec<(&'static str, SignedOperation)>, History) {
         },
         9,
     );
+    // Alice, an admin, sets a disappearing-message timer of a day on her branch.
+    step(
+        &mut at_alice,
+        &alice,
+        "alice_sets_timer",
+        Action::SetTimer {
+            timer: Some(86_400),
+        },
+        10,
+    );
     let (all, refused) =
         History::from_operations(ops.iter().map(|(_, op)| op.clone())).expect("rebuilds");
     assert!(refused.is_empty());
@@ -359,6 +371,7 @@ enum Item {
     T(String),
     A(Vec<Item>),
     M(Vec<(u64, Item)>),
+    Null,
 }
 
 fn head(out: &mut Vec<u8>, major: u8, n: u64) {
@@ -384,6 +397,7 @@ fn put(out: &mut Vec<u8>, item: &Item) {
     match item {
         Item::U(n) => head(out, 0, *n),
         Item::Bool(b) => out.push(if *b { 0xf5 } else { 0xf4 }),
+        Item::Null => out.push(0xf6),
         Item::B(b) => {
             head(out, 2, len(b.len()));
             out.extend_from_slice(b);
@@ -431,6 +445,11 @@ fn body_from_fields(f: &Value) -> Vec<u8> {
         5 => vec![b("member"), u("role")],
         6 => vec![t("name")],
         7 => vec![flag("members_can_invite")],
+        8 => vec![if a["timer"].is_null() {
+            Item::Null
+        } else {
+            u("timer")
+        }],
         other => panic!("action {other}"),
     });
     let parents = f["parents"].as_array().expect("parents");

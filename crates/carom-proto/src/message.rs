@@ -487,6 +487,11 @@ pub struct GroupChat {
     /// The group message this one answers, if any.
     #[n(6)]
     pub reply_to: Option<MessageId>,
+    /// The group's disappearing-message timer when it was sent, in seconds (1 to
+    /// [`MAX_TIMER_SECS`]): each member erases it this long after it stored it. Absent: kept
+    /// until deleted.
+    #[n(7)]
+    pub expires_after: Option<u32>,
 }
 
 /// A message of a type this version knows.
@@ -654,6 +659,7 @@ impl Message {
                 MAX_GROUP_OPERATIONS_PER_MESSAGE,
             ),
             Message::GroupChat(c) => {
+                timer(c.expires_after)?;
                 limit("group heads", c.heads.len(), MAX_GROUP_HEADS)?;
                 limit("body", c.body.len(), MAX_BODY_BYTES)
             }
@@ -834,6 +840,7 @@ mod tests {
                 sent_at: 1,
                 body: "to all".into(),
                 reply_to: None,
+                expires_after: None,
             }),
         ]
     }

@@ -231,6 +231,9 @@ fn fields(m: &Message) -> Value {
             if let Some(r) = c.reply_to {
                 f.insert("reply_to".into(), json!(h(&r.0)));
             }
+            if let Some(t) = c.expires_after {
+                f.insert("expires_after".into(), json!(t));
+            }
         }
         other => panic!("a message type the vectors do not know: {other:?}"),
     }
@@ -1438,7 +1441,18 @@ fn group_chat_sample() -> Message {
         sent_at: 1_800_000_000_000,
         body: "to the whole group".into(),
         reply_to: Some(MessageId([0x10; 16])),
+        expires_after: None,
     })
+}
+
+fn group_chat_disappearing_sample() -> Message {
+    let Message::GroupChat(mut chat) = group_chat_sample() else {
+        unreachable!("a group chat")
+    };
+    chat.id = MessageId([0x11; 16]);
+    chat.reply_to = None;
+    chat.expires_after = Some(3_600);
+    Message::GroupChat(chat)
 }
 
 fn generate() -> Value {
@@ -1563,6 +1577,7 @@ fn generate() -> Value {
         ),
         ("group_operations", group_operations_sample()),
         ("group_chat", group_chat_sample()),
+        ("group_chat_disappearing", group_chat_disappearing_sample()),
     ]
     .into_iter()
     .map(|(name, m)| json!({ "name": name, "cbor": h(&m.encode()), "fields": fields(&m) }))
@@ -1735,6 +1750,9 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
     }
     if message_type == 33 && f.get("reply_to").is_some() {
         body.push((6, b("reply_to")));
+    }
+    if message_type == 33 && f.get("expires_after").is_some() {
+        body.push((7, u("expires_after")));
     }
     if message_type == 7 && f.get("text").is_some() {
         body.push((1, t("text")));

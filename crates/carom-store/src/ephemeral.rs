@@ -54,18 +54,28 @@ pub struct TimerStored {
 pub struct Erased {
     /// Each erased message: its conversation and its local id.
     pub messages: Vec<(i64, i64)>,
+    /// Each erased group message: its group's row and its local id.
+    pub group_messages: Vec<(i64, i64)>,
     /// When the next message is due to be erased, if any is.
     pub next: Option<UnixMillis>,
 }
 
-/// The earliest expiry (a walk to the first entry of the partial index).
-pub(crate) const SELECT_NEXT_EXPIRY: &str =
-    "SELECT min(expires_at) FROM messages WHERE expires_at IS NOT NULL";
+/// The earliest expiry of a message or a group message (a walk to the first entry of each
+/// partial index; the aggregate skips the NULL of one that has none).
+pub(crate) const SELECT_NEXT_EXPIRY: &str = "SELECT min(at) FROM \
+     (SELECT min(expires_at) AS at FROM messages WHERE expires_at IS NOT NULL \
+      UNION ALL SELECT min(expires_at) FROM group_messages WHERE expires_at IS NOT NULL)";
 
 /// The `limit` (?2) messages due first by ?1, deleted; their conversations and rows.
 pub(crate) const ERASE_EXPIRED: &str = "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
      WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
      ORDER BY expires_at, id LIMIT ?2) RETURNING contact_id, id";
+
+/// The same for group messages: their groups' rows and their rows. (Their deliveries and
+/// queued copies go with them, by the foreign keys.)
+pub(crate) const ERASE_EXPIRED_GROUP: &str = "DELETE FROM group_messages WHERE id IN \
+     (SELECT id FROM group_messages WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
+     ORDER BY expires_at, id LIMIT ?2) RETURNING group_row, id";
 
 const SELECT_TIMER_STAMP: &str = "SELECT timer_set_at, timer_set_id FROM contacts WHERE id = ?1";
 
@@ -328,6 +338,20 @@ impl WriteTx<'_> {
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
             .at(db.path)?;
+        let room = limit.saturating_sub(u32::try_from(messages.len()).unwrap_or(limit));
+        let group_messages: Vec<(i64, i64)> = if room == 0 {
+            Vec::new()
+        } else {
+            db.conn
+                .prepare_cached(ERASE_EXPIRED_GROUP)
+                .and_then(|mut stmt| {
+                    stmt.query_map(rusqlite::params![up_to_sql, room], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .at(db.path)?
+        };
         db.conn
             .prepare_cached(
                 "UPDATE erasure_clock SET high_water = max(high_water, ?1) WHERE id = 1",
@@ -335,6 +359,10 @@ impl WriteTx<'_> {
             .and_then(|mut stmt| stmt.execute([up_to_sql]))
             .at(db.path)?;
         let next = next_expiry(db)?;
-        Ok(Erased { messages, next })
+        Ok(Erased {
+            messages,
+            group_messages,
+            next,
+        })
     }
 }

@@ -63,6 +63,10 @@ pub struct GroupMessage {
     pub reply_to: Option<[u8; 16]>,
     /// The API client's idempotency token (outgoing only).
     pub client_token: Option<String>,
+    /// The group's disappearing-message timer it was sent under (seconds).
+    pub timer: Option<u32>,
+    /// When erasure deletes it (ms, the engine's erasure clock); `None`: never by itself.
+    pub expires_at: Option<UnixMillis>,
 }
 
 /// How far an outgoing group message got to one recipient.
@@ -105,6 +109,10 @@ pub struct NewGroupChat {
     pub payload: Vec<u8>,
     /// Now.
     pub now: UnixMillis,
+    /// The group's disappearing-message timer (seconds), as the payload carries it.
+    pub expires_after: Option<u32>,
+    /// The time the timer runs from (the erasure clock now); `None`: `now`.
+    pub expires_from: Option<UnixMillis>,
 }
 
 /// An incoming group message to store.
@@ -126,6 +134,15 @@ pub struct NewGroupIncoming {
     pub reply_to: Option<[u8; 16]>,
     /// Now.
     pub now: UnixMillis,
+    /// The timer it was sent under (seconds): erased that long after it is stored.
+    pub expires_after: Option<u32>,
+    /// The time the timer runs from (the erasure clock now); `None`: `now`.
+    pub expires_from: Option<UnixMillis>,
+}
+
+/// When a message under `timer` stored at `from` is erased.
+fn expiry(timer: Option<u32>, from: UnixMillis) -> Option<UnixMillis> {
+    timer.map(|secs| from.saturating_add(u64::from(secs) * 1000))
 }
 
 /// The outcome of [`WriteTx::queue_group_chat`].
@@ -155,7 +172,7 @@ macro_rules! group_columns {
 macro_rules! group_message_columns {
     () => {
         "id, group_row, sender, direction, msg_id, heads, sent_at, stored_at, body, reply_to, \
-         client_token"
+         client_token, timer, expires_at"
     };
 }
 
@@ -223,6 +240,8 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<GroupMessage> {
         body: row.get(8)?,
         reply_to: row.get(9)?,
         client_token: row.get(10)?,
+        timer: row.get(11)?,
+        expires_at: crate::store::get_opt_u64(row, 12)?,
     })
 }
 
@@ -448,12 +467,16 @@ impl WriteTx<'_> {
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
         let heads = heads_blob(&new.heads)?;
+        let expires_at = expiry(new.expires_after, new.expires_from.unwrap_or(new.now));
+        let expires_sql = expires_at
+            .map(|t| to_sql_int(t, "expires_at"))
+            .transpose()?;
         let row = db
             .conn
             .prepare_cached(
                 "INSERT INTO group_messages (group_row, sender, direction, msg_id, heads, sent_at,
-                     stored_at, body, reply_to, client_token)
-                 VALUES (?1, ?2, 'outgoing', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     stored_at, body, reply_to, client_token, timer, expires_at)
+                 VALUES (?1, ?2, 'outgoing', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut stmt| {
                 stmt.insert(rusqlite::params![
@@ -466,6 +489,8 @@ impl WriteTx<'_> {
                     new.body,
                     new.reply_to,
                     new.client_token,
+                    new.expires_after,
+                    expires_sql,
                 ])
             })
             .at(db.path)
@@ -518,6 +543,8 @@ impl WriteTx<'_> {
             body: new.body.clone(),
             reply_to: new.reply_to,
             client_token: new.client_token.clone(),
+            timer: new.expires_after,
+            expires_at,
         }))
     }
 
@@ -545,12 +572,16 @@ impl WriteTx<'_> {
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
         let heads = heads_blob(&new.heads)?;
+        let expires_at = expiry(new.expires_after, new.expires_from.unwrap_or(new.now));
+        let expires_sql = expires_at
+            .map(|t| to_sql_int(t, "expires_at"))
+            .transpose()?;
         let inserted = db
             .conn
             .prepare_cached(
                 "INSERT INTO group_messages (group_row, sender, direction, msg_id, heads, sent_at,
-                     stored_at, body, reply_to, client_token)
-                 VALUES (?1, ?2, 'incoming', ?3, ?4, ?5, ?6, ?7, ?8, NULL)
+                     stored_at, body, reply_to, client_token, timer, expires_at)
+                 VALUES (?1, ?2, 'incoming', ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10)
                  ON CONFLICT (group_row, sender, msg_id) DO NOTHING",
             )
             .and_then(|mut stmt| {
@@ -563,6 +594,8 @@ impl WriteTx<'_> {
                     now,
                     new.body,
                     new.reply_to,
+                    new.expires_after,
+                    expires_sql,
                 ])
             })
             .at(db.path)
@@ -587,6 +620,8 @@ impl WriteTx<'_> {
             body: new.body.clone(),
             reply_to: new.reply_to,
             client_token: None,
+            timer: new.expires_after,
+            expires_at,
         }))
     }
 

@@ -333,3 +333,91 @@ fn a_timer_change_is_stored_once_and_an_older_one_of_ours_is_refused() {
         })
     );
 }
+
+#[test]
+fn expired_group_messages_are_gone_from_every_page_with_their_queued_copies() {
+    use crate::{GroupState, NewGroupChat, NewGroupIncoming};
+    let (profile, mut store) = Profile::new(b"pw");
+    let member = add_contact(&mut store, 1);
+    let group = store
+        .write(|tx| tx.insert_group(&[4; 16], GroupState::Member, 1))
+        .unwrap();
+    let theirs = marker("group-in-expiring");
+    let ours = marker("group-out-expiring");
+    let kept = marker("group-kept");
+    let incoming = |n: u8, body: &str, timer| NewGroupIncoming {
+        group_row: group.row,
+        sender: [1; 32],
+        msg_id: [n; 16],
+        heads: vec![[1; 32]],
+        sent_at: 900,
+        body: body.into(),
+        reply_to: None,
+        now: 1_000,
+        expires_after: timer,
+        expires_from: None,
+    };
+    store
+        .write(|tx| {
+            tx.store_group_incoming(&incoming(1, &theirs, Some(60)))?;
+            tx.store_group_incoming(&incoming(2, &kept, None))?;
+            tx.queue_group_chat(&NewGroupChat {
+                group_row: group.row,
+                sender: [9; 32],
+                msg_id: [3; 16],
+                heads: vec![[1; 32]],
+                sent_at: 1_000,
+                body: ours.clone(),
+                reply_to: None,
+                client_token: None,
+                recipients: vec![(member, [1; 32])],
+                unreachable: vec![],
+                payload: format!("wire copy: {ours}").into_bytes(),
+                now: 1_000,
+                expires_after: Some(60),
+                expires_from: None,
+            })
+        })
+        .unwrap();
+    store.checkpoint().unwrap();
+    assert!(found(&profile, &theirs) > 0);
+    assert_eq!(found(&profile, &ours), 2, "the message and its queued copy");
+    assert_eq!(store.next_expiry().unwrap(), Some(1_000 + MINUTE));
+    assert!(store.has_outbox(member).unwrap());
+
+    let early = store
+        .write(|tx| tx.erase_expired(1_000 + MINUTE - 1, 500))
+        .unwrap();
+    assert!(early.group_messages.is_empty());
+    // The batch limit counts both kinds.
+    let one = store
+        .write(|tx| tx.erase_expired(1_000 + MINUTE, 1))
+        .unwrap();
+    assert_eq!(one.messages.len() + one.group_messages.len(), 1);
+    let rest = store
+        .write(|tx| tx.erase_expired(1_000 + MINUTE, 500))
+        .unwrap();
+    assert_eq!(one.group_messages.len() + rest.group_messages.len(), 2);
+    assert!(
+        one.group_messages
+            .iter()
+            .chain(&rest.group_messages)
+            .all(|(g, _)| *g == group.row)
+    );
+    assert_eq!(rest.next, None);
+    assert!(
+        !store.has_outbox(member).unwrap(),
+        "its queued copy went too"
+    );
+    store.checkpoint().unwrap();
+    assert_eq!(found(&profile, &theirs), 0);
+    assert_eq!(found(&profile, &ours), 0);
+    assert!(found(&profile, &kept) > 0);
+    let left: Vec<String> = store
+        .group_history(group.row, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(left, [kept]);
+}

@@ -31,6 +31,8 @@ fn chat(group_row: i64, recipients: Vec<(i64, [u8; 32])>, token: &str) -> NewGro
         unreachable: vec![([5; 32], "not a contact".into())],
         payload: b"wire".to_vec(),
         now: 101,
+        expires_after: None,
+        expires_from: None,
     }
 }
 
@@ -157,6 +159,8 @@ fn an_incoming_group_message_is_stored_exactly_once_per_sender() {
         body: "hi".into(),
         reply_to: Some(msg_id(0)),
         now: 6,
+        expires_after: None,
+        expires_from: None,
     };
     assert!(matches!(
         store

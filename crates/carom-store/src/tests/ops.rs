@@ -659,6 +659,10 @@ fn every_daemon_query_is_served_by_an_index() {
             "SEARCH messages USING COVERING INDEX messages_expiry",
         ),
         (
+            ephemeral::SELECT_NEXT_EXPIRY,
+            "SEARCH group_messages USING COVERING INDEX group_messages_expiry",
+        ),
+        (
             messages::SELECT_HISTORY,
             "SEARCH messages USING INDEX messages_history (contact_id=? AND id<?)",
         ),
@@ -734,6 +738,15 @@ fn every_daemon_query_is_served_by_an_index() {
     let erase_plan = plan(&store, &erase);
     assert!(
         erase_plan.contains("SEARCH messages USING COVERING INDEX messages_expiry"),
+        "{erase_plan}"
+    );
+    assert!(!erase_plan.contains("SCAN"), "{erase_plan}");
+    let erase = ephemeral::ERASE_EXPIRED_GROUP
+        .replace("?1", "1000")
+        .replace("?2", "500");
+    let erase_plan = plan(&store, &erase);
+    assert!(
+        erase_plan.contains("SEARCH group_messages USING COVERING INDEX group_messages_expiry"),
         "{erase_plan}"
     );
     assert!(!erase_plan.contains("SCAN"), "{erase_plan}");
