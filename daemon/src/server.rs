@@ -563,6 +563,10 @@ async fn dispatch(
         Request::GroupRemove(p) => reply::<m::GroupRemove>(engine!().group_remove(&p).await?),
         Request::GroupSetRole(p) => reply::<m::GroupSetRole>(engine!().group_set_role(&p).await?),
         Request::GroupRename(p) => reply::<m::GroupRename>(engine!().group_rename(p).await?),
+        Request::GroupDelete(p) => {
+            engine!().group_delete(&p).await?;
+            reply::<m::GroupDelete>(api::Empty {})
+        }
         Request::GroupSetTimer(p) => {
             reply::<m::GroupSetTimer>(engine!().group_set_timer(&p).await?)
         }

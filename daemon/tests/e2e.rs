@@ -2205,6 +2205,36 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
         .await;
         erased_within(d, sixth, Duration::from_secs(10)).await;
     }
+
+    // 7. Alice deletes a group message for everyone: Bob's daemon keeps a tombstone.
+    let seventh = "MARKER-e2e-group-withdraw-4c8a02: posted to the wrong group";
+    let sent = group_call::<api::method::GroupSend>(
+        &alice,
+        &api::GroupSend {
+            group: group.clone(),
+            body: seventh.into(),
+            reply_to: None,
+            client_token: None,
+        },
+    )
+    .await;
+    group_messages(&alice, &group, 1).await;
+    group_call::<api::method::GroupDelete>(
+        &alice,
+        &api::GroupDelete {
+            group: group.clone(),
+            id: sent.id,
+            for_everyone: true,
+        },
+    )
+    .await;
+    wait_event(&bob, api::event::GROUP_DELETED, DELIVERY, |e| {
+        e["group"] == group.as_str() && e["by"] == "them" && e["for_everyone"] == true
+    })
+    .await;
+    for d in [&alice, &bob] {
+        erased_within(d, seventh, Duration::from_secs(10)).await;
+    }
 }
 
 /// Nothing of `m` in any of `d`'s files: its body, its id (raw, or in hex as an event would

@@ -55,6 +55,9 @@ pub const GROUP_DELIVERY: &str = "group.delivery";
 /// Group messages reached the end of their group's disappearing-message timer and were
 /// erased here: [`GroupExpired`].
 pub const GROUP_EXPIRED: &str = "group.expired";
+/// A group message was deleted for everyone (by us or by its sender), or here only:
+/// [`GroupDeleted`]. For everyone, its row stays as a tombstone (kind `deleted`, body empty).
+pub const GROUP_DELETED: &str = "group.deleted";
 /// A frontend attached: [`Attached`].
 pub const FRONTEND_ATTACHED: &str = "frontend.attached";
 /// A frontend detached: [`Detached`].
@@ -126,6 +129,8 @@ pub enum EventData {
     GroupDelivery(GroupDelivered),
     /// [`GROUP_EXPIRED`].
     GroupExpired(GroupExpired),
+    /// [`GROUP_DELETED`].
+    GroupDeleted(GroupDeleted),
     /// [`FRONTEND_ATTACHED`].
     Attached(Attached),
     /// [`FRONTEND_DETACHED`].
@@ -336,6 +341,21 @@ pub struct GroupExpired {
     pub ids: Vec<i64>,
 }
 
+/// Data of [`GROUP_DELETED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDeleted {
+    /// The group's id.
+    pub group: String,
+    /// The local message id.
+    pub id: i64,
+    /// The protocol message id (hex).
+    pub msg_id: String,
+    /// For everyone (a tombstone stays), or here only (the row is gone).
+    pub for_everyone: bool,
+    /// Who deleted it.
+    pub by: By,
+}
+
 /// Data of [`CONTACT_TIMER`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerChanged {
@@ -437,6 +457,7 @@ impl EventData {
             EventData::GroupMessage(_) => GROUP_MESSAGE,
             EventData::GroupDelivery(_) => GROUP_DELIVERY,
             EventData::GroupExpired(_) => GROUP_EXPIRED,
+            EventData::GroupDeleted(_) => GROUP_DELETED,
             EventData::Attached(_) => FRONTEND_ATTACHED,
             EventData::Detached(_) => FRONTEND_DETACHED,
             EventData::Gap(_) => GAP,
@@ -469,6 +490,7 @@ impl EventData {
             EventData::GroupMessage(d) => value(d),
             EventData::GroupDelivery(d) => value(d),
             EventData::GroupExpired(d) => value(d),
+            EventData::GroupDeleted(d) => value(d),
             EventData::Attached(d) => value(d),
             EventData::Detached(d) => value(d),
             EventData::Gap(d) => value(d),
@@ -504,6 +526,7 @@ impl EventData {
             GROUP_MESSAGE => typed(&data, EventData::GroupMessage),
             GROUP_DELIVERY => typed(&data, EventData::GroupDelivery),
             GROUP_EXPIRED => typed(&data, EventData::GroupExpired),
+            GROUP_DELETED => typed(&data, EventData::GroupDeleted),
             FRONTEND_ATTACHED => typed(&data, EventData::Attached),
             FRONTEND_DETACHED => typed(&data, EventData::Detached),
             GAP => typed(&data, EventData::Gap),
@@ -654,6 +677,11 @@ mod tests {
             ),
             (LIVE_MISSED, json!({"count": 12})),
             (GROUP_EXPIRED, json!({"group": "00ff", "ids": [5]})),
+            (
+                GROUP_DELETED,
+                json!({"group": "00ff", "id": 5, "msg_id": "00ff", "for_everyone": true,
+                       "by": "them"}),
+            ),
             (
                 MESSAGE_DELETED,
                 json!({"id": 3, "contact": "a.onion", "msg_id": "00ff", "for_everyone": true,

@@ -272,6 +272,21 @@ pub struct GroupMessage {
     /// When this daemon erases it (ms, its erasure clock); absent: never by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// A message, or a tombstone (`deleted`: deleted for everyone by its sender; body empty).
+    #[serde(default)]
+    pub kind: crate::MessageKind,
+}
+
+/// Parameters of `group.delete`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDelete {
+    /// The group.
+    pub group: String,
+    /// The message's local id.
+    pub id: i64,
+    /// Also at every member it was sent to (only for a message we sent).
+    #[serde(default)]
+    pub for_everyone: bool,
 }
 
 /// Result of `group.history`: newest first.

@@ -69,9 +69,10 @@ pub use method::{Method, Request};
 
 mod group;
 pub use group::{
-    DeliveryStatus, Group, GroupAccept, GroupCreate, GroupDelivery, GroupHistory, GroupInvitation,
-    GroupInvite, GroupMember, GroupMemberParams, GroupMessage, GroupMessagePage, GroupParams,
-    GroupRename, GroupRole, GroupSend, GroupSetPolicy, GroupSetRole, GroupSetTimer, GroupState,
+    DeliveryStatus, Group, GroupAccept, GroupCreate, GroupDelete, GroupDelivery, GroupHistory,
+    GroupInvitation, GroupInvite, GroupMember, GroupMemberParams, GroupMessage, GroupMessagePage,
+    GroupParams, GroupRename, GroupRole, GroupSend, GroupSetPolicy, GroupSetRole, GroupSetTimer,
+    GroupState,
 };
 
 /// The first line on every connection (method [`method::BANNER`]).

@@ -164,6 +164,8 @@ methods! {
     GroupSetTimer = "group.set_timer" (crate::GroupSetTimer) -> crate::Group;
     /// Send a message to every member.
     GroupSend = "group.send" (crate::GroupSend) -> crate::GroupMessage;
+    /// Delete a group message here, or one we sent for everyone.
+    GroupDelete = "group.delete" (crate::GroupDelete) -> crate::Empty;
     /// Page a group's messages.
     GroupHistory = "group.history" (crate::GroupHistory) -> crate::GroupMessagePage;
     /// Start receiving events.
@@ -211,6 +213,7 @@ mod tests {
             "group.rename" => serde_json::json!({ "group": "x", "name": "y" }),
             "group.set_policy" => serde_json::json!({ "group": "x", "members_can_invite": true }),
             "group.set_timer" => serde_json::json!({ "group": "x", "timer": 60 }),
+            "group.delete" => serde_json::json!({ "group": "x", "id": 1 }),
             "group.send" => serde_json::json!({ "group": "x", "body": "y" }),
             "group.history" => serde_json::json!({ "group": "x" }),
             _ => Value::Null,

@@ -324,6 +324,20 @@ pub(crate) enum GroupCommand {
         /// The new name
         name: String,
     },
+    /// Delete a group message (its id is in `carom group history`)
+    ///
+    /// Here only by default. With --for-everyone (a message you sent), every member it was
+    /// sent to erases it too and keeps a "message deleted" in its place; one who is offline
+    /// does when back. What they already read, or copied, cannot be taken back.
+    Delete {
+        /// The group (name or id)
+        group: String,
+        /// The message's id
+        id: i64,
+        /// Also at every member it was sent to (only for a message you sent)
+        #[arg(long)]
+        for_everyone: bool,
+    },
     /// Set how long the group's messages last before every member erases them (admins)
     ///
     /// Every member sees the setting (it is part of the group's signed history). Each message

@@ -595,6 +595,30 @@ async fn group(client: &Client, json: bool, command: GroupCommand) -> Result<(),
                 .map_err(|e| explain(&e))?;
             shown(&g);
         }
+        GroupCommand::Delete {
+            group,
+            id,
+            for_everyone,
+        } => {
+            let group = resolve_group(client, &group).await?;
+            client
+                .call::<api::method::GroupDelete>(&api::GroupDelete {
+                    group,
+                    id,
+                    for_everyone,
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            output(json, &api::Empty {}, || {
+                if for_everyone {
+                    format!(
+                        "deleted #{id}; every member it was sent to erases it when they get the word"
+                    )
+                } else {
+                    format!("deleted #{id} here")
+                }
+            });
+        }
         GroupCommand::Timer { group, duration } => {
             let timer = render::parse_timer(&duration)?;
             let id = resolve_group(client, &group).await?;

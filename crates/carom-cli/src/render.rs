@@ -437,6 +437,9 @@ pub(crate) fn group_history(page: &api::GroupMessagePage) -> String {
             } else {
                 String::new()
             };
+            if m.kind == api::MessageKind::Deleted {
+                return format!("#{} {} (message deleted)", m.id, time_of_day(m.sent_at));
+            }
             let reach = match m.expires_at {
                 Some(at) => format!("{reach} (disappears {})", time_of_day(at)),
                 None => reach,
@@ -585,6 +588,17 @@ pub(crate) fn event_line(data: &EventData, lookup: &Lookup) -> String {
             short(&m.sender),
             m.group
         ),
+        EventData::GroupDeleted(d) => match (d.for_everyone, d.by) {
+            (true, event::By::Us) => format!(
+                "you deleted group message #{} of {} for everyone",
+                d.id, d.group
+            ),
+            (true, _) => format!(
+                "group message #{} of {} was deleted for everyone by its sender",
+                d.id, d.group
+            ),
+            (false, _) => format!("group message #{} of {} deleted here", d.id, d.group),
+        },
         EventData::GroupExpired(e) => format!(
             "{} message{} of group {} reached the end of the group's timer and were erased",
             e.ids.len(),
@@ -732,6 +746,7 @@ mod tests {
                 ],
                 timer: None,
                 expires_at: None,
+                kind: api::MessageKind::Text,
             }],
             next_before: None,
         };

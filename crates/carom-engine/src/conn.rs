@@ -668,7 +668,8 @@ where
                 Message::ContactRequest(_)
                 | Message::ContactResponse(_)
                 | Message::GroupOperations(_)
-                | Message::GroupChat(_) => {
+                | Message::GroupChat(_)
+                | Message::GroupWithdraw(_) => {
                     self.store_chats(peer, std::mem::take(&mut chats)).await?;
                     let outcome = self
                         .shared
@@ -1131,6 +1132,7 @@ where
                 Message::ContactResponse(r) => Some(r.id),
                 Message::GroupOperations(g) => Some(g.id),
                 Message::GroupChat(c) => Some(c.id),
+                Message::GroupWithdraw(w) => Some(w.id),
                 Message::Withdraw(w) => Some(w.id),
                 _ => None,
             };

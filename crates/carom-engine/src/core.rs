@@ -638,8 +638,11 @@ impl<T: Transport> Core<T> {
                 let written = store.write(move |tx| group_write(tx, &write, erasure_now));
                 let shared = Arc::clone(&self.shared);
                 boxed(async move {
-                    let (row, expires_at) = written.await?;
+                    let (row, expires_at, erased) = written.await?;
                     shared.expiring(expires_at);
+                    if erased {
+                        shared.erased();
+                    }
                     Ok(Written::GroupMessage(row))
                 })
             }
@@ -924,12 +927,13 @@ fn housekeeping(
 /// Carry out a group write in its transaction: our standing, the operations, what is queued
 /// for whom, an incoming or outgoing message, the events. Returns the row of the group message
 /// it stored or queued, if any.
-/// Returns the group message's row, if one was stored, and when it expires.
+/// Returns the group message's row, if one was stored, when it expires, and whether a body
+/// was erased (a withdrawal).
 fn group_write(
     tx: &WriteTx<'_>,
     write: &GroupWrite,
     erasure_now: u64,
-) -> Result<(Option<i64>, Option<u64>)> {
+) -> Result<(Option<i64>, Option<u64>, bool)> {
     let now = unix_ms();
     let row = match tx.group(&write.group.0)? {
         Some(g) => {
@@ -1042,5 +1046,24 @@ fn group_write(
             message_row = Some(m.row);
         }
     }
-    Ok((message_row, expires_at))
+    let mut erased = false;
+    if let Some(w) = &write.withdraw_in {
+        let heads: Vec<[u8; 32]> = w.heads.iter().map(|h| h.0).collect();
+        let (tombstone, body_erased) =
+            tx.withdraw_group_incoming(row, &w.sender.public_key(), &w.target.0, &heads, now)?;
+        // Frontends that showed it learn it is gone; one for a message we never had changes
+        // nothing they show.
+        if body_erased {
+            let event = EventData::GroupDeleted(event::GroupDeleted {
+                group: group.clone(),
+                id: tombstone.row,
+                msg_id: hex::encode(tombstone.msg_id),
+                for_everyone: true,
+                by: event::By::Them,
+            });
+            append(tx, &event, now)?;
+        }
+        erased = body_erased;
+    }
+    Ok((message_row, expires_at, erased))
 }

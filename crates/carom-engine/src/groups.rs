@@ -138,7 +138,18 @@ pub(crate) struct GroupWrite {
     pub(crate) peers: Vec<(OnionAddress, String, PeerKind)>,
     pub(crate) chat_out: Option<OutgoingChat>,
     pub(crate) chat_in: Option<IncomingChat>,
+    /// A member withdrew one of its messages (delete for everyone).
+    pub(crate) withdraw_in: Option<IncomingWithdraw>,
     pub(crate) events: Vec<EventData>,
+}
+
+/// A member's delete for everyone of a group message it sent.
+#[derive(Debug)]
+pub(crate) struct IncomingWithdraw {
+    pub(crate) sender: OnionAddress,
+    pub(crate) target: MessageId,
+    /// Our heads now: where a tombstone for a message that has not arrived is placed.
+    pub(crate) heads: Vec<OpId>,
 }
 
 impl GroupWrite {
@@ -151,6 +162,7 @@ impl GroupWrite {
             peers: Vec::new(),
             chat_out: None,
             chat_in: None,
+            withdraw_in: None,
             events: Vec::new(),
         }
     }
@@ -840,6 +852,31 @@ impl Groups {
     /// A group message from an admitted peer: stored (and then acknowledged) if it names a
     /// state whose members include it and us, that agrees with its digest, and it is a member
     /// still (§15.3); refused otherwise; left unanswered while we lack operations it names.
+    /// A member withdrew a group message it sent: acknowledged, and the store erases our copy
+    /// (only if `peer` sent it) or keeps a tombstone in its place. Refused for a group we do
+    /// not hold.
+    pub(crate) fn withdraw_from(
+        &mut self,
+        peer: OnionAddress,
+        withdrawal: carom_proto::GroupWithdraw,
+    ) -> PeerDecision {
+        let id = withdrawal.id;
+        let Some(entry) = self.by_id.get(&withdrawal.group) else {
+            return refuse(id, NOT_A_MEMBER);
+        };
+        let mut write = GroupWrite::new(withdrawal.group);
+        write.withdraw_in = Some(IncomingWithdraw {
+            sender: peer,
+            target: withdrawal.target,
+            heads: entry.history.heads(),
+        });
+        PeerDecision {
+            write: Some(write),
+            answer: vec![Message::Ack(Ack { ids: vec![id] })],
+            deliver: Vec::new(),
+        }
+    }
+
     pub(crate) fn chat_from(&mut self, peer: OnionAddress, chat: GroupChat) -> PeerDecision {
         let id = chat.id;
         let Some(entry) = self.by_id.get(&chat.group) else {

@@ -1102,6 +1102,68 @@ impl Engine {
             .ok_or_else(|| EngineError::bug("a queued group message is not in the store"))
     }
 
+    /// `group.delete`: delete a group message here only, or (`for_everyone`, one we sent) at
+    /// every member it was sent to: ours becomes a tombstone at once, its undelivered copies
+    /// stop, and a withdrawal is queued for each recipient, whose daemon does the same (at
+    /// once, or when it is back). The body is then erased from the database and its WAL.
+    pub async fn group_delete(&self, p: &api::GroupDelete) -> Result<()> {
+        let group = parse_group(&p.group)?;
+        let (id, for_everyone) = (p.id, p.for_everyone);
+        let withdrawal = MessageId::random(&mut OsRng);
+        let recipients = self
+            .shared
+            .store
+            .write(move |tx| {
+                let g = tx.group(&group.0)?.ok_or(EngineError::NoSuchGroup)?;
+                let m = tx
+                    .group_message(id)?
+                    .filter(|m| m.group_row == g.row)
+                    .ok_or(EngineError::NoSuchMessage)?;
+                let now = unix_ms();
+                let mut peers = Vec::new();
+                if for_everyone {
+                    if m.direction != Direction::Outgoing {
+                        return Err(EngineError::InvalidState(
+                            "only a group message we sent can be deleted for everyone; delete \
+                             a received one here only"
+                                .into(),
+                        ));
+                    }
+                    let mut recipients = Vec::new();
+                    for d in tx.group_deliveries(id)? {
+                        if let Some(c) = tx.contact_by_identity(&d.recipient)? {
+                            recipients.push((c.id, d.recipient));
+                            peers.push(address_of(&d.recipient)?);
+                        }
+                    }
+                    let payload = Message::GroupWithdraw(carom_proto::GroupWithdraw {
+                        id: withdrawal,
+                        group,
+                        target: MessageId(m.msg_id),
+                    })
+                    .encode();
+                    tx.withdraw_group_outgoing(id, &recipients, &payload, now)?;
+                } else {
+                    tx.delete_group_message(id)?;
+                }
+                let event = EventData::GroupDeleted(event::GroupDeleted {
+                    group: hex::encode(group.0),
+                    id,
+                    msg_id: hex::encode(m.msg_id),
+                    for_everyone,
+                    by: By::Us,
+                });
+                append(tx, &event, now)?;
+                Ok(peers)
+            })
+            .await?;
+        for peer in recipients {
+            let _ = self.shared.core.send(CoreMsg::Queued { contact: peer });
+        }
+        self.shared.erased();
+        Ok(())
+    }
+
     /// `group.history`: newest first.
     pub async fn group_history(&self, p: &api::GroupHistory) -> Result<api::GroupMessagePage> {
         let group = parse_group(&p.group)?;

@@ -778,7 +778,7 @@ impl Machine {
             .collect()
     }
 
-    /// Group operations or a group message from `peer` over its session.
+    /// Group operations, a group message or a group withdrawal from `peer` over its session.
     fn group_message(&mut self, peer: OnionAddress, message: Message, now: Now) -> ContactReply {
         let admitted = Machine::is_contact(&self.known, &peer) || self.groups.admits(&peer);
         let decision = if !admitted {
@@ -786,6 +786,7 @@ impl Machine {
             match &message {
                 Message::GroupOperations(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
                 Message::GroupChat(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
+                Message::GroupWithdraw(m) => groups::refuse(m.id, groups::NOT_A_MEMBER),
                 _ => groups::PeerDecision::default(),
             }
         } else {
@@ -796,6 +797,7 @@ impl Machine {
                         .operations_from(peer, m, &mut self.rng, &|p| Machine::relation(known, p))
                 }
                 Message::GroupChat(m) => self.groups.chat_from(peer, m),
+                Message::GroupWithdraw(m) => self.groups.withdraw_from(peer, m),
                 _ => groups::PeerDecision::default(),
             }
         };
@@ -1396,7 +1398,7 @@ impl Machine {
         let reply = match message {
             Message::ContactRequest(request) => self.contact_request(peer, request, now),
             Message::ContactResponse(response) => self.contact_response(peer, response),
-            Message::GroupOperations(_) | Message::GroupChat(_) => {
+            Message::GroupOperations(_) | Message::GroupChat(_) | Message::GroupWithdraw(_) => {
                 Ok(self.group_message(peer, message, now))
             }
             _ => Ok(ContactReply {

@@ -224,5 +224,11 @@ pub(crate) fn group_message(
         deliveries,
         timer: m.timer,
         expires_at: m.expires_at,
+        kind: match m.kind {
+            carom_store::MessageKind::Deleted => api::MessageKind::Deleted,
+            carom_store::MessageKind::Text | carom_store::MessageKind::Timer => {
+                api::MessageKind::Text
+            }
+        },
     })
 }

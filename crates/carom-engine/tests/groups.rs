@@ -880,3 +880,162 @@ fn an_admins_timer_holds_for_every_member_and_each_erases_the_groups_messages() 
         }
     });
 }
+
+async fn delete(node: &Node, group: &str, id: i64, for_everyone: bool) {
+    node.e()
+        .group_delete(&api::GroupDelete {
+            group: group.to_owned(),
+            id,
+            for_everyone,
+        })
+        .await
+        .expect("deleted");
+}
+
+#[test]
+fn a_group_message_deleted_for_everyone_is_erased_by_every_member_it_reached_or_would_have() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let mut nodes: Vec<Node> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|n| Node::create(&net, dir.path(), n))
+            .collect();
+        {
+            let all: Vec<&Node> = nodes.iter().collect();
+            mesh(&all).await;
+        }
+        let group = create(&nodes[0], "Oops").await.id;
+        for n in &nodes[1..] {
+            invite(&nodes[0], &group, n).await;
+            join(n, &group, api::PeerKind::Human).await;
+        }
+        {
+            let all: Vec<&Node> = nodes.iter().collect();
+            for n in &all {
+                wait_members(n, &group, &all).await;
+            }
+        }
+        // Online: Alice withdraws a message both others have.
+        let first = "MARKER-group-withdraw-5e0c3a71: wrong group";
+        let sent = send(&nodes[0], &group, first).await;
+        wait_delivered(&nodes[0], &group, sent.id).await;
+        for n in &nodes {
+            assert!(pages_with(n, first) > 0, "stored at {}", n.address);
+        }
+        // Only its sender may withdraw it.
+        let bobs_copy = history(&nodes[1], &group).await[0].id;
+        assert!(
+            nodes[1]
+                .e()
+                .group_delete(&api::GroupDelete {
+                    group: group.clone(),
+                    id: bobs_copy,
+                    for_everyone: true,
+                })
+                .await
+                .is_err()
+        );
+        delete(&nodes[0], &group, sent.id, true).await;
+        for n in &nodes[1..] {
+            n.wait_event(api::event::GROUP_DELETED, |d| {
+                d["group"] == group.as_str() && d["by"] == "them" && d["for_everyone"] == true
+            })
+            .await;
+        }
+        for n in &nodes {
+            let h = history(n, &group).await;
+            assert_eq!(h.len(), 1);
+            assert_eq!(
+                h[0].kind,
+                api::MessageKind::Deleted,
+                "a tombstone at {}",
+                n.address
+            );
+            assert!(h[0].body.is_empty());
+            until(n, || async {
+                match pages_with(n, first) {
+                    0 => Ok(()),
+                    k => Err(format!("{k} pages still hold it")),
+                }
+            })
+            .await;
+        }
+
+        // Carol away: the copy queued for her stops, the withdrawal waits, and when she is back
+        // she never stores the body; Bob's copy is erased at once.
+        nodes[2].stop().await;
+        let second = "MARKER-group-withdraw-a4d9176b: not for Carol";
+        let sent = send(&nodes[0], &group, second).await;
+        until(&nodes[1], || async {
+            if received(&nodes[1], &group)
+                .await
+                .iter()
+                .any(|b| b == second)
+            {
+                Ok(())
+            } else {
+                Err("not yet at Bob's".to_owned())
+            }
+        })
+        .await;
+        delete(&nodes[0], &group, sent.id, true).await;
+        let deliveries = history(&nodes[0], &group)
+            .await
+            .into_iter()
+            .find(|m| m.id == sent.id)
+            .expect("the tombstone")
+            .deliveries;
+        let carols = deliveries
+            .iter()
+            .find(|d| d.address == nodes[2].address)
+            .expect("Carol's delivery");
+        assert_eq!(carols.failure.as_deref(), Some("withdrawn"));
+        let net2 = &net;
+        nodes[2].start(net2).await;
+        until(&nodes[1], || async {
+            match pages_with(&nodes[1], second) {
+                0 => Ok(()),
+                k => Err(format!("{k} pages at Bob's")),
+            }
+        })
+        .await;
+        // Carol gets the withdrawal (a tombstone) and never the body.
+        until(&nodes[2], || async {
+            let h = history(&nodes[2], &group).await;
+            if h.iter()
+                .filter(|m| m.kind == api::MessageKind::Deleted)
+                .count()
+                == 2
+            {
+                Ok(())
+            } else {
+                Err(format!("{h:?}"))
+            }
+        })
+        .await;
+        assert_eq!(pages_with(&nodes[2], second), 0);
+
+        // A local delete of a received message: gone here only.
+        let third = send(&nodes[1], &group, "keep this one").await;
+        wait_delivered(&nodes[1], &group, third.id).await;
+        let at_carol = history(&nodes[2], &group)
+            .await
+            .into_iter()
+            .find(|m| m.body == "keep this one")
+            .expect("Carol has it");
+        delete(&nodes[2], &group, at_carol.id, false).await;
+        assert!(
+            history(&nodes[2], &group)
+                .await
+                .iter()
+                .all(|m| m.id != at_carol.id)
+        );
+        assert!(
+            history(&nodes[0], &group)
+                .await
+                .iter()
+                .any(|m| m.body == "keep this one")
+        );
+    });
+}

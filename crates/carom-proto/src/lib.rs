@@ -39,10 +39,11 @@ pub use identity::{
 };
 pub use message::{
     Ack, Chat, Close, CloseReason, ContactRequest, ContactResponse, Decision, Decoded, Digest32,
-    GroupChat, GroupId, GroupOperation, GroupOperations, MAX_ACK_IDS, MAX_BODY_BYTES,
-    MAX_CLOSE_TEXT_BYTES, MAX_GREETING_BYTES, MAX_GROUP_HEADS, MAX_GROUP_OPERATION_BYTES,
-    MAX_GROUP_OPERATIONS_PER_MESSAGE, MAX_NICKNAME_BYTES, MAX_TIMER_SECS, Message, MessageError,
-    MessageId, OpId, PeerKind, Ping, Pong, Reject, Rekey, SetTimer, Withdraw, reject, types,
+    GroupChat, GroupId, GroupOperation, GroupOperations, GroupWithdraw, MAX_ACK_IDS,
+    MAX_BODY_BYTES, MAX_CLOSE_TEXT_BYTES, MAX_GREETING_BYTES, MAX_GROUP_HEADS,
+    MAX_GROUP_OPERATION_BYTES, MAX_GROUP_OPERATIONS_PER_MESSAGE, MAX_NICKNAME_BYTES,
+    MAX_TIMER_SECS, Message, MessageError, MessageId, OpId, PeerKind, Ping, Pong, Reject, Rekey,
+    SetTimer, Withdraw, reject, types,
 };
 pub use noise::{MAX_TRANSPORT_PLAINTEXT, NOISE_IK, NOISE_XX, PROLOGUE_LABEL, Pattern};
 pub use session::{

@@ -494,6 +494,24 @@ pub struct GroupChat {
     pub expires_after: Option<u32>,
 }
 
+/// "Delete this group message I sent, for everyone": sent by the message's sender to each
+/// member it sent the message to; each erases its body and keeps a tombstone. Acknowledged
+/// like a chat. The receiver looks the target up among the messages of this group that this
+/// peer sent.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct GroupWithdraw {
+    /// The withdrawal's own id (idempotency, acknowledgement).
+    #[n(0)]
+    pub id: MessageId,
+    /// The group.
+    #[n(1)]
+    pub group: GroupId,
+    /// The id of the group message being withdrawn.
+    #[n(2)]
+    pub target: MessageId,
+}
+
 /// A message of a type this version knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -524,6 +542,8 @@ pub enum Message {
     GroupOperations(GroupOperations),
     /// Type 33.
     GroupChat(GroupChat),
+    /// Type 34.
+    GroupWithdraw(GroupWithdraw),
 }
 
 /// Wire numbers of the message types.
@@ -554,6 +574,8 @@ pub mod types {
     pub const GROUP_OPERATIONS: u32 = 32;
     /// Group chat.
     pub const GROUP_CHAT: u32 = 33;
+    /// Group withdraw (delete for everyone).
+    pub const GROUP_WITHDRAW: u32 = 34;
 }
 
 /// Why a message of a known type was refused.
@@ -607,6 +629,7 @@ impl Message {
             Message::Withdraw(_) => types::WITHDRAW,
             Message::GroupOperations(_) => types::GROUP_OPERATIONS,
             Message::GroupChat(_) => types::GROUP_CHAT,
+            Message::GroupWithdraw(_) => types::GROUP_WITHDRAW,
         }
     }
 
@@ -665,6 +688,7 @@ impl Message {
             }
             Message::ContactResponse(_)
             | Message::Withdraw(_)
+            | Message::GroupWithdraw(_)
             | Message::Ping(_)
             | Message::Pong(_)
             | Message::Rekey(_) => Ok(()),
@@ -689,6 +713,7 @@ impl Message {
             Message::Reject(m) => e.encode(m)?,
             Message::SetTimer(m) => e.encode(m)?,
             Message::Withdraw(m) => e.encode(m)?,
+            Message::GroupWithdraw(m) => e.encode(m)?,
             Message::GroupOperations(m) => e.encode(m)?,
             Message::GroupChat(m) => e.encode(m)?,
         };
@@ -758,6 +783,7 @@ impl Message {
             types::WITHDRAW => Message::Withdraw(d.decode().map_err(malformed)?),
             types::GROUP_OPERATIONS => Message::GroupOperations(d.decode().map_err(malformed)?),
             types::GROUP_CHAT => Message::GroupChat(d.decode().map_err(malformed)?),
+            types::GROUP_WITHDRAW => Message::GroupWithdraw(d.decode().map_err(malformed)?),
             _ => {
                 d.skip().map_err(malformed)?;
                 return Ok(Decoded::Unknown { message_type });

@@ -235,6 +235,11 @@ fn fields(m: &Message) -> Value {
                 f.insert("expires_after".into(), json!(t));
             }
         }
+        Message::GroupWithdraw(w) => {
+            f.insert("id".into(), json!(h(&w.id.0)));
+            f.insert("group".into(), json!(h(&w.group.0)));
+            f.insert("target".into(), json!(h(&w.target.0)));
+        }
         other => panic!("a message type the vectors do not know: {other:?}"),
     }
     Value::Object(f)
@@ -1578,6 +1583,14 @@ fn generate() -> Value {
         ("group_operations", group_operations_sample()),
         ("group_chat", group_chat_sample()),
         ("group_chat_disappearing", group_chat_disappearing_sample()),
+        (
+            "group_withdraw",
+            Message::GroupWithdraw(carom_proto::GroupWithdraw {
+                id: MessageId([0x12; 16]),
+                group: GroupId([0x0b; 16]),
+                target: MessageId([0x0e; 16]),
+            }),
+        ),
     ]
     .into_iter()
     .map(|(name, m)| json!({ "name": name, "cbor": h(&m.encode()), "fields": fields(&m) }))
@@ -1737,6 +1750,7 @@ fn envelope_from_fields(f: &Value) -> Vec<u8> {
                 (5, t("body")),
             ]
         }
+        34 => vec![(0, b("id")), (1, b("group")), (2, b("target"))],
         other => panic!("type {other}"),
     };
     if message_type == 3 && f.get("reply_to").is_some() {

@@ -8,7 +8,7 @@
 use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
-use crate::model::{DeliveryStatus, Direction, GroupState, OutboxKind, UnixMillis};
+use crate::model::{DeliveryStatus, Direction, GroupState, MessageKind, OutboxKind, UnixMillis};
 use crate::outbox;
 use crate::store::{Db, WriteTx, get_u64, to_sql_int};
 
@@ -67,6 +67,8 @@ pub struct GroupMessage {
     pub timer: Option<u32>,
     /// When erasure deletes it (ms, the engine's erasure clock); `None`: never by itself.
     pub expires_at: Option<UnixMillis>,
+    /// A message, or a tombstone ([`MessageKind::Deleted`]: deleted for everyone).
+    pub kind: MessageKind,
 }
 
 /// How far an outgoing group message got to one recipient.
@@ -172,7 +174,7 @@ macro_rules! group_columns {
 macro_rules! group_message_columns {
     () => {
         "id, group_row, sender, direction, msg_id, heads, sent_at, stored_at, body, reply_to, \
-         client_token, timer, expires_at"
+         client_token, timer, expires_at, kind"
     };
 }
 
@@ -242,7 +244,20 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<GroupMessage> {
         client_token: row.get(10)?,
         timer: row.get(11)?,
         expires_at: crate::store::get_opt_u64(row, 12)?,
+        kind: row.get(13)?,
     })
+}
+
+/// Erase a group message's content in place, keeping its place in the history.
+fn tombstone(db: Db<'_>, row: i64) -> Result<()> {
+    db.conn
+        .prepare_cached(
+            "UPDATE group_messages SET kind = 'deleted', body = '', reply_to = NULL, \
+             timer = NULL, expires_at = NULL WHERE id = ?1",
+        )
+        .and_then(|mut stmt| stmt.execute([row]))
+        .at(db.path)?;
+    Ok(())
 }
 
 fn heads_blob(heads: &[[u8; 32]]) -> Result<Vec<u8>> {
@@ -545,6 +560,7 @@ impl WriteTx<'_> {
             client_token: new.client_token.clone(),
             timer: new.expires_after,
             expires_at,
+            kind: MessageKind::Text,
         }))
     }
 
@@ -622,7 +638,109 @@ impl WriteTx<'_> {
             client_token: None,
             timer: new.expires_after,
             expires_at,
+            kind: MessageKind::Text,
         }))
+    }
+
+    /// Deletes a group message here only (its deliveries and queued copies go with it).
+    /// Returns whether there was one.
+    pub fn delete_group_message(&self, row: i64) -> Result<bool> {
+        let db = self.db();
+        let deleted = db
+            .conn
+            .execute("DELETE FROM group_messages WHERE id = ?1", [row])
+            .at(db.path)?;
+        Ok(deleted > 0)
+    }
+
+    /// Deletes one of our group messages for everyone: it becomes a tombstone here, its copies
+    /// still queued are dropped (those deliveries fail as `withdrawn`), and the withdrawal
+    /// (`payload`) is queued for every recipient it was sent to (`recipients`: contact row
+    /// and identity of each, whatever its delivery: a copy may be on its way). Returns the
+    /// tombstone.
+    ///
+    /// Fails with [`Error::NotFound`] for an unknown row and [`Error::Invalid`] for a message
+    /// we did not send or already withdrew.
+    pub fn withdraw_group_outgoing(
+        &self,
+        row: i64,
+        recipients: &[(i64, [u8; 32])],
+        payload: &[u8],
+        now: UnixMillis,
+    ) -> Result<GroupMessage> {
+        let db = self.db();
+        let m = message(db, row)?.ok_or(Error::NotFound {
+            what: "group message",
+        })?;
+        if m.direction != Direction::Outgoing || m.kind != MessageKind::Text {
+            return Err(Error::Invalid {
+                what: "group message",
+                reason: "only a group message we sent can be deleted for everyone".to_owned(),
+            });
+        }
+        let now_sql = to_sql_int(now, "now")?;
+        db.conn
+            .execute("DELETE FROM outbox WHERE group_message_id = ?1", [row])
+            .at(db.path)?;
+        db.conn
+            .prepare_cached(
+                "UPDATE group_deliveries SET status = 'failed', failure = 'withdrawn', \
+                 status_at = ?2 WHERE message_row = ?1 AND status = 'queued'",
+            )
+            .and_then(|mut stmt| stmt.execute(rusqlite::params![row, now_sql]))
+            .at(db.path)?;
+        tombstone(db, row)?;
+        for &(contact_id, _) in recipients {
+            outbox::insert(db, contact_id, OutboxKind::Withdraw, None, payload, now_sql)?;
+        }
+        message(db, row)?.ok_or(Error::NotFound {
+            what: "group message",
+        })
+    }
+
+    /// A member withdrew a group message it sent: our copy becomes a tombstone. If we never
+    /// had it (it is on its way, or it expired here), a tombstone is stored anyway (at
+    /// `heads`), so that a late copy is a duplicate and never stored. Returns the tombstone
+    /// and whether a body was erased.
+    pub fn withdraw_group_incoming(
+        &self,
+        group_row: i64,
+        sender: &[u8; 32],
+        target: &[u8; 16],
+        heads: &[[u8; 32]],
+        now: UnixMillis,
+    ) -> Result<(GroupMessage, bool)> {
+        let db = self.db();
+        if let Some(m) = by_sender_id(db, group_row, sender, target)? {
+            if m.kind != MessageKind::Text || m.direction != Direction::Incoming {
+                return Ok((m, false));
+            }
+            tombstone(db, m.row)?;
+            let m = message(db, m.row)?.ok_or(Error::NotFound {
+                what: "group message",
+            })?;
+            return Ok((m, true));
+        }
+        let stored = self.store_group_incoming(&NewGroupIncoming {
+            group_row,
+            sender: *sender,
+            msg_id: *target,
+            heads: heads.to_vec(),
+            sent_at: now,
+            body: String::new(),
+            reply_to: None,
+            now,
+            expires_after: None,
+            expires_from: None,
+        })?;
+        let row = match stored {
+            GroupReceived::New(m) | GroupReceived::Duplicate(m) => m.row,
+        };
+        tombstone(db, row)?;
+        let m = message(db, row)?.ok_or(Error::NotFound {
+            what: "group message",
+        })?;
+        Ok((m, false))
     }
 
     /// Sets how far an outgoing group message got to one recipient. Returns whether it

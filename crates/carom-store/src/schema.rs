@@ -82,12 +82,15 @@ pub const SCHEMA_VERSION: u32 = 7;
 /// History off (docs/storage.md "History off"): a conversation whose messages live in the
 /// daemon's memory only. The setting is the one thing about them that is written.
 ///
-/// Group messages gain what V6 gave 1:1 messages: the timer each was sent under and the time
-/// erasure deletes it (the group's timer itself lives in its signed history).
+/// Group messages gain what V6 gave 1:1 messages: a kind (`deleted`: a tombstone left by delete
+/// for everyone), the timer each was sent under and the time erasure deletes it (the group's
+/// timer itself lives in its signed history).
 const V7: &str = "
 ALTER TABLE contacts ADD COLUMN keep_history INTEGER NOT NULL DEFAULT 1
     CHECK (keep_history IN (0, 1));
 
+ALTER TABLE group_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text'
+    CHECK (kind IN ('text', 'deleted'));
 ALTER TABLE group_messages ADD COLUMN timer INTEGER CHECK (timer IS NULL OR timer > 0);
 ALTER TABLE group_messages ADD COLUMN expires_at INTEGER;
 CREATE INDEX group_messages_expiry ON group_messages (expires_at) WHERE expires_at IS NOT NULL;

@@ -421,3 +421,132 @@ fn expired_group_messages_are_gone_from_every_page_with_their_queued_copies() {
         .collect();
     assert_eq!(left, [kept]);
 }
+
+#[test]
+fn a_group_message_withdrawn_leaves_tombstones_and_no_body_at_either_end() {
+    use crate::{DeliveryStatus, GroupReceived, GroupState, NewGroupChat, NewGroupIncoming};
+    let (profile, mut store) = Profile::new(b"pw");
+    let bob = add_contact(&mut store, 1);
+    let carol = add_contact(&mut store, 2);
+    let group = store
+        .write(|tx| tx.insert_group(&[4; 16], GroupState::Member, 1))
+        .unwrap();
+    let ours = marker("group-withdrawn-out");
+    let theirs = marker("group-withdrawn-in");
+    let queued = store
+        .write(|tx| {
+            tx.queue_group_chat(&NewGroupChat {
+                group_row: group.row,
+                sender: [9; 32],
+                msg_id: [3; 16],
+                heads: vec![[1; 32]],
+                sent_at: 1_000,
+                body: ours.clone(),
+                reply_to: None,
+                client_token: None,
+                recipients: vec![(bob, [1; 32]), (carol, [2; 32])],
+                unreachable: vec![],
+                payload: format!("wire copy: {ours}").into_bytes(),
+                now: 1_000,
+                expires_after: None,
+                expires_from: None,
+            })
+        })
+        .unwrap();
+    let crate::GroupQueued::New(m) = queued else {
+        panic!("new")
+    };
+    // Bob has it; Carol's copy is still queued.
+    store
+        .write(|tx| tx.set_group_delivery(m.row, &[1; 32], DeliveryStatus::Delivered, None, 1_100))
+        .unwrap();
+    let incoming = NewGroupIncoming {
+        group_row: group.row,
+        sender: [1; 32],
+        msg_id: [5; 16],
+        heads: vec![[1; 32]],
+        sent_at: 900,
+        body: theirs.clone(),
+        reply_to: None,
+        now: 1_000,
+        expires_after: None,
+        expires_from: None,
+    };
+    store
+        .write(|tx| tx.store_group_incoming(&incoming))
+        .unwrap();
+    store.checkpoint().unwrap();
+    assert!(found(&profile, &ours) > 0 && found(&profile, &theirs) > 0);
+
+    let tomb = store
+        .write(|tx| {
+            tx.withdraw_group_outgoing(
+                m.row,
+                &[(bob, [1; 32]), (carol, [2; 32])],
+                b"withdraw",
+                1_200,
+            )
+        })
+        .unwrap();
+    assert_eq!(tomb.kind, MessageKind::Deleted);
+    assert!(tomb.body.is_empty());
+    let deliveries = store.group_deliveries(m.row).unwrap();
+    let carols = deliveries.iter().find(|d| d.recipient == [2; 32]).unwrap();
+    assert_eq!(carols.status, DeliveryStatus::Failed);
+    assert_eq!(carols.failure.as_deref(), Some("withdrawn"));
+    for contact in [bob, carol] {
+        let items = store.outbox_for_contact(contact).unwrap();
+        let kinds: Vec<OutboxKind> = items.iter().map(|i| i.kind).collect();
+        assert_eq!(
+            kinds,
+            [OutboxKind::Withdraw],
+            "the copy went, the withdrawal is queued"
+        );
+    }
+    assert!(
+        store
+            .write(|tx| tx.withdraw_group_outgoing(m.row, &[], b"again", 1_300))
+            .is_err(),
+        "a tombstone is not withdrawn twice"
+    );
+
+    // Theirs: only its sender withdraws it.
+    let (not_theirs, erased) = store
+        .write(|tx| tx.withdraw_group_incoming(group.row, &[2; 32], &[5; 16], &[[1; 32]], 1_300))
+        .unwrap();
+    assert!(!erased);
+    assert_eq!(
+        not_theirs.kind,
+        MessageKind::Deleted,
+        "a tombstone for Carol's id, not Bob's message"
+    );
+    let (tomb, erased) = store
+        .write(|tx| tx.withdraw_group_incoming(group.row, &[1; 32], &[5; 16], &[[1; 32]], 1_300))
+        .unwrap();
+    assert!(erased);
+    assert_eq!(tomb.kind, MessageKind::Deleted);
+    // A withdrawal that comes first keeps the late copy out.
+    let (early, erased) = store
+        .write(|tx| tx.withdraw_group_incoming(group.row, &[1; 32], &[6; 16], &[[1; 32]], 1_400))
+        .unwrap();
+    assert!(!erased);
+    let late = store
+        .write(|tx| {
+            tx.store_group_incoming(&NewGroupIncoming {
+                msg_id: [6; 16],
+                body: marker("group-late"),
+                ..incoming.clone()
+            })
+        })
+        .unwrap();
+    assert!(matches!(late, GroupReceived::Duplicate(m) if m.row == early.row && m.body.is_empty()));
+
+    store.checkpoint().unwrap();
+    assert_eq!(
+        found(&profile, &ours),
+        0,
+        "our body, and its queued copy, are gone"
+    );
+    assert_eq!(found(&profile, &theirs), 0);
+    assert_eq!(found(&profile, &marker("group-late")), 0);
+}
