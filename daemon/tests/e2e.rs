@@ -2196,8 +2196,9 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
         (at_alice[0].body.as_str(), at_alice[0].timer),
         (sixth, Some(15))
     );
-    group_messages(&bob, &group, 1).await;
+    // Looked at as soon as it is listed: it has 15 s to live.
     assert!(!where_is(&alice, sixth).is_empty(), "stored at Alice's");
+    group_messages(&bob, &group, 1).await;
     for d in [&alice, &bob] {
         wait_event(d, api::event::GROUP_EXPIRED, Duration::from_secs(60), |e| {
             e["group"] == group.as_str()
@@ -2206,7 +2207,17 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
         erased_within(d, sixth, Duration::from_secs(10)).await;
     }
 
-    // 7. Alice deletes a group message for everyone: Bob's daemon keeps a tombstone.
+    // 7. With the timer off again (so that nothing expires first), Alice deletes a group
+    //    message for everyone: Bob's daemon keeps a tombstone.
+    group_call::<api::method::GroupSetTimer>(
+        &alice,
+        &api::GroupSetTimer {
+            group: group.clone(),
+            timer: None,
+        },
+    )
+    .await;
+    group_until(&bob, &group, "the timer off", |g| g.timer.is_none()).await;
     let seventh = "MARKER-e2e-group-withdraw-4c8a02: posted to the wrong group";
     let sent = group_call::<api::method::GroupSend>(
         &alice,
@@ -2218,6 +2229,7 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
         },
     )
     .await;
+    assert_eq!(sent.timer, None);
     group_messages(&alice, &group, 1).await;
     group_call::<api::method::GroupDelete>(
         &alice,
