@@ -1049,11 +1049,17 @@ fn group_write(
     let mut erased = false;
     if let Some(w) = &write.withdraw_in {
         let heads: Vec<[u8; 32]> = w.heads.iter().map(|h| h.0).collect();
-        let (tombstone, body_erased) =
-            tx.withdraw_group_incoming(row, &w.sender.public_key(), &w.target.0, &heads, now)?;
+        let withdrawn = tx.withdraw_group_incoming(
+            row,
+            &w.sender.public_key(),
+            &w.target.0,
+            w.may_precede.then_some(heads.as_slice()),
+            now,
+        )?;
+        let body_erased = withdrawn.as_ref().is_some_and(|(_, erased)| *erased);
         // Frontends that showed it learn it is gone; one for a message we never had changes
         // nothing they show.
-        if body_erased {
+        if let Some((tombstone, true)) = withdrawn {
             let event = EventData::GroupDeleted(event::GroupDeleted {
                 group: group.clone(),
                 id: tombstone.row,

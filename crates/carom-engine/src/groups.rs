@@ -150,6 +150,10 @@ pub(crate) struct IncomingWithdraw {
     pub(crate) target: MessageId,
     /// Our heads now: where a tombstone for a message that has not arrived is placed.
     pub(crate) heads: Vec<OpId>,
+    /// The sender is a member now, so a withdrawal that comes before its message leaves a
+    /// tombstone. Anyone else (a removed member) may only erase a message of theirs we hold:
+    /// nobody outside the group can put even an empty item into its history.
+    pub(crate) may_precede: bool,
 }
 
 impl GroupWrite {
@@ -853,8 +857,8 @@ impl Groups {
     /// state whose members include it and us, that agrees with its digest, and it is a member
     /// still (§15.3); refused otherwise; left unanswered while we lack operations it names.
     /// A member withdrew a group message it sent: acknowledged, and the store erases our copy
-    /// (only if `peer` sent it) or keeps a tombstone in its place. Refused for a group we do
-    /// not hold.
+    /// (only if `peer` sent it) or, if `peer` is a member, keeps a tombstone in its place.
+    /// Refused for a group we do not hold.
     pub(crate) fn withdraw_from(
         &mut self,
         peer: OnionAddress,
@@ -869,6 +873,7 @@ impl Groups {
             sender: peer,
             target: withdrawal.target,
             heads: entry.history.heads(),
+            may_precede: entry.history.membership().is_member(&peer),
         });
         PeerDecision {
             write: Some(write),
@@ -1107,6 +1112,27 @@ mod tests {
         // A state we do not know yet: no answer until its operations arrive.
         let ahead = alice.chat_from(bob.me, chat(id, vec![OpId([9; 32])], digest));
         assert!(ahead.answer.is_empty() && ahead.write.is_none());
+        // A withdrawal: a member's may come before its message; an outsider's only erases
+        // what it sent, which is nothing.
+        let withdraw = |target| carom_proto::GroupWithdraw {
+            id: MessageId([7; 16]),
+            group: id,
+            target: MessageId(target),
+        };
+        let precedes = |d: &PeerDecision| {
+            d.write
+                .as_ref()
+                .and_then(|w| w.withdraw_in.as_ref())
+                .map(|w| w.may_precede)
+        };
+        assert_eq!(
+            precedes(&alice.withdraw_from(bob.me, withdraw([1; 16]))),
+            Some(true)
+        );
+        assert_eq!(
+            precedes(&alice.withdraw_from(mallory.me, withdraw([1; 16]))),
+            Some(false)
+        );
         // Once Bob is removed, even a message naming the old state is refused.
         alice
             .command(
@@ -1121,6 +1147,11 @@ mod tests {
             .expect("removed");
         let late = alice.chat_from(bob.me, chat(id, heads, digest));
         assert_eq!(rejected(&late), Some(NOT_A_MEMBER));
+        // A removed member may still withdraw a message of theirs we hold, and no more.
+        assert_eq!(
+            precedes(&alice.withdraw_from(bob.me, withdraw([1; 16]))),
+            Some(false)
+        );
     }
 
     #[test]

@@ -1131,6 +1131,10 @@ impl Engine {
                     }
                     let mut recipients = Vec::new();
                     for d in tx.group_deliveries(id)? {
+                        // A member we blocked was never sent it, and is sent nothing.
+                        if d.failure.as_deref() == Some(crate::groups::BLOCKED) {
+                            continue;
+                        }
                         if let Some(c) = tx.contact_by_identity(&d.recipient)? {
                             recipients.push((c.id, d.recipient));
                             peers.push(address_of(&d.recipient)?);

@@ -699,28 +699,32 @@ impl WriteTx<'_> {
     }
 
     /// A member withdrew a group message it sent: our copy becomes a tombstone. If we never
-    /// had it (it is on its way, or it expired here), a tombstone is stored anyway (at
-    /// `heads`), so that a late copy is a duplicate and never stored. Returns the tombstone
-    /// and whether a body was erased.
+    /// had it (it is on its way, or it expired here) and `heads` is given, a tombstone is
+    /// stored anyway (at `heads`), so that a late copy is a duplicate and never stored; with
+    /// no `heads` (the sender is no member now) nothing is. Returns the tombstone, if there is
+    /// one, and whether a body was erased.
     pub fn withdraw_group_incoming(
         &self,
         group_row: i64,
         sender: &[u8; 32],
         target: &[u8; 16],
-        heads: &[[u8; 32]],
+        heads: Option<&[[u8; 32]]>,
         now: UnixMillis,
-    ) -> Result<(GroupMessage, bool)> {
+    ) -> Result<Option<(GroupMessage, bool)>> {
         let db = self.db();
         if let Some(m) = by_sender_id(db, group_row, sender, target)? {
             if m.kind != MessageKind::Text || m.direction != Direction::Incoming {
-                return Ok((m, false));
+                return Ok(Some((m, false)));
             }
             tombstone(db, m.row)?;
             let m = message(db, m.row)?.ok_or(Error::NotFound {
                 what: "group message",
             })?;
-            return Ok((m, true));
+            return Ok(Some((m, true)));
         }
+        let Some(heads) = heads else {
+            return Ok(None);
+        };
         let stored = self.store_group_incoming(&NewGroupIncoming {
             group_row,
             sender: *sender,
@@ -740,7 +744,7 @@ impl WriteTx<'_> {
         let m = message(db, row)?.ok_or(Error::NotFound {
             what: "group message",
         })?;
-        Ok((m, false))
+        Ok(Some((m, false)))
     }
 
     /// Sets how far an outgoing group message got to one recipient. Returns whether it

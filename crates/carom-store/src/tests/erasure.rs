@@ -510,9 +510,17 @@ fn a_group_message_withdrawn_leaves_tombstones_and_no_body_at_either_end() {
         "a tombstone is not withdrawn twice"
     );
 
-    // Theirs: only its sender withdraws it.
+    // Theirs: only its sender withdraws it; someone who is no member leaves nothing.
+    let nothing = store
+        .write(|tx| tx.withdraw_group_incoming(group.row, &[7; 32], &[5; 16], None, 1_300))
+        .unwrap();
+    assert!(nothing.is_none());
+    assert_eq!(store.group_history(group.row, None, 10).unwrap().len(), 2);
     let (not_theirs, erased) = store
-        .write(|tx| tx.withdraw_group_incoming(group.row, &[2; 32], &[5; 16], &[[1; 32]], 1_300))
+        .write(|tx| {
+            tx.withdraw_group_incoming(group.row, &[2; 32], &[5; 16], Some(&[[1; 32]]), 1_300)
+        })
+        .unwrap()
         .unwrap();
     assert!(!erased);
     assert_eq!(
@@ -521,13 +529,17 @@ fn a_group_message_withdrawn_leaves_tombstones_and_no_body_at_either_end() {
         "a tombstone for Carol's id, not Bob's message"
     );
     let (tomb, erased) = store
-        .write(|tx| tx.withdraw_group_incoming(group.row, &[1; 32], &[5; 16], &[[1; 32]], 1_300))
+        .write(|tx| tx.withdraw_group_incoming(group.row, &[1; 32], &[5; 16], None, 1_300))
+        .unwrap()
         .unwrap();
     assert!(erased);
     assert_eq!(tomb.kind, MessageKind::Deleted);
     // A withdrawal that comes first keeps the late copy out.
     let (early, erased) = store
-        .write(|tx| tx.withdraw_group_incoming(group.row, &[1; 32], &[6; 16], &[[1; 32]], 1_400))
+        .write(|tx| {
+            tx.withdraw_group_incoming(group.row, &[1; 32], &[6; 16], Some(&[[1; 32]]), 1_400)
+        })
+        .unwrap()
         .unwrap();
     assert!(!erased);
     let late = store
