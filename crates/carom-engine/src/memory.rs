@@ -126,23 +126,7 @@ impl Memory {
             return Err(Refused::TooManyWaiting);
         }
         let row = self.take_row();
-        let message = Message {
-            row,
-            contact_id: new.contact_id,
-            direction: Direction::Outgoing,
-            msg_id: new.msg_id,
-            sent_at: new.sent_at,
-            stored_at: new.now,
-            body: new.body.clone(),
-            reply_to: new.reply_to,
-            status: MessageStatus::Queued,
-            failure: None,
-            client_token: new.client_token.clone(),
-            status_at: new.now,
-            kind: MessageKind::Text,
-            timer: new.expires_after,
-            expires_at: expiry(new.expires_after, new.expires_from.unwrap_or(new.now)),
-        };
+        let message = new.message(row);
         let c = self.conversations.entry(new.contact_id).or_default();
         c.outbox.insert(
             row,
@@ -175,23 +159,7 @@ impl Memory {
             return (c.messages[&row].0.clone(), false, Vec::new());
         }
         let row = self.take_row();
-        let message = Message {
-            row,
-            contact_id: new.contact_id,
-            direction: Direction::Incoming,
-            msg_id: new.msg_id,
-            sent_at: new.sent_at,
-            stored_at: new.now,
-            body: new.body.clone(),
-            reply_to: new.reply_to,
-            status: MessageStatus::Received,
-            failure: None,
-            client_token: None,
-            status_at: new.now,
-            kind: MessageKind::Text,
-            timer: new.expires_after,
-            expires_at: expiry(new.expires_after, new.expires_from.unwrap_or(new.now)),
-        };
+        let message = new.message(row);
         let c = self.conversations.entry(new.contact_id).or_default();
         c.messages.insert(row, Held(message.clone()));
         let forgotten = c.make_room();
@@ -492,10 +460,6 @@ impl Conversation {
         }
         forgotten
     }
-}
-
-fn expiry(timer: Option<u32>, from: u64) -> Option<u64> {
-    timer.map(|secs| from.saturating_add(u64::from(secs) * 1000))
 }
 
 /// Make a message a tombstone: its content erased, the row kept.

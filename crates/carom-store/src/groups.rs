@@ -8,7 +8,9 @@
 use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
-use crate::model::{DeliveryStatus, Direction, GroupState, MessageKind, OutboxKind, UnixMillis};
+use crate::model::{
+    DeliveryStatus, Direction, GroupState, MessageKind, OutboxKind, UnixMillis, expiry,
+};
 use crate::outbox;
 use crate::store::{Db, WriteTx, get_u64, to_sql_int};
 
@@ -140,11 +142,6 @@ pub struct NewGroupIncoming {
     pub expires_after: Option<u32>,
     /// The time the timer runs from (the erasure clock now); `None`: `now`.
     pub expires_from: Option<UnixMillis>,
-}
-
-/// When a message under `timer` stored at `from` is erased.
-fn expiry(timer: Option<u32>, from: UnixMillis) -> Option<UnixMillis> {
-    timer.map(|secs| from.saturating_add(u64::from(secs) * 1000))
 }
 
 /// The outcome of [`WriteTx::queue_group_chat`].
@@ -482,7 +479,7 @@ impl WriteTx<'_> {
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
         let heads = heads_blob(&new.heads)?;
-        let expires_at = expiry(new.expires_after, new.expires_from.unwrap_or(new.now));
+        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
         let expires_sql = expires_at
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;
@@ -588,7 +585,7 @@ impl WriteTx<'_> {
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
         let heads = heads_blob(&new.heads)?;
-        let expires_at = expiry(new.expires_after, new.expires_from.unwrap_or(new.now));
+        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
         let expires_sql = expires_at
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;

@@ -5,8 +5,8 @@ use rusqlite::{OptionalExtension, Row};
 
 use crate::err::{Error, Result, SqlResultExt};
 use crate::model::{
-    Direction, Message, MessageKind, MessageStatus, NewIncoming, NewOutgoing, OutboxKind, Queued,
-    Received, UnixMillis,
+    Direction, Message, MessageStatus, NewIncoming, NewOutgoing, OutboxKind, Queued, Received,
+    UnixMillis,
 };
 use crate::outbox;
 use crate::store::{Db, WriteTx, get_opt_u64, get_u64, to_sql_int};
@@ -169,11 +169,6 @@ pub(crate) fn history(
         .at(db.path)
 }
 
-/// When a message stored at `now` under `timer` is erased.
-pub(crate) fn expiry(now: UnixMillis, timer: Option<u32>) -> Option<UnixMillis> {
-    timer.map(|seconds| now.saturating_add(u64::from(seconds) * 1000))
-}
-
 /// Names the missing contact when an insert's foreign key fails.
 pub(crate) fn contact_must_exist(error: Error) -> Error {
     if error.is_missing_reference() {
@@ -200,8 +195,8 @@ impl WriteTx<'_> {
         }
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
-        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
-        let expires_at_sql = expires_at
+        let expires_at_sql = new
+            .expires_at()
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;
         let row = db
@@ -243,23 +238,7 @@ impl WriteTx<'_> {
             &new.payload,
             now,
         )?;
-        Ok(Queued::New(Message {
-            row,
-            contact_id: new.contact_id,
-            direction: Direction::Outgoing,
-            msg_id: new.msg_id,
-            sent_at: new.sent_at,
-            stored_at: new.now,
-            body: new.body.clone(),
-            reply_to: new.reply_to,
-            status: MessageStatus::Queued,
-            failure: None,
-            client_token: new.client_token.clone(),
-            status_at: new.now,
-            kind: MessageKind::Text,
-            timer: new.expires_after,
-            expires_at,
-        }))
+        Ok(Queued::New(new.message(row)))
     }
 
     /// Stores an incoming message exactly once per (sender, message id).
@@ -271,8 +250,8 @@ impl WriteTx<'_> {
         let db = self.db();
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
-        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
-        let expires_at_sql = expires_at
+        let expires_at_sql = new
+            .expires_at()
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;
         // The UNIQUE index messages_exactly_once decides; DO NOTHING leaves other constraint
@@ -305,23 +284,7 @@ impl WriteTx<'_> {
                 .ok_or(Error::NotFound { what: "message" })?;
             return Ok(Received::Duplicate(stored));
         }
-        Ok(Received::New(Message {
-            row: db.conn.last_insert_rowid(),
-            contact_id: new.contact_id,
-            direction: Direction::Incoming,
-            msg_id: new.msg_id,
-            sent_at: new.sent_at,
-            stored_at: new.now,
-            body: new.body.clone(),
-            reply_to: new.reply_to,
-            status: MessageStatus::Received,
-            failure: None,
-            client_token: None,
-            status_at: new.now,
-            kind: MessageKind::Text,
-            timer: new.expires_after,
-            expires_at,
-        }))
+        Ok(Received::New(new.message(db.conn.last_insert_rowid())))
     }
 
     /// Sets a message's delivery status (and failure reason, kept only for

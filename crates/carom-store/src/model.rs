@@ -372,6 +372,67 @@ pub struct NewIncoming {
     pub expires_from: Option<UnixMillis>,
 }
 
+/// When a message stored at `from` under `timer` (seconds) is erased.
+pub(crate) fn expiry(from: UnixMillis, timer: Option<u32>) -> Option<UnixMillis> {
+    timer.map(|seconds| from.saturating_add(u64::from(seconds) * 1000))
+}
+
+impl NewOutgoing {
+    /// When it is erased, if it has a timer.
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        expiry(self.expires_from.unwrap_or(self.now), self.expires_after)
+    }
+
+    /// The message it becomes once queued with local id `row`: queued, a chat.
+    pub fn message(&self, row: i64) -> Message {
+        Message {
+            row,
+            contact_id: self.contact_id,
+            direction: Direction::Outgoing,
+            msg_id: self.msg_id,
+            sent_at: self.sent_at,
+            stored_at: self.now,
+            body: self.body.clone(),
+            reply_to: self.reply_to,
+            status: MessageStatus::Queued,
+            failure: None,
+            client_token: self.client_token.clone(),
+            status_at: self.now,
+            kind: MessageKind::Text,
+            timer: self.expires_after,
+            expires_at: self.expires_at(),
+        }
+    }
+}
+
+impl NewIncoming {
+    /// When it is erased, if it has a timer.
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        expiry(self.expires_from.unwrap_or(self.now), self.expires_after)
+    }
+
+    /// The message it becomes once kept with local id `row`: received, a chat.
+    pub fn message(&self, row: i64) -> Message {
+        Message {
+            row,
+            contact_id: self.contact_id,
+            direction: Direction::Incoming,
+            msg_id: self.msg_id,
+            sent_at: self.sent_at,
+            stored_at: self.now,
+            body: self.body.clone(),
+            reply_to: self.reply_to,
+            status: MessageStatus::Received,
+            failure: None,
+            client_token: None,
+            status_at: self.now,
+            kind: MessageKind::Text,
+            timer: self.expires_after,
+            expires_at: self.expires_at(),
+        }
+    }
+}
+
 /// What [`crate::WriteTx::queue_outgoing`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queued {
