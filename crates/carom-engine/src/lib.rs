@@ -896,26 +896,24 @@ impl Engine {
         let key = peer.public_key();
         let limit = request.limit.unwrap_or(50).clamp(1, 500);
         let before = request.before;
-        let c = self
+        let shared = Arc::clone(&self.shared);
+        // One read: messages kept in memory have rows above every stored one, so newest first
+        // they come before the stored messages, and one cursor pages through both.
+        let messages = self
             .shared
             .store
-            .read(move |s| a_contact(s.contact_by_identity(&key)?))
+            .read(move |s| {
+                let c = a_contact(s.contact_by_identity(&key)?)?;
+                let page = usize::try_from(limit).unwrap_or(usize::MAX);
+                let mut messages = shared.memory().history(c.id, before, page);
+                if messages.len() < page {
+                    let rest = u32::try_from(page - messages.len()).unwrap_or(limit);
+                    let before = before.map(|b| b.min(memory::FIRST_ROW));
+                    messages.extend(s.history(c.id, before, rest)?);
+                }
+                Ok(messages)
+            })
             .await?;
-        // Messages kept in memory have rows above every stored one: newest first, they come
-        // before the stored messages, and one cursor pages through both.
-        let page = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut messages = self.shared.memory().history(c.id, before, page);
-        if messages.len() < page {
-            let rest = u32::try_from(page - messages.len()).unwrap_or(limit);
-            let before = before.map(|b| b.min(memory::FIRST_ROW));
-            let contact_id = c.id;
-            let stored = self
-                .shared
-                .store
-                .read(move |s| Ok(s.history(contact_id, before, rest)?))
-                .await?;
-            messages.extend(stored);
-        }
         let next_before = if messages.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
             messages.last().map(|m| m.row)
         } else {
