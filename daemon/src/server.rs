@@ -570,6 +570,9 @@ async fn dispatch(
         Request::GroupSetTimer(p) => {
             reply::<m::GroupSetTimer>(engine!().group_set_timer(&p).await?)
         }
+        Request::GroupSetHistory(p) => {
+            reply::<m::GroupSetHistory>(engine!().group_set_history(&p).await?)
+        }
         Request::GroupSetPolicy(p) => {
             reply::<m::GroupSetPolicy>(engine!().group_set_policy(&p).await?)
         }

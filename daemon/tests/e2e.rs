@@ -1312,6 +1312,71 @@ fn hex_bytes(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Alice makes a group named `name` and Bob (`b`) joins it; its id.
+async fn two_in_a_group(alice: &Daemon, bob: &Daemon, b: &str, name: &str) -> String {
+    let group = group_call::<api::method::GroupCreate>(
+        alice,
+        &api::GroupCreate {
+            name: name.into(),
+            members_can_invite: false,
+            member_name: "Alice".into(),
+            kind: api::PeerKind::Human,
+        },
+    )
+    .await
+    .id;
+    group_call::<api::method::GroupInvite>(
+        alice,
+        &api::GroupInvite {
+            group: group.clone(),
+            address: b.to_owned(),
+            role: api::GroupRole::Member,
+        },
+    )
+    .await;
+    wait_event(bob, api::event::GROUP_INVITED, DELIVERY, |d| {
+        d["group"] == group.as_str()
+    })
+    .await;
+    group_call::<api::method::GroupAccept>(
+        bob,
+        &api::GroupAccept {
+            group: group.clone(),
+            name: "Bob".into(),
+            kind: api::PeerKind::Human,
+        },
+    )
+    .await;
+    group_until(alice, &group, "Bob a member", |g| g.members.len() == 2).await;
+    group
+}
+
+/// Poll `d`'s copy of `group` until it holds a message `body`; that message.
+async fn group_message_with(d: &Daemon, group: &str, body: &str) -> api::GroupMessage {
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let page = group_call::<api::method::GroupHistory>(
+            d,
+            &api::GroupHistory {
+                group: group.to_owned(),
+                before: None,
+                limit: Some(500),
+            },
+        )
+        .await;
+        if let Some(m) = page.messages.into_iter().find(|m| m.body == body) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {body:?} never came\n{}",
+            d.name,
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Wait until `d`'s view of `group` satisfies `done`, and return it.
 async fn group_until(
     d: &Daemon,
@@ -2135,40 +2200,7 @@ async fn disappearing_messages_and_delete_for_everyone_between_two_daemons_over_
 
     // 6. A group with a disappearing timer: Alice, its admin, sets it in the group's signed
     //    history; Bob's daemon sees it; his message under it is erased at both ends.
-    let group = group_call::<api::method::GroupCreate>(
-        &alice,
-        &api::GroupCreate {
-            name: "Brief".into(),
-            members_can_invite: false,
-            member_name: "Alice".into(),
-            kind: api::PeerKind::Human,
-        },
-    )
-    .await
-    .id;
-    group_call::<api::method::GroupInvite>(
-        &alice,
-        &api::GroupInvite {
-            group: group.clone(),
-            address: b.clone(),
-            role: api::GroupRole::Member,
-        },
-    )
-    .await;
-    wait_event(&bob, api::event::GROUP_INVITED, DELIVERY, |d| {
-        d["group"] == group.as_str()
-    })
-    .await;
-    group_call::<api::method::GroupAccept>(
-        &bob,
-        &api::GroupAccept {
-            group: group.clone(),
-            name: "Bob".into(),
-            kind: api::PeerKind::Human,
-        },
-    )
-    .await;
-    group_until(&alice, &group, "Bob a member", |g| g.members.len() == 2).await;
+    let group = two_in_a_group(&alice, &bob, &b, "Brief").await;
     let set = group_call::<api::method::GroupSetTimer>(
         &alice,
         &api::GroupSetTimer {
@@ -2284,7 +2316,8 @@ async fn until_in_conversation(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_history_off_two_daemons_talk_over_tor_and_nothing_of_it_reaches_their_disks() {
+async fn with_history_off_two_daemons_talk_and_share_a_group_over_tor_and_none_of_it_reaches_their_disks()
+ {
     let _serial = serial();
     let root = tempfile::tempdir().expect("dir");
     let alice = Daemon::new(root.path(), "alice", DEFAULT_CONFIG, None);
@@ -2347,6 +2380,64 @@ async fn with_history_off_two_daemons_talk_over_tor_and_nothing_of_it_reaches_th
     // The scan finds what is stored (the contact's name, written at pairing).
     assert!(!where_is(&bob, "Alice").is_empty());
 
+    // A group with history off at Bob's: its membership is stored, its messages are not
+    // (Alice, whose setting is on, stores hers).
+    let group = two_in_a_group(&alice, &bob, &b, "Off the record").await;
+    let off = group_call::<api::method::GroupSetHistory>(
+        &bob,
+        &api::GroupSetHistory {
+            group: group.clone(),
+            keep_history: false,
+        },
+    )
+    .await;
+    assert!(!off.keep_history);
+    let to_group = "MARKER-e2e-group-memory-51c7e2: Bob keeps this in memory";
+    group_call::<api::method::GroupSend>(
+        &alice,
+        &api::GroupSend {
+            group: group.clone(),
+            body: to_group.into(),
+            reply_to: None,
+            client_token: None,
+        },
+    )
+    .await;
+    let at_bob = group_message_with(&bob, &group, to_group).await;
+    assert!(at_bob.memory_only);
+    let from_bob = "MARKER-e2e-group-memory-a09d3f: and this";
+    let bobs = group_call::<api::method::GroupSend>(
+        &bob,
+        &api::GroupSend {
+            group: group.clone(),
+            body: from_bob.into(),
+            reply_to: None,
+            client_token: None,
+        },
+    )
+    .await;
+    assert!(bobs.memory_only);
+    let at_alice = group_message_with(&alice, &group, from_bob).await;
+    assert!(!at_alice.memory_only);
+    assert!(!where_is(&alice, from_bob).is_empty(), "stored at Alice's");
+    let deadline = Instant::now() + DELIVERY;
+    while group_message_with(&bob, &group, from_bob).await.deliveries[0].status
+        != api::DeliveryStatus::Delivered
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never acknowledged\n{}",
+            bob.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (body, msg_id) in [(to_group, &at_bob.msg_id), (from_bob, &bobs.msg_id)] {
+        for needle in [body.as_bytes(), &hex_bytes(msg_id), msg_id.as_bytes()] {
+            let found = where_are_bytes(&bob, needle);
+            assert!(found.is_empty(), "bob: {body:?} is in {found:?}");
+        }
+    }
+
     // A restart forgets it: nothing to find, in the history or on disk.
     bob.stop();
     bob.start();
@@ -2357,6 +2448,18 @@ async fn with_history_off_two_daemons_talk_over_tor_and_nothing_of_it_reaches_th
         "Bob's restarted daemon still shows {left:?}"
     );
     nowhere_on_disk(&bob, &sent);
+    let group_left = group_call::<api::method::GroupHistory>(
+        &bob,
+        &api::GroupHistory {
+            group: group.clone(),
+            before: None,
+            limit: None,
+        },
+    )
+    .await;
+    assert!(group_left.messages.is_empty(), "{:?}", group_left.messages);
+    let g = group_until(&bob, &group, "the group after the restart", |_| true).await;
+    assert_eq!((g.members.len(), g.keep_history), (2, false));
     assert!(
         !bob.client()
             .await

@@ -85,6 +85,11 @@ pub struct Group {
     /// `group.set_timer`; every member's copy of the history gives the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer: Option<u32>,
+    /// Whether this daemon writes the group's messages to its store (`false`: history off,
+    /// they live in its memory only; see `group.set_history`). Ours alone: other members keep
+    /// their copies as their own settings say.
+    #[serde(default = "crate::yes")]
+    pub keep_history: bool,
 }
 
 /// Parameters naming a group.
@@ -183,6 +188,16 @@ pub struct GroupSetTimer {
     pub timer: Option<u32>,
 }
 
+/// Parameters of `group.set_history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSetHistory {
+    /// The group.
+    pub group: String,
+    /// `false`: from now on the group's messages live in memory only, never written; `true`:
+    /// they are stored again.
+    pub keep_history: bool,
+}
+
 /// Parameters of `group.send`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSend {
@@ -275,6 +290,10 @@ pub struct GroupMessage {
     /// A message, or a tombstone (`deleted`: deleted for everyone by its sender; body empty).
     #[serde(default)]
     pub kind: crate::MessageKind,
+    /// It lives in the daemon's memory only (the group had history off here when it was sent
+    /// or received): gone when the daemon stops, and its events are live only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_only: bool,
 }
 
 /// Parameters of `group.delete`.

@@ -71,8 +71,8 @@ mod group;
 pub use group::{
     DeliveryStatus, Group, GroupAccept, GroupCreate, GroupDelete, GroupDelivery, GroupHistory,
     GroupInvitation, GroupInvite, GroupMember, GroupMemberParams, GroupMessage, GroupMessagePage,
-    GroupParams, GroupRename, GroupRole, GroupSend, GroupSetPolicy, GroupSetRole, GroupSetTimer,
-    GroupState,
+    GroupParams, GroupRename, GroupRole, GroupSend, GroupSetHistory, GroupSetPolicy, GroupSetRole,
+    GroupSetTimer, GroupState,
 };
 
 /// The first line on every connection (method [`method::BANNER`]).
@@ -376,7 +376,7 @@ pub struct Contact {
     pub keep_history: bool,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 

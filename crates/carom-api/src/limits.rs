@@ -7,11 +7,11 @@ use crate::{
     AddressParams, ContactAdd, ContactRename, ContactRespond, ContactSetHistory, ContactSetTimer,
     Empty, ErrorKind, ErrorObject, EventsSubscribe, GroupAccept, GroupCreate, GroupDelete,
     GroupHistory, GroupInvite, GroupMemberParams, GroupParams, GroupRename, GroupSend,
-    GroupSetPolicy, GroupSetRole, GroupSetTimer, MAX_ADDRESS_BYTES, MAX_BODY_BYTES,
-    MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS,
-    MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES,
-    MAX_PASSPHRASE_BYTES, MessageDelete, MessageIdParams, MessageList, MessageSend,
-    ProfileChangePassphrase, ProfileCreate, ProfileErase, ProfileUnlock, SessionHello,
+    GroupSetHistory, GroupSetPolicy, GroupSetRole, GroupSetTimer, MAX_ADDRESS_BYTES,
+    MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES,
+    MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES,
+    MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageDelete, MessageIdParams, MessageList,
+    MessageSend, ProfileChangePassphrase, ProfileCreate, ProfileErase, ProfileUnlock, SessionHello,
 };
 
 /// Parameters whose fields have documented limits.
@@ -282,6 +282,12 @@ impl CheckLimits for GroupDelete {
     fn check_limits(&self) -> Result<(), ErrorObject> {
         at_most("group", &self.group, MAX_ADDRESS_BYTES)?;
         MessageIdParams { id: self.id }.check_limits()
+    }
+}
+
+impl CheckLimits for GroupSetHistory {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        at_most("group", &self.group, MAX_ADDRESS_BYTES)
     }
 }
 

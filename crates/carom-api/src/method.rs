@@ -162,6 +162,8 @@ methods! {
     GroupSetPolicy = "group.set_policy" (crate::GroupSetPolicy) -> crate::Group;
     /// Set (or turn off) the group's disappearing-message timer (admins).
     GroupSetTimer = "group.set_timer" (crate::GroupSetTimer) -> crate::Group;
+    /// Keep the group's messages in memory only (history off), or store them again.
+    GroupSetHistory = "group.set_history" (crate::GroupSetHistory) -> crate::Group;
     /// Send a message to every member.
     GroupSend = "group.send" (crate::GroupSend) -> crate::GroupMessage;
     /// Delete a group message here, or one we sent for everyone.
@@ -213,6 +215,9 @@ mod tests {
             "group.rename" => serde_json::json!({ "group": "x", "name": "y" }),
             "group.set_policy" => serde_json::json!({ "group": "x", "members_can_invite": true }),
             "group.set_timer" => serde_json::json!({ "group": "x", "timer": 60 }),
+            "group.set_history" => {
+                serde_json::json!({ "group": "x", "keep_history": false })
+            }
             "group.delete" => serde_json::json!({ "group": "x", "id": 1 }),
             "group.send" => serde_json::json!({ "group": "x", "body": "y" }),
             "group.history" => serde_json::json!({ "group": "x" }),

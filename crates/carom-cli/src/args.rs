@@ -348,6 +348,19 @@ pub(crate) enum GroupCommand {
         /// How long: e.g. 30s, 5m, 1h, 1d, 1w (at most 4w), or "off"
         duration: String,
     },
+    /// Keep the group's messages in memory only ("off"), or stored ("on")
+    ///
+    /// With history off, this daemon never writes the group's messages, nor even that they
+    /// came: they live in its memory, and are gone when it stops or crashes, including any
+    /// still waiting for delivery. Who is in the group is still stored (every member needs
+    /// the signed history to verify it). The other members are not told, and keep their own
+    /// copies as their own settings say.
+    KeepHistory {
+        /// The group (name or id)
+        group: String,
+        /// on (stored, the default) or off (memory only)
+        setting: OnOff,
+    },
     /// Send a message to every member
     Send {
         /// The group (name or id)

@@ -628,6 +628,17 @@ async fn group(client: &Client, json: bool, command: GroupCommand) -> Result<(),
                 .map_err(|e| explain(&e))?;
             shown(&g);
         }
+        GroupCommand::KeepHistory { group, setting } => {
+            let id = resolve_group(client, &group).await?;
+            let g = client
+                .call::<api::method::GroupSetHistory>(&api::GroupSetHistory {
+                    group: id,
+                    keep_history: setting == OnOff::On,
+                })
+                .await
+                .map_err(|e| explain(&e))?;
+            shown(&g);
+        }
         GroupCommand::Send { group, text, token } => {
             let id = resolve_group(client, &group).await?;
             let m = client

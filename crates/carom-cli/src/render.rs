@@ -356,6 +356,13 @@ pub(crate) fn group_detail(g: &api::Group) -> String {
             duration(t)
         ));
     }
+    if !g.keep_history {
+        lines.push(
+            "history is off here: messages live in the daemon's memory only, and are gone \
+             when it stops"
+                .to_owned(),
+        );
+    }
     for m in &g.members {
         lines.push(format!(
             "  {} {}{} · {} · {}{}",
@@ -443,6 +450,11 @@ pub(crate) fn group_history(page: &api::GroupMessagePage) -> String {
             let reach = match m.expires_at {
                 Some(at) => format!("{reach} (disappears {})", time_of_day(at)),
                 None => reach,
+            };
+            let reach = if m.memory_only {
+                format!("{reach} (memory only)")
+            } else {
+                reach
             };
             format!(
                 "#{} {} {}: {}{}  [to {}]",
@@ -706,6 +718,7 @@ mod tests {
             invitations: vec![],
             invited_by: None,
             timer: None,
+            keep_history: true,
         };
         let text = group_detail(&g);
         let lines: Vec<&str> = text.lines().collect();
@@ -747,6 +760,7 @@ mod tests {
                 timer: None,
                 expires_at: None,
                 kind: api::MessageKind::Text,
+                memory_only: false,
             }],
             next_before: None,
         };

@@ -1001,11 +1001,11 @@ where
             .filter_map(|id| self.control_sent.remove(id))
             .collect();
         let raw: Vec<[u8; 16]> = reject.ids.iter().map(|id| id.0).collect();
-        let settled = self
-            .shared
-            .memory()
-            .settle(contact_id, &raw, Some(failure), now);
-        self.shared.publish_statuses(&settled, &peer);
+        let settled =
+            self.shared
+                .memory()
+                .settle(contact_id, &peer.public_key(), &raw, Some(failure), now);
+        self.shared.publish_settled(&settled, &peer);
         self.shared
             .store
             .write(move |tx| {
@@ -1041,8 +1041,11 @@ where
             .filter_map(|id| self.control_sent.remove(id))
             .collect();
         let raw: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
-        let settled = self.shared.memory().settle(contact_id, &raw, None, now);
-        self.shared.publish_statuses(&settled, &peer);
+        let settled = self
+            .shared
+            .memory()
+            .settle(contact_id, &peer.public_key(), &raw, None, now);
+        self.shared.publish_settled(&settled, &peer);
         self.shared
             .store
             .write(move |tx| {
@@ -1312,11 +1315,7 @@ pub(crate) fn group_delivery(
         group: hex::encode(group.group_id),
         id: message_row,
         recipient: peer.to_string(),
-        status: if failure.is_some() {
-            carom_api::DeliveryStatus::Failed
-        } else {
-            carom_api::DeliveryStatus::Delivered
-        },
+        status: view::delivery_status_api(status),
         failure: failure.map(str::to_owned),
     });
     append(tx, &event, now)?;

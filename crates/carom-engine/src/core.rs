@@ -168,7 +168,12 @@ impl<T: Transport> Core<T> {
                 }
                 let mut groups = Vec::new();
                 for g in s.groups()? {
-                    groups.push((GroupId(g.group_id), g.state, s.group_operations(g.row)?));
+                    groups.push((
+                        GroupId(g.group_id),
+                        g.state,
+                        g.keep_history,
+                        s.group_operations(g.row)?,
+                    ));
                 }
                 let erasure = (s.next_expiry()?, s.erasure_high_water()?);
                 Ok((contacts, s.outbox_contacts()?, groups, erasure))
@@ -638,12 +643,17 @@ impl<T: Transport> Core<T> {
                 let written = store.write(move |tx| group_write(tx, &write, erasure_now));
                 let shared = Arc::clone(&self.shared);
                 boxed(async move {
-                    let (row, expires_at, erased) = written.await?;
-                    shared.expiring(expires_at);
-                    if erased {
+                    let mut written = written.await?;
+                    // History off: memory changes only now that the rest is committed (the
+                    // store may run a transaction twice), and before any acknowledgement.
+                    if let Some(to_memory) = written.to_memory.take() {
+                        written.row = keep_group_in_memory(&shared, to_memory)?;
+                    }
+                    shared.expiring(written.expires_at);
+                    if written.erased {
                         shared.erased();
                     }
-                    Ok(Written::GroupMessage(row))
+                    Ok(Written::GroupMessage(written.row))
                 })
             }
             StoreOp::EraseExpired { up_to, limit } => {
@@ -726,6 +736,13 @@ fn op_peer(op: &StoreOp) -> Option<OnionAddress> {
 
 /// Erase the memory-only messages whose time came by `up_to`, telling the frontends live.
 async fn erase_in_memory(shared: &Arc<Shared>, up_to: u64) {
+    let erased_in_groups = shared.memory().erase_expired_groups(up_to);
+    shared.publish_live(erased_in_groups.into_iter().map(|(group, ids)| {
+        EventData::GroupExpired(carom_api::event::GroupExpired {
+            group: hex::encode(group),
+            ids,
+        })
+    }));
     let erased = shared.memory().erase_expired(up_to);
     for (contact_id, ids) in erased {
         let identity = shared
@@ -924,16 +941,138 @@ fn housekeeping(
     Ok(peers)
 }
 
+/// What a group write did.
+struct GroupWritten {
+    /// The row of the group message it stored or queued, if any.
+    row: Option<i64>,
+    /// When that message expires.
+    expires_at: Option<u64>,
+    /// A body was erased (a withdrawal).
+    erased: bool,
+    /// History off: the message or withdrawal, for memory once the write commits.
+    to_memory: Option<ToMemory>,
+}
+
+/// A group message or withdrawal of a group with history off, ready for memory.
+enum ToMemory {
+    Out {
+        group: GroupId,
+        chat: NewGroupChat,
+        /// Who to nudge: the recipients' sessions deliver it from memory.
+        recipients: Vec<OnionAddress>,
+    },
+    In {
+        group: GroupId,
+        chat: NewGroupIncoming,
+    },
+    Withdraw {
+        group: GroupId,
+        group_row: i64,
+        sender: OnionAddress,
+        target: [u8; 16],
+        /// Where a tombstone for a message not here yet goes (`None`: none is left).
+        heads: Option<Vec<[u8; 32]>>,
+    },
+}
+
+/// Keep a group write's memory part; the frontends hear of it live. Returns the row of the
+/// message kept, if any.
+fn keep_group_in_memory(shared: &Shared, to_memory: ToMemory) -> Result<Option<i64>> {
+    let now = unix_ms();
+    match to_memory {
+        ToMemory::Out {
+            group,
+            chat,
+            recipients,
+        } => {
+            let (m, fresh, forgotten) =
+                shared
+                    .memory()
+                    .queue_group_chat(group.0, &chat)
+                    .map_err(|_| {
+                        crate::EngineError::InvalidState(format!(
+                            "{} messages to a member wait for delivery in memory (the group's \
+                         history is off); wait until they are delivered",
+                            crate::memory::MAX_WAITING
+                        ))
+                    })?;
+            if fresh {
+                let group_hex = hex::encode(group.0);
+                shared.publish_live(chat.unreachable.iter().filter_map(|(key, why)| {
+                    Some(EventData::GroupDelivery(event::GroupDelivered {
+                        group: group_hex.clone(),
+                        id: m.row,
+                        recipient: address_of(key).ok()?.to_string(),
+                        status: carom_api::DeliveryStatus::Failed,
+                        failure: Some(why.clone()),
+                    }))
+                }));
+                publish_group_forgotten(shared, group, forgotten);
+                shared.expiring(m.expires_at);
+                for contact in recipients {
+                    let _ = shared.core.send(CoreMsg::Queued { contact });
+                }
+            }
+            Ok(Some(m.row))
+        }
+        ToMemory::In { group, chat } => {
+            let (m, fresh, forgotten) = shared.memory().receive_group(group.0, &chat);
+            if fresh {
+                shared.publish_live([EventData::GroupMessage(event::GroupMessageRef {
+                    group: hex::encode(group.0),
+                    id: m.row,
+                    sender: address_of(&chat.sender)?.to_string(),
+                    msg_id: hex::encode(m.msg_id),
+                })]);
+                publish_group_forgotten(shared, group, forgotten);
+                shared.expiring(m.expires_at);
+                return Ok(Some(m.row));
+            }
+            Ok(None)
+        }
+        ToMemory::Withdraw {
+            group,
+            group_row,
+            sender,
+            target,
+            heads,
+        } => {
+            let withdrawn = shared.memory().withdraw_group_incoming(
+                group.0,
+                group_row,
+                &sender.public_key(),
+                &target,
+                heads.as_deref(),
+                now,
+            );
+            if let Some((tombstone, true)) = withdrawn {
+                shared.publish_live([EventData::GroupDeleted(event::GroupDeleted {
+                    group: hex::encode(group.0),
+                    id: tombstone.row,
+                    msg_id: hex::encode(tombstone.msg_id),
+                    for_everyone: true,
+                    by: event::By::Them,
+                })]);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Memory-only group messages forgotten to make room: frontends learn their rows are gone.
+fn publish_group_forgotten(shared: &Shared, group: GroupId, rows: Vec<i64>) {
+    if !rows.is_empty() {
+        shared.publish_live([EventData::GroupExpired(event::GroupExpired {
+            group: hex::encode(group.0),
+            ids: rows,
+        })]);
+    }
+}
+
 /// Carry out a group write in its transaction: our standing, the operations, what is queued
-/// for whom, an incoming or outgoing message, the events. Returns the row of the group message
-/// it stored or queued, if any.
-/// Returns the group message's row, if one was stored, when it expires, and whether a body
-/// was erased (a withdrawal).
-fn group_write(
-    tx: &WriteTx<'_>,
-    write: &GroupWrite,
-    erasure_now: u64,
-) -> Result<(Option<i64>, Option<u64>, bool)> {
+/// for whom, an incoming or outgoing message (or, with history off, what memory is to keep
+/// once it commits), the events.
+fn group_write(tx: &WriteTx<'_>, write: &GroupWrite, erasure_now: u64) -> Result<GroupWritten> {
     let now = unix_ms();
     let row = match tx.group(&write.group.0)? {
         Some(g) => {
@@ -941,6 +1080,11 @@ fn group_write(
                 && state != g.state
             {
                 tx.set_group_state(g.row, state, now)?;
+            }
+            if let Some(keep) = write.keep_history
+                && keep != g.keep_history
+            {
+                tx.set_group_keep_history(g.row, keep, now)?;
             }
             g.row
         }
@@ -980,7 +1124,7 @@ fn group_write(
         for peer in &out.recipients {
             recipients.push((row_of(peer)?, peer.public_key()));
         }
-        let queued = tx.queue_group_chat(&NewGroupChat {
+        let chat = NewGroupChat {
             group_row: row,
             sender: out.sender.public_key(),
             msg_id: out.msg_id.0,
@@ -999,7 +1143,20 @@ fn group_write(
             now,
             expires_after: out.expires_after,
             expires_from: Some(erasure_now),
-        })?;
+        };
+        if write.in_memory {
+            return Ok(GroupWritten {
+                row: None,
+                expires_at: None,
+                erased: false,
+                to_memory: Some(ToMemory::Out {
+                    group: write.group,
+                    chat,
+                    recipients: out.recipients.clone(),
+                }),
+            });
+        }
+        let queued = tx.queue_group_chat(&chat)?;
         let m = match &queued {
             GroupQueued::New(m) | GroupQueued::Existing(m) => m,
         };
@@ -1022,7 +1179,7 @@ fn group_write(
         });
     }
     if let Some(chat) = &write.chat_in {
-        let received = tx.store_group_incoming(&NewGroupIncoming {
+        let new = NewGroupIncoming {
             group_row: row,
             sender: chat.sender.public_key(),
             msg_id: chat.msg_id.0,
@@ -1033,8 +1190,24 @@ fn group_write(
             now,
             expires_after: chat.expires_after,
             expires_from: Some(erasure_now),
-        })?;
-        if let GroupReceived::New(m) = received {
+        };
+        // A copy stored before the history was turned off is a duplicate.
+        if write.in_memory
+            && tx
+                .group_message_from(row, &new.sender, &new.msg_id)?
+                .is_none()
+        {
+            return Ok(GroupWritten {
+                row: None,
+                expires_at: None,
+                erased: false,
+                to_memory: Some(ToMemory::In {
+                    group: write.group,
+                    chat: new,
+                }),
+            });
+        }
+        if let GroupReceived::New(m) = tx.store_group_incoming(&new)? {
             expires_at = m.expires_at;
             let event = EventData::GroupMessage(event::GroupMessageRef {
                 group: group.clone(),
@@ -1049,6 +1222,25 @@ fn group_write(
     let mut erased = false;
     if let Some(w) = &write.withdraw_in {
         let heads: Vec<[u8; 32]> = w.heads.iter().map(|h| h.0).collect();
+        // A message stored before the history was turned off is erased from the store.
+        if write.in_memory
+            && tx
+                .group_message_from(row, &w.sender.public_key(), &w.target.0)?
+                .is_none()
+        {
+            return Ok(GroupWritten {
+                row: message_row,
+                expires_at,
+                erased,
+                to_memory: Some(ToMemory::Withdraw {
+                    group: write.group,
+                    group_row: row,
+                    sender: w.sender,
+                    target: w.target.0,
+                    heads: w.may_precede.then_some(heads),
+                }),
+            });
+        }
         let withdrawn = tx.withdraw_group_incoming(
             row,
             &w.sender.public_key(),
@@ -1071,5 +1263,10 @@ fn group_write(
         }
         erased = body_erased;
     }
-    Ok((message_row, expires_at, erased))
+    Ok(GroupWritten {
+        row: message_row,
+        expires_at,
+        erased,
+        to_memory: None,
+    })
 }

@@ -48,6 +48,8 @@ pub(crate) enum Relation {
 struct Entry {
     state: GroupState,
     history: History,
+    /// `false`: history off, its messages are kept in memory only (`memory.rs`).
+    keep_history: bool,
 }
 
 /// The groups, and who we are in them.
@@ -113,6 +115,10 @@ pub(crate) enum GroupCommand {
         group: GroupId,
         timer: Option<u32>,
     },
+    SetHistory {
+        group: GroupId,
+        keep_history: bool,
+    },
     Send {
         group: GroupId,
         body: String,
@@ -140,6 +146,11 @@ pub(crate) struct GroupWrite {
     pub(crate) chat_in: Option<IncomingChat>,
     /// A member withdrew one of its messages (delete for everyone).
     pub(crate) withdraw_in: Option<IncomingWithdraw>,
+    /// History off: the message in or out, or the withdrawal, is kept in memory, not stored
+    /// (everything else of the write is stored as usual).
+    pub(crate) in_memory: bool,
+    /// The history setting changes to this.
+    pub(crate) keep_history: Option<bool>,
     pub(crate) events: Vec<EventData>,
 }
 
@@ -167,6 +178,8 @@ impl GroupWrite {
             chat_out: None,
             chat_in: None,
             withdraw_in: None,
+            in_memory: false,
+            keep_history: None,
             events: Vec::new(),
         }
     }
@@ -300,8 +313,8 @@ impl Groups {
     }
 
     /// The store's groups, at start. Operations that no longer verify are left out (and said).
-    pub(crate) fn load(&mut self, groups: Vec<(GroupId, GroupState, Vec<StoredOperation>)>) {
-        for (id, state, ops) in groups {
+    pub(crate) fn load(&mut self, groups: Vec<(GroupId, GroupState, bool, Vec<StoredOperation>)>) {
+        for (id, state, keep_history, ops) in groups {
             let mut verified = Vec::with_capacity(ops.len());
             for op in ops {
                 match SignedOperation::from_parts(op.body, op.signature) {
@@ -319,7 +332,14 @@ impl Groups {
                             "stored group operations that do not fit"
                         );
                     }
-                    self.by_id.insert(id, Entry { state, history });
+                    self.by_id.insert(
+                        id,
+                        Entry {
+                            state,
+                            history,
+                            keep_history,
+                        },
+                    );
                 }
                 Err(e) => warn!(error = %e, "a stored group has no valid history; left out"),
             }
@@ -342,6 +362,7 @@ impl Groups {
             state: state_api(entry.state),
             members_can_invite: membership.policy.members_can_invite,
             timer: membership.timer,
+            keep_history: entry.keep_history,
             role: membership.member(&self.me).map(|m| role_api(m.role)),
             members: membership
                 .members
@@ -498,6 +519,7 @@ impl Groups {
                 let entry = Entry {
                     state: GroupState::Member,
                     history,
+                    keep_history: true,
                 };
                 let view = self.view(id, &entry, relation);
                 self.by_id.insert(id, entry);
@@ -518,6 +540,7 @@ impl Groups {
             | GroupCommand::Rename { group, .. }
             | GroupCommand::SetPolicy { group, .. }
             | GroupCommand::SetTimer { group, .. }
+            | GroupCommand::SetHistory { group, .. }
             | GroupCommand::Send { group, .. } => *group,
         };
         let me = self.me;
@@ -593,6 +616,15 @@ impl Groups {
                 require_member(entry)?;
                 Some(Action::SetTimer { timer })
             }
+            GroupCommand::SetHistory { keep_history, .. } => {
+                // Ours alone: nothing is signed or sent.
+                if entry.keep_history != keep_history {
+                    entry.keep_history = keep_history;
+                    write.keep_history = Some(keep_history);
+                    write.changed();
+                }
+                None
+            }
             GroupCommand::Send {
                 body,
                 reply_to,
@@ -624,6 +656,7 @@ impl Groups {
                     .filter(|a| *a != me)
                     .partition(|a| relation(a) != Relation::Blocked);
                 deliver.extend(recipients.iter().copied());
+                write.in_memory = !entry.keep_history;
                 write.chat_out = Some(OutgoingChat {
                     sender: me,
                     msg_id,
@@ -671,7 +704,10 @@ impl Groups {
             deliver.extend(audience);
         }
         let view = self.view(group, &self.by_id[&group], relation);
-        let has_write = !write.ops.is_empty() || write.state.is_some() || write.chat_out.is_some();
+        let has_write = !write.ops.is_empty()
+            || write.state.is_some()
+            || write.chat_out.is_some()
+            || write.keep_history.is_some();
         self.name_peers(&mut write);
         Ok(Decision {
             write: has_write.then_some(write),
@@ -790,6 +826,7 @@ impl Groups {
                     Entry {
                         state: GroupState::Invited,
                         history,
+                        keep_history: true,
                     },
                 );
                 acks = waiting_ids;
@@ -869,6 +906,7 @@ impl Groups {
             return refuse(id, NOT_A_MEMBER);
         };
         let mut write = GroupWrite::new(withdrawal.group);
+        write.in_memory = !entry.keep_history;
         write.withdraw_in = Some(IncomingWithdraw {
             sender: peer,
             target: withdrawal.target,
@@ -910,6 +948,7 @@ impl Groups {
             return refuse(id, reject::MALFORMED);
         }
         let mut write = GroupWrite::new(chat.group);
+        write.in_memory = !entry.keep_history;
         write.chat_in = Some(IncomingChat {
             sender: peer,
             msg_id: id,

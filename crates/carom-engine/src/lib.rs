@@ -324,6 +324,21 @@ impl Shared {
         }
     }
 
+    /// Status and delivery events for memory-only messages an acknowledgement or refusal
+    /// from `peer` settled.
+    pub(crate) fn publish_settled(&self, settled: &memory::Settled, peer: &OnionAddress) {
+        self.publish_statuses(&settled.chats, peer);
+        self.publish_live(settled.deliveries.iter().map(|d| {
+            EventData::GroupDelivery(event::GroupDelivered {
+                group: hex::encode(d.group),
+                id: d.row,
+                recipient: peer.to_string(),
+                status: view::delivery_status_api(d.status),
+                failure: d.failure.clone(),
+            })
+        }));
+    }
+
     /// Status events for memory-only messages whose state changed.
     pub(crate) fn publish_statuses(&self, changed: &[carom_store::Message], peer: &OnionAddress) {
         self.publish_live(changed.iter().map(|m| view::status_event(m, peer)));
@@ -1067,6 +1082,21 @@ impl Engine {
         )
     }
 
+    /// `group.set_history`: keep the group's messages in the store, or (`false`) in memory
+    /// only from now on. Ours alone: nothing is signed or sent, and every other member keeps
+    /// its own copy as its own setting says. The membership history is stored either way
+    /// (every member needs it to verify the group). Messages already stored stay until
+    /// deleted or expired; those in memory stay there.
+    pub async fn group_set_history(&self, p: &api::GroupSetHistory) -> Result<api::Group> {
+        Engine::group_view(
+            self.group(GroupCommand::SetHistory {
+                group: parse_group(&p.group)?,
+                keep_history: p.keep_history,
+            })
+            .await?,
+        )
+    }
+
     /// `group.send`: queue a message to every member; answered once queued.
     pub async fn group_send(&self, p: api::GroupSend) -> Result<api::GroupMessage> {
         let group = parse_group(&p.group)?;
@@ -1089,11 +1119,20 @@ impl Engine {
             .message_row
             .ok_or_else(|| EngineError::bug("a group message was queued without a row"))?;
         let mut page = self
-            .group_messages(group, move |s, group_row| {
-                Ok(s.group_message(row)?
-                    .filter(|m| m.group_row == group_row)
-                    .into_iter()
-                    .collect())
+            .group_messages(group, move |s, memory, group_row| {
+                if memory::is_memory_row(row) {
+                    return Ok(memory
+                        .group_message(row)
+                        .filter(|(m, _, _)| m.group_row == group_row)
+                        .map(|(m, deliveries, _)| (m, deliveries))
+                        .into_iter()
+                        .collect());
+                }
+                let Some(m) = s.group_message(row)?.filter(|m| m.group_row == group_row) else {
+                    return Ok(Vec::new());
+                };
+                let deliveries = s.group_deliveries(m.row)?;
+                Ok(vec![(m, deliveries)])
             })
             .await?;
         page.pop()
@@ -1108,6 +1147,11 @@ impl Engine {
         let group = parse_group(&p.group)?;
         let (id, for_everyone) = (p.id, p.for_everyone);
         let withdrawal = MessageId::random(&mut OsRng);
+        if memory::is_memory_row(id) {
+            return self
+                .group_delete_in_memory(group, id, for_everyone, withdrawal)
+                .await;
+        }
         let recipients = self
             .shared
             .store
@@ -1166,14 +1210,117 @@ impl Engine {
         Ok(())
     }
 
+    /// [`Engine::group_delete`] for a message kept in memory: the same rules, nothing of it
+    /// written, the event live only.
+    async fn group_delete_in_memory(
+        &self,
+        group: GroupId,
+        id: i64,
+        for_everyone: bool,
+        withdrawal: MessageId,
+    ) -> Result<()> {
+        let (m, _, of_group) = self
+            .shared
+            .memory()
+            .group_message(id)
+            .ok_or(EngineError::NoSuchMessage)?;
+        if of_group != group.0 {
+            return Err(EngineError::NoSuchMessage);
+        }
+        let mut peers = Vec::new();
+        if for_everyone {
+            // A member we blocked since is sent nothing: who that is, the store says.
+            let blocked: std::collections::HashSet<i64> = self
+                .shared
+                .store
+                .read(|s| {
+                    Ok(s.contacts()?
+                        .into_iter()
+                        .filter(|c| c.state == ContactState::Blocked)
+                        .map(|c| c.id)
+                        .collect())
+                })
+                .await?;
+            let payload = Message::GroupWithdraw(carom_proto::GroupWithdraw {
+                id: withdrawal,
+                group,
+                target: MessageId(m.msg_id),
+            })
+            .encode();
+            let (_, to) = self
+                .shared
+                .memory()
+                .withdraw_group_outgoing(
+                    id,
+                    withdrawal.0,
+                    &payload,
+                    &|c| blocked.contains(&c),
+                    unix_ms(),
+                )
+                .map_err(|refused| match refused {
+                    memory::Refused::NotOurs => EngineError::InvalidState(
+                        "only a group message we sent can be deleted for everyone; delete a \
+                         received one here only"
+                            .into(),
+                    ),
+                    _ => EngineError::NoSuchMessage,
+                })?;
+            let identities = self
+                .shared
+                .store
+                .read(move |s| {
+                    let mut identities = Vec::with_capacity(to.len());
+                    for contact_id in to {
+                        if let Some(c) = s.contact(contact_id)? {
+                            identities.push(c.identity);
+                        }
+                    }
+                    Ok(identities)
+                })
+                .await?;
+            for identity in identities {
+                peers.push(address_of(&identity)?);
+            }
+        } else {
+            self.shared
+                .memory()
+                .delete_group_message(id)
+                .ok_or(EngineError::NoSuchMessage)?;
+        }
+        self.shared
+            .publish_live([EventData::GroupDeleted(event::GroupDeleted {
+                group: hex::encode(group.0),
+                id,
+                msg_id: hex::encode(m.msg_id),
+                for_everyone,
+                by: By::Us,
+            })]);
+        for contact in peers {
+            let _ = self.shared.core.send(CoreMsg::Queued { contact });
+        }
+        Ok(())
+    }
+
     /// `group.history`: newest first.
     pub async fn group_history(&self, p: &api::GroupHistory) -> Result<api::GroupMessagePage> {
         let group = parse_group(&p.group)?;
         let limit = p.limit.unwrap_or(50).clamp(1, 500);
         let before = p.before;
+        // As in `message.list`: memory-only messages first (their rows are above every
+        // stored one), then the stored ones, one cursor through both.
         let messages = self
-            .group_messages(group, move |s, group_row| {
-                Ok(s.group_history(group_row, before, limit)?)
+            .group_messages(group, move |s, memory, group_row| {
+                let page = usize::try_from(limit).unwrap_or(usize::MAX);
+                let mut messages = memory.group_history(group_row, before, page);
+                if messages.len() < page {
+                    let rest = u32::try_from(page - messages.len()).unwrap_or(limit);
+                    let before = before.map(|b| b.min(memory::FIRST_ROW));
+                    for m in s.group_history(group_row, before, rest)? {
+                        let deliveries = s.group_deliveries(m.row)?;
+                        messages.push((m, deliveries));
+                    }
+                }
+                Ok(messages)
             })
             .await?;
         let next_before = if messages.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
@@ -1187,25 +1334,27 @@ impl Engine {
         })
     }
 
-    /// Group messages a read picks, with their deliveries and the set of ends of each.
+    /// Group messages a read picks (from the store, or memory), with their deliveries and the
+    /// set of ends of each.
     async fn group_messages(
         &self,
         group: GroupId,
-        pick: impl FnOnce(&carom_store::Store, i64) -> Result<Vec<carom_store::GroupMessage>>
+        pick: impl FnOnce(
+            &carom_store::Store,
+            &memory::Memory,
+            i64,
+        )
+            -> Result<Vec<(carom_store::GroupMessage, Vec<carom_store::GroupDelivery>)>>
         + Send
         + 'static,
     ) -> Result<Vec<api::GroupMessage>> {
+        let shared = Arc::clone(&self.shared);
         let rows = self
             .shared
             .store
             .read(move |s| {
                 let g = s.group(&group.0)?.ok_or(EngineError::NoSuchGroup)?;
-                let mut out = Vec::new();
-                for m in pick(s, g.row)? {
-                    let deliveries = s.group_deliveries(m.row)?;
-                    out.push((m, deliveries));
-                }
-                Ok(out)
+                pick(s, &shared.memory(), g.row)
             })
             .await?;
         let heads: Vec<Vec<OpId>> = rows

@@ -232,7 +232,7 @@ pub(crate) enum Input {
     Loaded {
         contacts: Vec<(OnionAddress, Known)>,
         queued: Vec<i64>,
-        groups: Vec<(GroupId, GroupState, Vec<StoredOperation>)>,
+        groups: Vec<(GroupId, GroupState, bool, Vec<StoredOperation>)>,
         /// The earliest time a stored message is erased at, and the latest time erasure ran
         /// at (wall clock, ms).
         next_expiry: Option<u64>,

@@ -186,6 +186,15 @@ pub(crate) fn parse_msg_id(text: &str) -> Result<[u8; 16]> {
         .map_err(|_| EngineError::InvalidRequest("reply_to must be 16 bytes of hex".into()))
 }
 
+/// A group delivery's status as the API shows it.
+pub(crate) fn delivery_status_api(status: carom_store::DeliveryStatus) -> api::DeliveryStatus {
+    match status {
+        carom_store::DeliveryStatus::Queued => api::DeliveryStatus::Queued,
+        carom_store::DeliveryStatus::Delivered => api::DeliveryStatus::Delivered,
+        carom_store::DeliveryStatus::Failed => api::DeliveryStatus::Failed,
+    }
+}
+
 /// A group message as the API shows it.
 pub(crate) fn group_message(
     m: &carom_store::GroupMessage,
@@ -198,11 +207,7 @@ pub(crate) fn group_message(
         .map(|d| {
             Ok(api::GroupDelivery {
                 address: address_of(&d.recipient)?.to_string(),
-                status: match d.status {
-                    carom_store::DeliveryStatus::Queued => api::DeliveryStatus::Queued,
-                    carom_store::DeliveryStatus::Delivered => api::DeliveryStatus::Delivered,
-                    carom_store::DeliveryStatus::Failed => api::DeliveryStatus::Failed,
-                },
+                status: delivery_status_api(d.status),
                 failure: d.failure.clone(),
             })
         })
@@ -230,5 +235,6 @@ pub(crate) fn group_message(
                 api::MessageKind::Text
             }
         },
+        memory_only: crate::memory::is_memory_row(m.row),
     })
 }

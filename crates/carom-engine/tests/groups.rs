@@ -71,23 +71,27 @@ fn members(g: &api::Group) -> Vec<String> {
     m
 }
 
-/// Look again after each of `node`'s events until `check` is done (`Ok`), for at most
-/// [`support::nodes::WAIT`] of virtual time; then fail with what it last said.
+/// Look again after each of `node`'s events (stored or live) until `check` is done (`Ok`),
+/// for at most [`support::nodes::WAIT`] of virtual time; then fail with what it last said.
 async fn until<T, Fut: std::future::Future<Output = Result<T, String>>>(
     node: &Node,
     check: impl Fn() -> Fut,
 ) -> T {
     let mut notify = node.e().event_notifier();
+    let mut live = node.e().live_events();
     let deadline = tokio::time::Instant::now() + support::nodes::WAIT;
     loop {
         let why = match check().await {
             Ok(done) => return done,
             Err(why) => why,
         };
-        if tokio::time::timeout_at(deadline, notify.changed())
-            .await
-            .is_err()
-        {
+        let next = async {
+            tokio::select! {
+                _ = notify.changed() => {}
+                _ = live.recv() => {}
+            }
+        };
+        if tokio::time::timeout_at(deadline, next).await.is_err() {
             panic!("{why}");
         }
     }
@@ -1037,5 +1041,208 @@ fn a_group_message_deleted_for_everyone_is_erased_by_every_member_it_reached_or_
                 .iter()
                 .any(|m| m.body == "keep this one")
         );
+    });
+}
+
+/// Assert that nothing of the group message `m` is in `node`'s store: body, wire id, or an
+/// event naming its row or id.
+async fn nowhere_in_store(node: &Node, m: &api::GroupMessage, body: &str) {
+    assert_eq!(pages_with(node, body), 0, "its body at {}", node.address);
+    let id = hex::decode(&m.msg_id).expect("hex id");
+    let key = carom_store::DbKey::from_bytes(node.key);
+    let image = carom_store::forensic::Image::read(&node.db, &key).expect("readable");
+    assert!(
+        image.pages_containing(&id).is_empty(),
+        "its id at {}",
+        node.address
+    );
+    let events = node.e().events_since(0, 100_000).await.expect("events");
+    let named: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            let data = e.data.to_value();
+            data["id"] == m.id || data["msg_id"] == m.msg_id.as_str()
+        })
+        .collect();
+    assert!(named.is_empty(), "events about it were stored: {named:?}");
+}
+
+async fn set_history(node: &Node, group: &str, keep: bool) -> api::Group {
+    node.e()
+        .group_set_history(&api::GroupSetHistory {
+            group: group.to_owned(),
+            keep_history: keep,
+        })
+        .await
+        .expect("history set")
+}
+
+/// `node`'s copy of the group message whose body is `body`.
+async fn copy_of(node: &Node, group: &str, body: &str) -> Option<api::GroupMessage> {
+    history(node, group)
+        .await
+        .into_iter()
+        .find(|m| m.body == body)
+}
+
+/// Wait until `node` holds a copy of the group message `body`.
+async fn wait_copy(node: &Node, group: &str, body: &str) -> api::GroupMessage {
+    until(node, || async {
+        copy_of(node, group, body)
+            .await
+            .ok_or_else(|| format!("{body:?} not at {}", node.address))
+    })
+    .await
+}
+
+#[test]
+fn with_history_off_a_members_group_messages_never_reach_its_disk_while_the_others_keep_theirs() {
+    virtual_time().block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let net = MemoryNetwork::new(LATENCY);
+        let mut nodes: Vec<Node> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|n| Node::create(&net, dir.path(), n))
+            .collect();
+        let group = {
+            let all: Vec<&Node> = nodes.iter().collect();
+            mesh(&all).await;
+            let group = create(&nodes[0], "Quiet").await.id;
+            for n in &nodes[1..] {
+                invite(&nodes[0], &group, n).await;
+                join(n, &group, api::PeerKind::Human).await;
+            }
+            for n in &all {
+                wait_members(n, &group, &all).await;
+            }
+            group
+        };
+        // Bob turns history off: his alone (the others' views say nothing of it).
+        assert!(!set_history(&nodes[1], &group, false).await.keep_history);
+        assert!(get(&nodes[0], &group).await.keep_history);
+        let mut bob_live = nodes[1].e().live_events();
+
+        // Alice's message: Bob keeps it in memory, Alice and Carol store theirs.
+        let first = "MARKER-group-memory-0b3e7d21: Bob never writes this";
+        let sent = send(&nodes[0], &group, first).await;
+        assert!(!sent.memory_only);
+        let at_bob = wait_copy(&nodes[1], &group, first).await;
+        assert!(at_bob.memory_only);
+        assert_eq!(at_bob.sent_to.len(), 3, "its set of ends as everywhere");
+        wait_delivered(&nodes[0], &group, sent.id).await;
+        assert!(pages_with(&nodes[2], first) > 0, "Carol stores hers");
+
+        // Bob's own message: queued in memory, delivered to both from there.
+        let second = "MARKER-group-memory-7f4c2a90: nor this";
+        let mine = send(&nodes[1], &group, second).await;
+        assert!(mine.memory_only);
+        let delivered = wait_delivered(&nodes[1], &group, mine.id).await;
+        assert_eq!(delivered.deliveries.len(), 2);
+        for n in [&nodes[0], &nodes[2]] {
+            assert!(!wait_copy(n, &group, second).await.memory_only);
+        }
+        // Its delivery events are live only.
+        support::live(&mut bob_live, api::event::GROUP_DELIVERY, |d| {
+            d["id"] == mine.id && d["status"] == "delivered"
+        })
+        .await;
+
+        // Bob withdraws his: the others erase theirs; his is a tombstone in memory.
+        delete(&nodes[1], &group, mine.id, true).await;
+        for n in [&nodes[0], &nodes[2]] {
+            n.wait_event(api::event::GROUP_DELETED, |d| d["by"] == "them")
+                .await;
+            until(n, || async {
+                match pages_with(n, second) {
+                    0 => Ok(()),
+                    k => Err(format!("{k} pages at {}", n.address)),
+                }
+            })
+            .await;
+        }
+        let tomb = history(&nodes[1], &group)
+            .await
+            .into_iter()
+            .find(|m| m.id == mine.id)
+            .expect("the tombstone");
+        assert_eq!(tomb.kind, api::MessageKind::Deleted);
+        // Alice withdraws hers: Bob's memory copy goes, live.
+        delete(&nodes[0], &group, sent.id, true).await;
+        support::live(&mut bob_live, api::event::GROUP_DELETED, |d| {
+            d["id"] == at_bob.id && d["by"] == "them"
+        })
+        .await;
+        assert!(copy_of(&nodes[1], &group, first).await.is_none());
+
+        // The group's timer holds for memory-only copies too.
+        nodes[0]
+            .e()
+            .group_set_timer(&api::GroupSetTimer {
+                group: group.clone(),
+                timer: Some(60),
+            })
+            .await
+            .expect("timer");
+        until(&nodes[1], || async {
+            match get(&nodes[1], &group).await.timer {
+                Some(60) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let brief = "MARKER-group-memory-c2d81f55: a minute in memory";
+        send(&nodes[2], &group, brief).await;
+        let brief_at_bob = wait_copy(&nodes[1], &group, brief).await;
+        assert_eq!(brief_at_bob.timer, Some(60));
+        assert!(brief_at_bob.memory_only);
+        support::advance(std::time::Duration::from_secs(65)).await;
+        support::live(&mut bob_live, api::event::GROUP_EXPIRED, |d| {
+            d["ids"][0] == brief_at_bob.id
+        })
+        .await;
+        assert!(copy_of(&nodes[1], &group, brief).await.is_none());
+        nodes[0]
+            .e()
+            .group_set_timer(&api::GroupSetTimer {
+                group: group.clone(),
+                timer: None,
+            })
+            .await
+            .expect("timer off");
+
+        // Carol away: Bob's message waits in his memory and goes when she is back.
+        nodes[2].stop().await;
+        let later = "MARKER-group-memory-5a90e3b7: for when Carol is back";
+        let queued = send(&nodes[1], &group, later).await;
+        support::advance(std::time::Duration::from_secs(30)).await;
+        nodes[2].start(&net).await;
+        wait_delivered(&nodes[1], &group, queued.id).await;
+        assert!(pages_with(&nodes[2], later) > 0);
+
+        // Nothing of any of them in Bob's store: body, id, or an event.
+        for (m, body) in [
+            (&at_bob, first),
+            (&mine, second),
+            (&brief_at_bob, brief),
+            (&queued, later),
+        ] {
+            nowhere_in_store(&nodes[1], m, body).await;
+        }
+        // And a restart forgets them; the group and the setting (stored) remain.
+        nodes[1].restart(&net).await;
+        let g = get(&nodes[1], &group).await;
+        assert!(!g.keep_history);
+        assert_eq!(g.members.len(), 3);
+        assert!(
+            history(&nodes[1], &group).await.is_empty(),
+            "nothing of the group's messages survives Bob's restart"
+        );
+        // History on again: stored from then on.
+        assert!(set_history(&nodes[1], &group, true).await.keep_history);
+        let stored = "MARKER-group-memory-e61b04c8: written from now on";
+        let m = send(&nodes[0], &group, stored).await;
+        wait_delivered(&nodes[0], &group, m.id).await;
+        assert!(!wait_copy(&nodes[1], &group, stored).await.memory_only);
+        assert!(pages_with(&nodes[1], stored) > 0);
     });
 }

@@ -17,9 +17,8 @@ use carom_api::EventData;
 use carom_store::DbKey;
 use carom_store::forensic::Image;
 use carom_tor::MemoryNetwork;
-use support::advance;
-use support::nodes::{LATENCY, Node, WAIT, pair};
-use tokio::sync::broadcast;
+use support::nodes::{LATENCY, Node, pair};
+use support::{advance, live};
 
 /// How many decrypted pages (database and WAL) of `node`'s store hold `needle`.
 fn pages_with(node: &Node, needle: &[u8]) -> usize {
@@ -75,24 +74,6 @@ async fn set_history(node: &Node, with: &Node, keep: bool) -> api::Contact {
         })
         .await
         .expect("history set")
-}
-
-/// Wait for a live event of `kind` whose data satisfies `pred`.
-async fn live(
-    events: &mut broadcast::Receiver<api::LiveEvent>,
-    kind: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> api::LiveEvent {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no live {kind} within {WAIT:?} of virtual time"))
-            .expect("live events flow");
-        if event.kind() == kind && pred(&event.data.to_value()) {
-            return event;
-        }
-    }
 }
 
 /// The message of `node`'s conversation with `with` whose body is `body`.

@@ -27,6 +27,8 @@ pub struct GroupRecord {
     pub created_at: UnixMillis,
     /// When `state` last changed.
     pub updated_at: UnixMillis,
+    /// Whether its messages are stored (`false`: history off, they live in memory only).
+    pub keep_history: bool,
 }
 
 /// One operation of a group's history, as received.
@@ -144,6 +146,81 @@ pub struct NewGroupIncoming {
     pub expires_from: Option<UnixMillis>,
 }
 
+impl NewGroupChat {
+    /// When it is erased, if it has a timer.
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        expiry(self.expires_from.unwrap_or(self.now), self.expires_after)
+    }
+
+    /// The message it becomes once queued with local id `row`.
+    pub fn message(&self, row: i64) -> GroupMessage {
+        GroupMessage {
+            row,
+            group_row: self.group_row,
+            sender: self.sender,
+            direction: Direction::Outgoing,
+            msg_id: self.msg_id,
+            heads: self.heads.clone(),
+            sent_at: self.sent_at,
+            stored_at: self.now,
+            body: self.body.clone(),
+            reply_to: self.reply_to,
+            client_token: self.client_token.clone(),
+            timer: self.expires_after,
+            expires_at: self.expires_at(),
+            kind: MessageKind::Text,
+        }
+    }
+
+    /// Its deliveries when it is queued: queued to each recipient, failed to each member it
+    /// cannot be sent to.
+    pub fn deliveries(&self) -> Vec<GroupDelivery> {
+        let queued = self.recipients.iter().map(|(_, recipient)| GroupDelivery {
+            recipient: *recipient,
+            status: DeliveryStatus::Queued,
+            failure: None,
+            status_at: self.now,
+        });
+        let failed = self
+            .unreachable
+            .iter()
+            .map(|(recipient, why)| GroupDelivery {
+                recipient: *recipient,
+                status: DeliveryStatus::Failed,
+                failure: Some(why.clone()),
+                status_at: self.now,
+            });
+        failed.chain(queued).collect()
+    }
+}
+
+impl NewGroupIncoming {
+    /// When it is erased, if it has a timer.
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        expiry(self.expires_from.unwrap_or(self.now), self.expires_after)
+    }
+
+    /// The message it becomes once kept with local id `row`.
+    pub fn message(&self, row: i64) -> GroupMessage {
+        GroupMessage {
+            row,
+            group_row: self.group_row,
+            sender: self.sender,
+            direction: Direction::Incoming,
+            msg_id: self.msg_id,
+            heads: self.heads.clone(),
+            sent_at: self.sent_at,
+            stored_at: self.now,
+            body: self.body.clone(),
+            reply_to: self.reply_to,
+            client_token: None,
+            timer: self.expires_after,
+            expires_at: self.expires_at(),
+            kind: MessageKind::Text,
+        }
+    }
+}
+
 /// The outcome of [`WriteTx::queue_group_chat`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupQueued {
@@ -164,7 +241,7 @@ pub enum GroupReceived {
 
 macro_rules! group_columns {
     () => {
-        "id, group_id, state, created_at, updated_at"
+        "id, group_id, state, created_at, updated_at, keep_history"
     };
 }
 
@@ -219,6 +296,7 @@ fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
         state: row.get(2)?,
         created_at: get_u64(row, 3)?,
         updated_at: get_u64(row, 4)?,
+        keep_history: row.get(5)?,
     })
 }
 
@@ -349,7 +427,7 @@ pub(crate) fn deliveries(db: Db<'_>, message_row: i64) -> Result<Vec<GroupDelive
         .at(db.path)
 }
 
-fn by_sender_id(
+pub(crate) fn by_sender_id(
     db: Db<'_>,
     group_row: i64,
     sender: &[u8; 32],
@@ -416,7 +494,24 @@ impl WriteTx<'_> {
                 state,
                 created_at: now,
                 updated_at: now,
+                keep_history: true,
             })
+    }
+
+    /// Keep the group's messages in the store (`true`), or in memory only from now on
+    /// (`false`). Messages stored before stay until deleted or expired.
+    pub fn set_group_keep_history(&self, row: i64, keep: bool, now: UnixMillis) -> Result<()> {
+        let db = self.db();
+        let now = to_sql_int(now, "now")?;
+        let changed = db
+            .conn
+            .prepare_cached("UPDATE groups SET keep_history = ?2, updated_at = ?3 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(rusqlite::params![row, keep, now]))
+            .at(db.path)?;
+        if changed == 0 {
+            return Err(Error::NotFound { what: "group" });
+        }
+        Ok(())
     }
 
     /// Sets where this profile stands in a group. Fails with [`Error::NotFound`] for an unknown
@@ -479,8 +574,8 @@ impl WriteTx<'_> {
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
         let heads = heads_blob(&new.heads)?;
-        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
-        let expires_sql = expires_at
+        let expires_sql = new
+            .expires_at()
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;
         let row = db
@@ -543,22 +638,7 @@ impl WriteTx<'_> {
                 now,
             )?;
         }
-        Ok(GroupQueued::New(GroupMessage {
-            row,
-            group_row: new.group_row,
-            sender: new.sender,
-            direction: Direction::Outgoing,
-            msg_id: new.msg_id,
-            heads: new.heads.clone(),
-            sent_at: new.sent_at,
-            stored_at: new.now,
-            body: new.body.clone(),
-            reply_to: new.reply_to,
-            client_token: new.client_token.clone(),
-            timer: new.expires_after,
-            expires_at,
-            kind: MessageKind::Text,
-        }))
+        Ok(GroupQueued::New(new.message(row)))
     }
 
     /// Queues a group-operations message (`payload`) for a contact. Returns the outbox id.
@@ -585,8 +665,8 @@ impl WriteTx<'_> {
         let now = to_sql_int(new.now, "now")?;
         let sent_at = to_sql_int(new.sent_at, "sent_at")?;
         let heads = heads_blob(&new.heads)?;
-        let expires_at = expiry(new.expires_from.unwrap_or(new.now), new.expires_after);
-        let expires_sql = expires_at
+        let expires_sql = new
+            .expires_at()
             .map(|t| to_sql_int(t, "expires_at"))
             .transpose()?;
         let inserted = db
@@ -621,22 +701,7 @@ impl WriteTx<'_> {
             )?;
             return Ok(GroupReceived::Duplicate(stored));
         }
-        Ok(GroupReceived::New(GroupMessage {
-            row: db.conn.last_insert_rowid(),
-            group_row: new.group_row,
-            sender: new.sender,
-            direction: Direction::Incoming,
-            msg_id: new.msg_id,
-            heads: new.heads.clone(),
-            sent_at: new.sent_at,
-            stored_at: new.now,
-            body: new.body.clone(),
-            reply_to: new.reply_to,
-            client_token: None,
-            timer: new.expires_after,
-            expires_at,
-            kind: MessageKind::Text,
-        }))
+        Ok(GroupReceived::New(new.message(db.conn.last_insert_rowid())))
     }
 
     /// Deletes a group message here only (its deliveries and queued copies go with it).

@@ -74,10 +74,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V7,
         rebuilds_referenced_table: false,
     },
+    Migration {
+        version: 8,
+        summary: "whether a group's history is kept",
+        sql: V8,
+        rebuilds_referenced_table: false,
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
+
+/// History off for a group (docs/storage.md "History off"): its messages live in the daemon's
+/// memory only; its membership history, which every member needs to verify the group, is
+/// still written.
+const V8: &str = "
+ALTER TABLE groups ADD COLUMN keep_history INTEGER NOT NULL DEFAULT 1
+    CHECK (keep_history IN (0, 1));
+";
 
 /// History off (docs/storage.md "History off"): a conversation whose messages live in the
 /// daemon's memory only. The setting is the one thing about them that is written.

@@ -478,6 +478,16 @@ pub trait StoreRead: sealed::Connected {
         groups::message(self.db(), row)
     }
 
+    /// The group message (or tombstone) `sender` sent with id `msg_id`, if it is stored.
+    fn group_message_from(
+        &self,
+        group_row: i64,
+        sender: &[u8; 32],
+        msg_id: &[u8; 16],
+    ) -> Result<Option<GroupMessage>> {
+        groups::by_sender_id(self.db(), group_row, sender, msg_id)
+    }
+
     /// Up to `limit` of a group's messages before row `before` (all if `None`), newest first.
     fn group_history(
         &self,

@@ -15,6 +15,26 @@ pub(crate) async fn advance(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
+/// Wait (up to [`nodes::WAIT`] of virtual time) for a live event (one never stored) of `kind`
+/// whose data satisfies `pred`.
+#[allow(dead_code)] // Only the files about history off use live events.
+pub(crate) async fn live(
+    events: &mut tokio::sync::broadcast::Receiver<api::LiveEvent>,
+    kind: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> api::LiveEvent {
+    let deadline = tokio::time::Instant::now() + nodes::WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no live {kind} within {:?} of virtual time", nodes::WAIT))
+            .expect("live events flow");
+        if event.kind() == kind && pred(&event.data.to_value()) {
+            return event;
+        }
+    }
+}
+
 /// Wait up to `wait` (virtual time) for the first event of `kind` whose data satisfies
 /// `pred`; fail with every event logged so far.
 pub(crate) async fn wait_event(
