@@ -34,10 +34,32 @@ pub(crate) struct MessagingSection {
     pub(crate) event_retention: Option<u64>,
 }
 
+/// How caromd reaches Tor (docs/tor.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Backend {
+    /// caromd's own Tor client (arti), in process.
+    #[default]
+    Embedded,
+    /// A C tor the system runs, through its control and SOCKS ports.
+    System,
+}
+
 /// `[tor]` in `caromd.toml`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TorSection {
+    /// `"embedded"` (default) or `"system"`.
+    #[serde(default)]
+    pub(crate) backend: Backend,
+    /// The system tor's ControlPort (backend `system`; default 127.0.0.1:9051).
+    pub(crate) control_port: Option<std::net::SocketAddr>,
+    /// The system tor's SocksPort (backend `system`; default 127.0.0.1:9050).
+    pub(crate) socks_port: Option<std::net::SocketAddr>,
+    /// The system tor's control cookie (backend `system`; default: the file tor names).
+    pub(crate) cookie_file: Option<PathBuf>,
+    /// The system tor's control password, for `HashedControlPassword` (backend `system`).
+    pub(crate) control_password: Option<String>,
     /// An arti TOML file describing another Tor network (such as `carom-testnet`'s
     /// `arti.toml`). Absent: the public Tor network.
     pub(crate) arti_config: Option<PathBuf>,
@@ -66,6 +88,21 @@ pub(crate) fn load(path: &Path, explicit: bool) -> Result<FileConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_backend_is_read_with_its_ports() {
+        let c: FileConfig = toml::from_str(
+            "[tor]\nbackend = \"system\"\ncontrol_port = \"127.0.0.1:9151\"\nsocks_port = \"127.0.0.1:9150\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.tor.backend, Backend::System);
+        assert_eq!(c.tor.control_port, Some("127.0.0.1:9151".parse().unwrap()));
+        assert_eq!(c.tor.socks_port, Some("127.0.0.1:9150".parse().unwrap()));
+        let e =
+            toml::from_str::<FileConfig>("[tor]\nbackend = \"external\"\n").expect_err("no such");
+        assert!(e.to_string().contains("embedded"), "{e}");
+        assert_eq!(FileConfig::default().tor.backend, Backend::Embedded);
+    }
 
     #[test]
     fn unknown_keys_are_refused() {

@@ -38,8 +38,18 @@ use crate::profile::{Profiles, TorSettings};
 ///
 /// Files: the profile lives in $XDG_DATA_HOME/carom (default ~/.local/share/carom), the socket
 /// in $XDG_RUNTIME_DIR/carom/carom.sock, the optional configuration in
-/// $XDG_CONFIG_HOME/carom/caromd.toml. By default caromd uses the public Tor network;
-/// `--arti-config` selects another one (such as a private test network from `carom-testnet`).
+/// $XDG_CONFIG_HOME/carom/caromd.toml. By default caromd runs its own Tor client (arti) on the
+/// public Tor network; `--arti-config` selects another network (such as a private test network
+/// from `carom-testnet`). Where the system already runs tor (Tails, Whonix, a tor service),
+/// use it instead: in caromd.toml,
+///
+///     [tor]
+///     backend = "system"
+///     control_port = "127.0.0.1:9051"   # tor's ControlPort (with CookieAuthentication 1)
+///     socks_port = "127.0.0.1:9050"     # tor's SocksPort
+///
+/// caromd then adds its onion service to that tor with its own key, kept in tor's memory only
+/// (see docs/tor.md, "Choosing how to reach Tor").
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -129,7 +139,21 @@ where
         data_dir,
         runtime_dir,
     };
+    let system = match system_tor(&file.tor) {
+        Ok(system) => system,
+        Err(e) => {
+            report(&format!("configuration: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    if system.is_some() && args.arti_config.is_some() {
+        report(
+            "configuration: --arti-config applies to the embedded Tor, not [tor] backend = \"system\"",
+        );
+        return ExitCode::from(2);
+    }
     let tor = TorSettings {
+        system,
         arti_config: args.arti_config.clone().or(file.tor.arti_config.clone()),
         pow: file.tor.pow.unwrap_or(true),
         dangerously_trust_everyone: args.dangerously_trust_everyone
@@ -168,6 +192,46 @@ where
     }
 }
 
+/// The system-tor backend's settings, if `[tor]` selects it; an error names what is wrong.
+fn system_tor(tor: &config::TorSection) -> Result<Option<carom_tor::SystemTorConfig>, String> {
+    let system_only = [
+        ("control_port", tor.control_port.is_some()),
+        ("socks_port", tor.socks_port.is_some()),
+        ("cookie_file", tor.cookie_file.is_some()),
+        ("control_password", tor.control_password.is_some()),
+    ];
+    if tor.backend != config::Backend::System {
+        if let Some((key, _)) = system_only.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "[tor] {key} applies to backend = \"system\" only (the backend is the embedded Tor)"
+            ));
+        }
+        return Ok(None);
+    }
+    if tor.arti_config.is_some() {
+        return Err(
+            "[tor] arti_config applies to the embedded Tor, not backend = \"system\"".into(),
+        );
+    }
+    let mut system = carom_tor::SystemTorConfig::default();
+    if let Some(control) = tor.control_port {
+        system.control = control;
+    }
+    if let Some(socks) = tor.socks_port {
+        system.socks = socks;
+    }
+    system.auth = match (&tor.cookie_file, &tor.control_password) {
+        (Some(_), Some(_)) => {
+            return Err("[tor] give cookie_file or control_password, not both".into());
+        }
+        (Some(file), None) => carom_tor::ControlAuth::CookieFile(file.clone()),
+        (None, Some(password)) => carom_tor::ControlAuth::Password(password.clone()),
+        (None, None) => carom_tor::ControlAuth::Auto,
+    };
+    system.validate().map_err(|e| format!("[tor]: {e}"))?;
+    Ok(Some(system))
+}
+
 #[allow(
     clippy::print_stderr,
     reason = "the one place that explains a failed start to a person"
@@ -193,7 +257,9 @@ async fn run(
         paths.lock_file()
     };
     let _lock = single_instance(&lock_path)?;
-    if let Some(arti) = &tor.arti_config {
+    if let Some(system) = &tor.system {
+        info!(control = %system.control, socks = %system.socks, "using the system's tor");
+    } else if let Some(arti) = &tor.arti_config {
         info!(file = %arti.display(), "using the Tor network described by this arti configuration");
     }
 
@@ -265,4 +331,50 @@ fn single_instance(path: &std::path::Path) -> Result<File, String> {
         warn!(error = %e, "could not record our pid in the lock file");
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tor(text: &str) -> config::TorSection {
+        toml::from_str::<config::FileConfig>(text)
+            .expect("valid toml")
+            .tor
+    }
+
+    #[test]
+    fn the_system_backend_is_chosen_only_when_asked_and_its_settings_only_with_it() {
+        assert_eq!(system_tor(&tor("")), Ok(None));
+        let e = system_tor(&tor("[tor]\ncontrol_port = \"127.0.0.1:9051\"\n")).unwrap_err();
+        assert!(
+            e.contains("control_port applies to backend = \"system\" only"),
+            "{e}"
+        );
+        let system = system_tor(&tor(
+            "[tor]\nbackend = \"system\"\nsocks_port = \"127.0.0.1:9150\"\ncookie_file = \"/c\"\n",
+        ))
+        .expect("valid")
+        .expect("system");
+        assert_eq!(system.socks, "127.0.0.1:9150".parse().unwrap());
+        assert_eq!(
+            system.control,
+            "127.0.0.1:9051".parse().unwrap(),
+            "the default"
+        );
+        assert_eq!(
+            system.auth,
+            carom_tor::ControlAuth::CookieFile(PathBuf::from("/c"))
+        );
+        let both = "[tor]\nbackend = \"system\"\ncookie_file = \"/c\"\ncontrol_password = \"p\"\n";
+        assert!(system_tor(&tor(both)).unwrap_err().contains("not both"));
+        let remote = "[tor]\nbackend = \"system\"\ncontrol_port = \"192.0.2.1:9051\"\n";
+        assert!(
+            system_tor(&tor(remote))
+                .unwrap_err()
+                .contains("must be on this machine")
+        );
+        let arti = "[tor]\nbackend = \"system\"\narti_config = \"/a.toml\"\n";
+        assert!(system_tor(&tor(arti)).unwrap_err().contains("arti_config"));
+    }
 }

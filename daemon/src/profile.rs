@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use carom_api::{self as api, ErrorKind, ErrorObject, ProfileState};
 use carom_engine::{Engine, EngineConfig, Profile};
 use carom_store::{KdfParams, KeyFile, Protection, Store};
-use carom_tor::{ArtiConfig, ArtiTransport, TorNetwork};
+use carom_tor::{ArtiConfig, ArtiTransport, SystemTorConfig, SystemTorTransport, TorNetwork};
 use tokio::sync::{RwLock, RwLockReadGuard};
 use zeroize::Zeroizing;
 
@@ -17,6 +17,8 @@ use crate::paths::{Paths, private_dir};
 /// How to run Tor.
 #[derive(Clone, Debug)]
 pub(crate) struct TorSettings {
+    /// The system's tor instead of the embedded arti (`[tor] backend = "system"`).
+    pub(crate) system: Option<SystemTorConfig>,
     pub(crate) arti_config: Option<PathBuf>,
     pub(crate) pow: bool,
     pub(crate) dangerously_trust_everyone: bool,
@@ -355,6 +357,18 @@ impl Profiles {
     }
 
     async fn start_engine(&self, store: Store, profile: &Profile) -> Result<Engine, ErrorObject> {
+        if let Some(system) = &self.tor.system {
+            let transport = SystemTorTransport::start(system.clone(), &profile.identity)
+                .await
+                .map_err(|e| {
+                    err(
+                        ErrorKind::Internal,
+                        format!("the system's tor could not host Carom's service: {e}"),
+                    )
+                })?;
+            return Engine::start(store, profile, transport, self.engine_config.clone())
+                .map_err(ErrorObject::from);
+        }
         let mut arti = ArtiConfig::new(&self.tor_data_dir());
         arti.network = match &self.tor.arti_config {
             Some(file) => TorNetwork::CustomFile(file.clone()),

@@ -79,8 +79,6 @@ impl Daemon {
             .arg(self.dir.join("data"))
             .arg("--runtime-dir")
             .arg(self.dir.join("run"))
-            .arg("--arti-config")
-            .arg(net.arti_config_path())
             .arg("--log")
             // CAROM_E2E_LOG widens the daemons' logs when a failure needs arti's side too.
             .arg(
@@ -90,6 +88,12 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        // A daemon on the system's tor (its caromd.toml says so) reaches the network through
+        // that tor; every other one runs its own arti on the private network.
+        let config = std::fs::read_to_string(self.dir.join("caromd.toml")).unwrap_or_default();
+        if !config.contains("backend = \"system\"") {
+            command.arg("--arti-config").arg(net.arti_config_path());
+        }
         if self.passphrase.is_some() && self.dir.join("data").join("profile.key").exists() {
             command
                 .arg("--passphrase-file")
@@ -2529,4 +2533,44 @@ async fn an_erased_profile_is_gone_from_disk_and_a_new_identity_can_be_made() {
     // The daemon carries on: a new profile is a new identity.
     let second = alice.up().await;
     assert_ne!(second, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_the_systems_tor_pairs_and_chats_with_one_on_its_own_arti() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    // The "system's" tor: a C tor client of the private network with a control port.
+    let tor = tokio::task::spawn_blocking(|| {
+        carom_testnet::shared()
+            .start_ctor_client_with_control()
+            .expect("a C tor client with a control port")
+    })
+    .await
+    .expect("started");
+    let config = format!(
+        "[tor]\nbackend = \"system\"\ncontrol_port = \"{}\"\nsocks_port = \"{}\"\n",
+        tor.control_addr().expect("control port"),
+        tor.socks_addr()
+    );
+    let mut alice = Daemon::new(root.path(), "alice", &config, None);
+    let bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, None);
+    let (a, b) = (alice.up().await, bob.up().await);
+    pair(&alice, &a, &bob, &b).await;
+    let to_bob = send(&alice, &b, "from the system's tor").await;
+    delivered(&alice, to_bob.id).await;
+    let to_alice = send(&bob, &a, "from arti").await;
+    delivered(&bob, to_alice.id).await;
+    assert!(
+        history(&alice, &b)
+            .await
+            .iter()
+            .any(|(_, body)| body == "from arti")
+    );
+
+    // Restarted, Alice's daemon adds the service again and is reached at the same address.
+    alice.stop();
+    alice.start();
+    assert_eq!(alice.up().await, a);
+    let again = send(&bob, &a, "still there?").await;
+    delivered(&bob, again.id).await;
 }

@@ -22,6 +22,7 @@ pub struct CtorClient<'net> {
     network: &'net TestNetwork,
     pid: u32,
     socks_port: u16,
+    control_port: Option<u16>,
     onion_service_dir: Option<PathBuf>,
     log: PathBuf,
 }
@@ -29,11 +30,13 @@ pub struct CtorClient<'net> {
 pub(crate) fn start(
     network: &TestNetwork,
     onion_service: Option<(u16, u16)>,
+    with_control: bool,
 ) -> Result<CtorClient<'_>> {
     let nickname = network.next_client_name();
     let data_dir = network.root().join("nodes").join(&nickname);
     make_private_dir(&data_dir)?;
     let socks_port = network.take_port();
+    let control_port = with_control.then(|| network.take_port());
     let hs_dir = data_dir.join("onion-service");
     let mut text = torrc::common(
         &nickname,
@@ -44,6 +47,7 @@ pub(crate) fn start(
     text.push_str(&torrc::client(
         socks_port,
         onion_service.map(|(virt, target)| (hs_dir.as_path(), virt, target)),
+        control_port,
     ));
     let info = crate::NodeInfo {
         nickname,
@@ -63,6 +67,7 @@ pub(crate) fn start(
         network,
         pid,
         socks_port,
+        control_port,
         onion_service_dir: onion_service.map(|_| hs_dir),
         log,
     };
@@ -74,6 +79,18 @@ impl CtorClient<'_> {
     /// The client's SOCKS5 address.
     pub fn socks_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.socks_port))
+    }
+
+    /// The client's control port, if it was started with one (cookie authentication: tor
+    /// names the cookie file in `PROTOCOLINFO`).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_port
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+
+    /// The client's data directory (tor's state, keys and caches).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.log.parent().unwrap_or(&self.log)
     }
 
     /// The client's notice log.

@@ -332,7 +332,14 @@ impl TestNetwork {
         &self,
         onion_service: Option<(u16, u16)>,
     ) -> Result<crate::CtorClient<'_>> {
-        crate::ctor::start(self, onion_service)
+        crate::ctor::start(self, onion_service, false)
+    }
+
+    /// Start a C tor client on this network with a SOCKS port and a control port (cookie
+    /// authentication), as a system's tor that Carom's system backend drives. Returns once it
+    /// has bootstrapped.
+    pub fn start_ctor_client_with_control(&self) -> Result<crate::CtorClient<'_>> {
+        crate::ctor::start(self, None, true)
     }
 
     pub(crate) fn next_client_name(&self) -> String {

@@ -138,10 +138,25 @@ pub(crate) fn authority() -> String {
     t
 }
 
-/// Options of a C tor client: a SOCKS port and, optionally, one onion service.
-pub(crate) fn client(socks_port: u16, onion_service: Option<(&Path, u16, u16)>) -> String {
+/// Options of a C tor client: a SOCKS port, optionally one onion service, and optionally a
+/// control port (cookie authentication, the cookie in the data directory) whose SOCKS port
+/// reports tor's extended onion-service errors, as a system's tor set up for Carom would.
+pub(crate) fn client(
+    socks_port: u16,
+    onion_service: Option<(&Path, u16, u16)>,
+    control_port: Option<u16>,
+) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "SocksPort 127.0.0.1:{socks_port}");
+    match control_port {
+        Some(control) => {
+            let _ = writeln!(t, "SocksPort 127.0.0.1:{socks_port} ExtendedErrors");
+            let _ = writeln!(t, "ControlPort 127.0.0.1:{control}");
+            let _ = writeln!(t, "CookieAuthentication 1");
+        }
+        None => {
+            let _ = writeln!(t, "SocksPort 127.0.0.1:{socks_port}");
+        }
+    }
     if let Some((dir, virtual_port, target_port)) = onion_service {
         let _ = writeln!(t, "HiddenServiceDir {}", dir.display());
         let _ = writeln!(

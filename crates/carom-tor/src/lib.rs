@@ -34,8 +34,10 @@
 //! - [`LoopbackTransport`] (tests and development only): the same interface over 127.0.0.1
 //!   with an in-process address book ([`LoopbackNetwork`]). No anonymity; never a default.
 //!
-//! A system-C-tor backend (control port `ADD_ONION` with our key, SOCKS for dials) fits the
-//! same trait; nothing in the engine would change.
+//! - [`SystemTorTransport`]: a C tor the system already runs (Tails, Whonix, a tor service),
+//!   driven through its control port (`ADD_ONION` with our key, kept in tor's memory only)
+//!   and reached through its SOCKS port. Without the arti backend's admission control and
+//!   proof-of-work (docs/tor.md says what it lacks and why).
 //!
 //! ## How the arti backend runs
 //!
@@ -108,6 +110,7 @@ mod err;
 mod loopback;
 mod memory;
 mod status;
+mod system;
 mod transport;
 
 pub use admission::{AdmissionConfig, AdmissionStats};
@@ -116,6 +119,7 @@ pub use err::{TransportError, TransportErrorKind};
 pub use loopback::{BootstrapSwitch, LoopbackNetwork, LoopbackTransport};
 pub use memory::{MemoryNetwork, MemoryStream, MemoryTransport};
 pub use status::{BootstrapProgress, ServiceState, TransportStatus};
+pub use system::{ControlAuth, SystemTorConfig, SystemTorTransport};
 pub use transport::{CAROM_VIRTUAL_PORT, Transport};
 
 // arti's `rustls` feature needs a crypto provider in the build; we pick ring.

@@ -20,9 +20,9 @@ pub const CAROM_VIRTUAL_PORT: u16 = 9879;
 /// How a Carom daemon is reached at its onion address and reaches its contacts.
 ///
 /// One value is one identity: it owns the onion service for that identity's key and dials
-/// out on its behalf. Backends: [`crate::ArtiTransport`] (embedded Tor, the product) and
-/// [`crate::LoopbackTransport`] (127.0.0.1, tests only). A system-C-tor backend (control-port
-/// `ADD_ONION` with our key, SOCKS for dials) would be a third implementation of this trait.
+/// out on its behalf. Backends: [`crate::ArtiTransport`] (embedded Tor, the default),
+/// [`crate::SystemTorTransport`] (the system's C tor, through its control and SOCKS ports),
+/// [`crate::LoopbackTransport`] and [`crate::MemoryTransport`] (tests only).
 ///
 /// # Streams must be flushed
 ///
