@@ -45,7 +45,8 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.dir.join("caromd.log"))?;
-        let child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .arg(AS_DAEMON)
             .arg("--config")
             .arg(self.dir.join("caromd.toml"))
@@ -53,14 +54,18 @@ impl Daemon {
             .arg(self.dir.join("data"))
             .arg("--runtime-dir")
             .arg(self.dir.join("run"))
-            .arg("--arti-config")
-            .arg(&self.arti_config)
             .arg("--log")
             .arg(std::env::var("CAROM_DAEMON_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+            .stderr(log);
+        // A daemon on the system's tor (its configuration says so) reaches the network
+        // through that tor, not through an arti of its own.
+        let config = std::fs::read_to_string(self.dir.join("caromd.toml"))?;
+        if !config.contains("backend = \"system\"") {
+            command.arg("--arti-config").arg(&self.arti_config);
+        }
+        let child = command.spawn()?;
         self.child = Some(child);
         Ok(())
     }

@@ -469,11 +469,155 @@ async fn measure(
             shown.join(", ")
         ),
     );
+    system_backend(
+        report,
+        net,
+        root,
+        sizes,
+        &bob,
+        &b,
+        (warm_p50, cold_p50, idle),
+    )
+    .await?;
     alice.stop().await;
     bob.stop().await;
 
     large_profile(report, net, root, sizes).await?;
     crate::groups::wide(report, net, root, sizes).await
+}
+
+/// Warm and cold messages from a daemon on the system-tor backend (a C tor client of this
+/// network with a control port, as a system's tor) to Bob on his own arti, beside the
+/// embedded figures of the same run; and that daemon's memory without arti inside it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the embedded figures it is compared with"
+)]
+async fn system_backend(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+    bob: &Daemon,
+    b: &str,
+    embedded: (Duration, Duration, f64),
+) -> Result<(), Error> {
+    let (embedded_warm, embedded_cold, embedded_rss) = embedded;
+    let tor = tokio::task::block_in_place(|| net.start_ctor_client_with_control())?;
+    let config = format!(
+        "[messaging]\npresence = false\n[tor]\nbackend = \"system\"\ncontrol_port = \"{}\"\nsocks_port = \"{}\"\n",
+        tor.control_addr()
+            .ok_or("the C tor client has no control port")?,
+        tor.socks_addr()
+    );
+    let mut carol = Daemon::start(
+        &root.join("carol"),
+        "carol",
+        &net.arti_config_path(),
+        &config,
+    )?;
+    let (c, startup) = carol.up().await?;
+    report.add(
+        "caromd on the system's tor: start → onion service published",
+        startup.as_secs_f64(),
+        "s",
+        "new profile; tor already bootstrapped",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report.add(
+        "caromd RSS, idle, on the system's tor (tor not counted)",
+        rss_mib(carol.pid()),
+        "MiB",
+        format!(
+            "embedded, with arti inside: {embedded_rss:.1} MiB; the C tor process: {:.1} MiB",
+            rss_mib(tor.pid())
+        ),
+    );
+    let requests = watcher(bob, &[api::event::CONTACT_REQUEST_RECEIVED]).await?;
+    let accepted = watcher(&carol, &[api::event::CONTACT_STATE]).await?;
+    carol
+        .client()
+        .await?
+        .add_contact(&api::ContactAdd {
+            address: b.to_owned(),
+            nickname: "Bob".into(),
+            offer_nickname: "Carol".into(),
+            greeting: "hi".into(),
+            kind: api::PeerKind::Human,
+        })
+        .await?;
+    next_matching(&requests, LONG, |_| true).await?;
+    bob.client()
+        .await?
+        .respond(&c, api::Response::Accept, None)
+        .await?;
+    next_matching(&accepted, LONG, |e| {
+        matches!(&e.data, EventData::StateChanged(s) if s.state == ContactStateChange::Accepted)
+    })
+    .await?;
+
+    let send = |client: carom_client::Client, body: String| {
+        let to = b.to_owned();
+        async move {
+            client
+                .send(&api::MessageSend {
+                    to,
+                    body,
+                    reply_to: None,
+                    client_token: None,
+                })
+                .await
+        }
+    };
+    let delivered = watcher(&carol, &[api::event::MESSAGE_STATUS]).await?;
+    let m = send(carol.client().await?, "warm-up".into()).await?;
+    next_matching(&delivered, LONG, |e| is_delivered(e, |id| id == m.id)).await?;
+    let mut warm = Vec::new();
+    for i in 0..sizes.samples.max(5) {
+        let t = Instant::now();
+        let m = send(carol.client().await?, format!("warm {i}")).await?;
+        next_matching(&delivered, LONG, |e| is_delivered(e, |id| id == m.id)).await?;
+        warm.push(t.elapsed());
+    }
+    let warm_p50 = quantile(&mut warm, 0.5);
+    report.add(
+        "warm message from caromd on the system's tor, median",
+        ms(warm_p50),
+        "ms",
+        format!(
+            "{:.2} × the embedded warm message of this run ({:.1} ms)",
+            ms(warm_p50) / ms(embedded_warm),
+            ms(embedded_warm)
+        ),
+    );
+    // Cold: Carol's daemon restarts; the system's tor does not (its circuits and Bob's
+    // descriptor may still be cached there: that is what using the system's tor means).
+    let mut cold = Vec::new();
+    for i in 0..sizes.samples.min(5) {
+        carol.restart().await?;
+        carol.up().await?;
+        tokio::time::sleep(IDLE_BEFORE_COLD).await;
+        let delivered = watcher(&carol, &[api::event::MESSAGE_STATUS]).await?;
+        let t = Instant::now();
+        let m = send(carol.client().await?, format!("cold {i}")).await?;
+        next_matching(&delivered, LONG, |e| is_delivered(e, |id| id == m.id)).await?;
+        cold.push(t.elapsed());
+    }
+    let shown: Vec<String> = cold.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+    let cold_p50 = quantile(&mut cold, 0.5);
+    report.add(
+        "cold message from caromd on the system's tor (daemon restarted, tor not), median",
+        ms(cold_p50),
+        "ms",
+        format!(
+            "{:.2} × the embedded cold message of this run ({:.0} ms); samples {} ms",
+            ms(cold_p50) / ms(embedded_cold),
+            ms(embedded_cold),
+            shown.join(", ")
+        ),
+    );
+    carol.stop().await;
+    Ok(())
 }
 
 /// A daemon holding `large_contacts` contacts and `large_messages` messages.

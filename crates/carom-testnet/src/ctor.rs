@@ -88,6 +88,11 @@ impl CtorClient<'_> {
             .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }
 
+    /// The tor process's PID.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// The client's data directory (tor's state, keys and caches).
     pub fn data_dir(&self) -> &std::path::Path {
         self.log.parent().unwrap_or(&self.log)
