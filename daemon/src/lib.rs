@@ -43,10 +43,10 @@ use crate::profile::{Profiles, TorSettings};
 /// from `carom-testnet`). Where the system already runs tor (Tails, Whonix, a tor service),
 /// use it instead: in caromd.toml,
 ///
-///     [tor]
-///     backend = "system"
-///     control_port = "127.0.0.1:9051"   # tor's ControlPort (with CookieAuthentication 1)
-///     socks_port = "127.0.0.1:9050"     # tor's SocksPort
+///   [tor]
+///   backend = "system"
+///   control_port = "127.0.0.1:9051"   # tor's ControlPort (with CookieAuthentication 1)
+///   socks_port = "127.0.0.1:9050"     # tor's SocksPort
 ///
 /// caromd then adds its onion service to that tor with its own key, kept in tor's memory only
 /// (see docs/tor.md, "Choosing how to reach Tor").
