@@ -668,30 +668,16 @@ impl Memory {
             tombstone_group(m);
             return Some((m.clone(), true));
         }
-        let heads = heads?;
-        let (mut message, _, _) = self.receive_group(
-            group,
-            &NewGroupIncoming {
-                group_row,
-                sender: *sender,
-                msg_id: *target,
-                heads: heads.to_vec(),
-                sent_at: now,
-                body: String::new(),
-                reply_to: None,
-                now,
-                expires_after: None,
-                expires_from: None,
-            },
-        );
+        let placeholder =
+            NewGroupIncoming::placeholder(group_row, *sender, *target, heads?.to_vec(), now);
+        let (kept, _, _) = self.receive_group(group, &placeholder);
         let held = self
             .groups
             .get_mut(&group_row)
-            .and_then(|g| g.messages.get_mut(&message.row))
+            .and_then(|g| g.messages.get_mut(&kept.row))
             .expect("kept above");
         tombstone_group(&mut held.message);
-        tombstone_group(&mut message);
-        Some((message, false))
+        Some((held.message.clone(), false))
     }
 
     /// The group message with this row, with its deliveries and its group's id.

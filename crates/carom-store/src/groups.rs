@@ -195,6 +195,29 @@ impl NewGroupChat {
 }
 
 impl NewGroupIncoming {
+    /// What stands in for a message `sender` withdrew before it arrived (at `heads`, our heads
+    /// now): kept and then made a tombstone, so that the late copy is a duplicate.
+    pub fn placeholder(
+        group_row: i64,
+        sender: [u8; 32],
+        msg_id: [u8; 16],
+        heads: Vec<[u8; 32]>,
+        now: UnixMillis,
+    ) -> NewGroupIncoming {
+        NewGroupIncoming {
+            group_row,
+            sender,
+            msg_id,
+            heads,
+            sent_at: now,
+            body: String::new(),
+            reply_to: None,
+            now,
+            expires_after: None,
+            expires_from: None,
+        }
+    }
+
     /// When it is erased, if it has a timer.
     pub fn expires_at(&self) -> Option<UnixMillis> {
         expiry(self.expires_from.unwrap_or(self.now), self.expires_after)
@@ -787,18 +810,13 @@ impl WriteTx<'_> {
         let Some(heads) = heads else {
             return Ok(None);
         };
-        let stored = self.store_group_incoming(&NewGroupIncoming {
+        let stored = self.store_group_incoming(&NewGroupIncoming::placeholder(
             group_row,
-            sender: *sender,
-            msg_id: *target,
-            heads: heads.to_vec(),
-            sent_at: now,
-            body: String::new(),
-            reply_to: None,
+            *sender,
+            *target,
+            heads.to_vec(),
             now,
-            expires_after: None,
-            expires_from: None,
-        })?;
+        ))?;
         let row = match stored {
             GroupReceived::New(m) | GroupReceived::Duplicate(m) => m.row,
         };
