@@ -112,6 +112,30 @@ async fn wait_members(node: &Node, group: &str, expected: &[&Node]) {
     .await;
 }
 
+/// Alice, Bob and Carol, each the others' contact, in a group named `name` that Alice made
+/// (Bob and Carol joined as humans), every one of them seeing all three as members.
+async fn three_in_a_group(
+    net: &MemoryNetwork,
+    dir: &std::path::Path,
+    name: &str,
+) -> (Vec<Node>, String) {
+    let nodes: Vec<Node> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| Node::create(net, dir, n))
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    mesh(&all).await;
+    let group = create(&nodes[0], name).await.id;
+    for n in &nodes[1..] {
+        invite(&nodes[0], &group, n).await;
+        join(n, &group, api::PeerKind::Human).await;
+    }
+    for n in &all {
+        wait_members(n, &group, &all).await;
+    }
+    (nodes, group)
+}
+
 async fn send(node: &Node, group: &str, body: &str) -> api::GroupMessage {
     node.e()
         .group_send(api::GroupSend {
@@ -772,10 +796,10 @@ fn members_who_are_not_each_others_contacts_reach_each_other_for_group_traffic_o
 }
 
 /// How many decrypted pages (database and WAL) of `node`'s store hold `marker`.
-fn pages_with(node: &Node, marker: &str) -> usize {
+fn pages_with(node: &Node, marker: impl AsRef<[u8]>) -> usize {
     let key = carom_store::DbKey::from_bytes(node.key);
     let image = carom_store::forensic::Image::read(&node.db, &key).expect("readable");
-    image.pages_containing(marker.as_bytes()).len()
+    image.pages_containing(marker.as_ref()).len()
 }
 
 #[test]
@@ -783,20 +807,7 @@ fn an_admins_timer_holds_for_every_member_and_each_erases_the_groups_messages() 
     virtual_time().block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let net = MemoryNetwork::new(LATENCY);
-        let nodes: Vec<Node> = ["alice", "bob", "carol"]
-            .iter()
-            .map(|n| Node::create(&net, dir.path(), n))
-            .collect();
-        let all: Vec<&Node> = nodes.iter().collect();
-        mesh(&all).await;
-        let group = create(&nodes[0], "Brief").await.id;
-        for n in &nodes[1..] {
-            invite(&nodes[0], &group, n).await;
-            join(n, &group, api::PeerKind::Human).await;
-        }
-        for n in &all {
-            wait_members(n, &group, &all).await;
-        }
+        let (nodes, group) = three_in_a_group(&net, dir.path(), "Brief").await;
         // A member who is not an admin may not set it.
         let refused = nodes[1]
             .e()
@@ -901,25 +912,7 @@ fn a_group_message_deleted_for_everyone_is_erased_by_every_member_it_reached_or_
     virtual_time().block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let net = MemoryNetwork::new(LATENCY);
-        let mut nodes: Vec<Node> = ["alice", "bob", "carol"]
-            .iter()
-            .map(|n| Node::create(&net, dir.path(), n))
-            .collect();
-        {
-            let all: Vec<&Node> = nodes.iter().collect();
-            mesh(&all).await;
-        }
-        let group = create(&nodes[0], "Oops").await.id;
-        for n in &nodes[1..] {
-            invite(&nodes[0], &group, n).await;
-            join(n, &group, api::PeerKind::Human).await;
-        }
-        {
-            let all: Vec<&Node> = nodes.iter().collect();
-            for n in &all {
-                wait_members(n, &group, &all).await;
-            }
-        }
+        let (mut nodes, group) = three_in_a_group(&net, dir.path(), "Oops").await;
         // Online: Alice withdraws a message both others have.
         let first = "MARKER-group-withdraw-5e0c3a71: wrong group";
         let sent = send(&nodes[0], &group, first).await;
@@ -1049,13 +1042,7 @@ fn a_group_message_deleted_for_everyone_is_erased_by_every_member_it_reached_or_
 async fn nowhere_in_store(node: &Node, m: &api::GroupMessage, body: &str) {
     assert_eq!(pages_with(node, body), 0, "its body at {}", node.address);
     let id = hex::decode(&m.msg_id).expect("hex id");
-    let key = carom_store::DbKey::from_bytes(node.key);
-    let image = carom_store::forensic::Image::read(&node.db, &key).expect("readable");
-    assert!(
-        image.pages_containing(&id).is_empty(),
-        "its id at {}",
-        node.address
-    );
+    assert_eq!(pages_with(node, id), 0, "its id at {}", node.address);
     let events = node.e().events_since(0, 100_000).await.expect("events");
     let named: Vec<_> = events
         .iter()
@@ -1100,23 +1087,7 @@ fn with_history_off_a_members_group_messages_never_reach_its_disk_while_the_othe
     virtual_time().block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let net = MemoryNetwork::new(LATENCY);
-        let mut nodes: Vec<Node> = ["alice", "bob", "carol"]
-            .iter()
-            .map(|n| Node::create(&net, dir.path(), n))
-            .collect();
-        let group = {
-            let all: Vec<&Node> = nodes.iter().collect();
-            mesh(&all).await;
-            let group = create(&nodes[0], "Quiet").await.id;
-            for n in &nodes[1..] {
-                invite(&nodes[0], &group, n).await;
-                join(n, &group, api::PeerKind::Human).await;
-            }
-            for n in &all {
-                wait_members(n, &group, &all).await;
-            }
-            group
-        };
+        let (mut nodes, group) = three_in_a_group(&net, dir.path(), "Quiet").await;
         // Bob turns history off: his alone (the others' views say nothing of it).
         assert!(!set_history(&nodes[1], &group, false).await.keep_history);
         assert!(get(&nodes[0], &group).await.keep_history);
