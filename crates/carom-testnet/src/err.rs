@@ -9,11 +9,11 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A required program (`tor` or `tor-gencert`) is not installed.
+    /// A required program (`tor`, `tor-gencert` or `obfs4proxy`) is not installed.
     #[error(
         "`{program}` was not found (looked in $PATH, /usr/sbin and /usr/bin). \
-         Install Debian's tor package: `sudo apt-get install -y tor`, \
-         or point CAROM_TOR_BIN at a tor binary"
+         Run scripts/install-deps, which installs Debian's tor and obfs4proxy packages \
+         (`sudo apt-get install -y tor obfs4proxy`)"
     )]
     ProgramMissing {
         /// The program looked for.

@@ -28,6 +28,7 @@
 //!
 //! The `carom-testnet` binary (`up`, `down`, `status`, `env`) runs a network for people.
 
+mod bridge;
 mod consensus;
 mod ctor;
 mod err;
@@ -38,6 +39,7 @@ mod torrc;
 
 use std::sync::OnceLock;
 
+pub use bridge::Obfs4Bridge;
 pub use ctor::{CtorClient, socks5_connect, socks5_connect_within};
 pub use err::{Error, Result};
 pub use network::{

@@ -342,6 +342,24 @@ impl TestNetwork {
         crate::ctor::start(self, None, true)
     }
 
+    /// Start an unlisted bridge relay with an obfs4 server transport (Debian's `obfs4proxy`,
+    /// or `CAROM_OBFS4PROXY_BIN`). Returns once the bridge has a consensus to serve and its
+    /// transport is listening; [`crate::Obfs4Bridge::bridge_line`] is what clients configure.
+    pub fn start_obfs4_bridge(&self) -> Result<crate::Obfs4Bridge<'_>> {
+        crate::bridge::start(self)
+    }
+
+    pub(crate) fn next_bridge_name(&self) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        format!("bridge{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Create a relay's identity keys in `data_dir`; returns (hex RSA fingerprint, base64
+    /// ed25519 identity).
+    pub(crate) fn relay_identities(&self, data_dir: &Path) -> Result<(String, String)> {
+        relay_identities(&self.tor, data_dir)
+    }
+
     pub(crate) fn next_client_name(&self) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         format!("client{}", COUNTER.fetch_add(1, Ordering::Relaxed))
@@ -416,11 +434,11 @@ impl TestNetwork {
     }
 
     /// The PIDs of every node that carries circuits — the relays **and the authorities**,
-    /// which are relays too and may hold any position of a path — in start order. A test
-    /// that must stop whatever is on a path partitions these, not [`Self::relay_pids`]: with
-    /// three authorities, a circuit can avoid every relay.
+    /// which are relays too and may hold any position of a path, and any bridges — in start
+    /// order. A test that must stop whatever is on a path partitions these, not
+    /// [`Self::relay_pids`]: with three authorities, a circuit can avoid every relay.
     pub fn router_pids(&self) -> Vec<u32> {
-        self.pids_of(&[Role::Authority, Role::Relay])
+        self.pids_of(&[Role::Authority, Role::Relay, Role::Bridge])
     }
 
     /// Freeze these relays or authorities (SIGSTOP): their connections stay open but nothing moves through
@@ -640,7 +658,7 @@ impl NodeInfo {
         let data_dir = root.join("nodes").join(&nickname);
         make_private_dir(&data_dir)?;
         let (or_port, dir_port) = match role {
-            Role::Client => (None, None),
+            Role::Client | Role::Bridge => (None, None),
             Role::Authority | Role::Relay => (Some(ports.take()), Some(ports.take())),
         };
         Ok(NodeInfo {

@@ -50,6 +50,8 @@ pub enum Role {
     Relay,
     /// A C tor client with a SOCKS port, optionally hosting onion services.
     Client,
+    /// An unlisted bridge relay with an obfs4 server transport.
+    Bridge,
 }
 
 /// An authority, as every node's `DirAuthority` line names it.
@@ -114,6 +116,29 @@ pub(crate) fn relay(or_port: u16, dir_port: u16) -> String {
     let _ = writeln!(t, "ExitPolicyRejectPrivate 0");
     let _ = writeln!(t, "ExitPolicy accept 127.0.0.0/8:*");
     let _ = writeln!(t, "ExitPolicy reject *:*");
+    t
+}
+
+/// Options of an unlisted bridge: a plain ORPort, and obfs4proxy as its managed server
+/// transport on `obfs4_port` (tor hands it clients' connections over the extended ORPort).
+/// `PublishServerDescriptor 0` keeps it out of the consensus: clients know it only from its
+/// bridge line, and fetch its descriptor from the bridge itself.
+pub(crate) fn obfs4_bridge(or_port: u16, obfs4_port: u16, obfs4proxy: &Path) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "SocksPort 0");
+    let _ = writeln!(t, "Address 127.0.0.1");
+    let _ = writeln!(t, "ORPort 127.0.0.1:{or_port}");
+    let _ = writeln!(t, "BridgeRelay 1");
+    let _ = writeln!(t, "PublishServerDescriptor 0");
+    let _ = writeln!(t, "ExitRelay 0");
+    let _ = writeln!(t, "ExitPolicy reject *:*");
+    let _ = writeln!(t, "ExtORPort auto");
+    let _ = writeln!(
+        t,
+        "ServerTransportPlugin obfs4 exec {}",
+        obfs4proxy.display()
+    );
+    let _ = writeln!(t, "ServerTransportListenAddr obfs4 127.0.0.1:{obfs4_port}");
     t
 }
 

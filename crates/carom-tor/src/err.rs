@@ -102,6 +102,9 @@ pub enum TransportError {
     /// The configuration is not usable.
     #[error("invalid transport configuration: {0}")]
     Config(String),
+    /// The bridge settings are not usable.
+    #[error(transparent)]
+    Bridges(#[from] crate::BridgeError),
     /// A local file-system operation failed.
     #[error("could not {action} {}: {source}", path.display())]
     Io {
@@ -135,9 +138,10 @@ impl TransportError {
             TransportError::Refused { .. } => TransportErrorKind::Refused,
             TransportError::NetworkDisabled => TransportErrorKind::NetworkDisabled,
             TransportError::Shutdown => TransportErrorKind::Shutdown,
-            TransportError::Config(_) | TransportError::Io { .. } | TransportError::Tor { .. } => {
-                TransportErrorKind::Other
-            }
+            TransportError::Config(_)
+            | TransportError::Bridges(_)
+            | TransportError::Io { .. }
+            | TransportError::Tor { .. } => TransportErrorKind::Other,
         }
     }
 
@@ -152,6 +156,7 @@ impl TransportError {
             | TransportError::NetworkDisabled
             | TransportError::Shutdown
             | TransportError::Config(_)
+            | TransportError::Bridges(_)
             | TransportError::Io { .. } => false,
             TransportError::Tor { retryable, .. } => *retryable,
         }

@@ -106,6 +106,7 @@
 
 mod admission;
 mod arti;
+mod bridges;
 mod err;
 mod loopback;
 mod memory;
@@ -115,6 +116,7 @@ mod transport;
 
 pub use admission::{AdmissionConfig, AdmissionStats};
 pub use arti::{ArtiConfig, ArtiStream, ArtiTransport, TorNetwork, Vanguards};
+pub use bridges::{BridgeError, Bridges, BridgesApplied};
 pub use err::{TransportError, TransportErrorKind};
 pub use loopback::{BootstrapSwitch, LoopbackNetwork, LoopbackTransport};
 pub use memory::{MemoryNetwork, MemoryStream, MemoryTransport};

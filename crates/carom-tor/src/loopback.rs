@@ -97,9 +97,11 @@ impl LoopbackTransport {
                 percent: 100,
                 phase: "loopback (no Tor)".into(),
                 ready: true,
+                stalled: false,
             },
             service: ServiceState::Reachable,
             last_error: None,
+            bridges: 0,
         }));
         network.book().insert(address, listen);
         tracing::debug!(address = %address.redacted(), %listen, "loopback transport online");

@@ -213,9 +213,11 @@ impl MemoryTransport {
                     percent: 100,
                     phase: "in memory (no Tor)".into(),
                     ready: true,
+                    stalled: false,
                 },
                 service: ServiceState::Reachable,
                 last_error: None,
+                bridges: 0,
             })),
             shutdown: watch::channel(false).0,
         }

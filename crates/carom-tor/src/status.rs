@@ -12,6 +12,8 @@ pub struct TransportStatus {
     /// The most recent problem, in words (no onion addresses). Cleared once bootstrap is
     /// complete and the service is published again.
     pub last_error: Option<String>,
+    /// How many bridges Tor is entered through; 0: the network's own relays.
+    pub bridges: usize,
 }
 
 impl TransportStatus {
@@ -22,9 +24,11 @@ impl TransportStatus {
                 percent: 0,
                 phase: "starting".into(),
                 ready: false,
+                stalled: false,
             },
             service: ServiceState::NotStarted,
             last_error: None,
+            bridges: 0,
         }
     }
 }
@@ -43,6 +47,10 @@ pub struct BootstrapProgress {
     pub phase: String,
     /// Whether dials can be made now.
     pub ready: bool,
+    /// The bootstrap has made no progress for a while (arti backend:
+    /// [`ArtiConfig::bootstrap_stall_after`](crate::ArtiConfig::bootstrap_stall_after)).
+    /// `last_error` then says what arti is stuck on and points to bridges.
+    pub stalled: bool,
 }
 
 /// The state of our own onion service.

@@ -6,7 +6,7 @@ use carom_proto::OnionAddress;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::{TransportError, TransportStatus};
+use crate::{BridgeError, Bridges, BridgesApplied, TransportError, TransportStatus};
 
 /// The virtual port of Carom's onion service: peers dial `<address>.onion:9879`.
 ///
@@ -58,6 +58,20 @@ pub trait Transport: Send + Sync + 'static {
     /// their clients. The peer proves its identity inside the stream (the Noise handshake).
     /// Several tasks may wait here at once; each stream goes to one of them.
     fn accept(&self) -> impl Future<Output = Option<Self::Stream>> + Send;
+
+    /// Enter Tor through these bridges from now on; none: through the network's own relays.
+    /// Checked before anything changes. Backends whose Tor is not Carom's to configure (the
+    /// system's tor; the test backends) refuse with [`BridgeError::NotSupported`].
+    fn set_bridges(&self, bridges: Bridges) -> Result<BridgesApplied, TransportError> {
+        let _ = bridges;
+        Err(BridgeError::NotSupported(
+            "this Tor backend takes no bridges from Carom: configure them where its Tor is \
+             configured (for the system's tor, `Bridge` and `ClientTransportPlugin` lines in its \
+             torrc)"
+                .into(),
+        )
+        .into())
+    }
 
     /// A watch on bootstrap progress, service state and the last error.
     fn status(&self) -> watch::Receiver<TransportStatus>;

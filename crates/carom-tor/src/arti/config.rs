@@ -6,7 +6,7 @@ use std::time::Duration;
 use arti_client::TorClientConfig;
 use arti_client::config::{CfgPath, TorClientConfigBuilder};
 
-use crate::{AdmissionConfig, TransportError};
+use crate::{AdmissionConfig, Bridges, TransportError};
 
 /// Which Tor network to use.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -16,7 +16,7 @@ pub enum TorNetwork {
     Public,
     /// Another network, described by arti TOML (e.g. `carom_testnet::TestNetwork::arti_config`):
     /// `[tor_network]`, `[path_rules]`, `[address_filter]` and similar. It may not contain
-    /// `[storage]` or `[vanguards]`: those come from [`ArtiConfig`]. Unknown keys are errors.
+    /// `[storage]`, `[vanguards]` or `[bridges]`: those come from [`ArtiConfig`]. Unknown keys are errors.
     Custom(String),
     /// As `Custom`, read from a file (e.g. carom-testnet's `arti.toml`).
     CustomFile(PathBuf),
@@ -64,6 +64,12 @@ pub struct ArtiConfig {
     pub pow_queue_depth: usize,
     /// Default: [`Vanguards::Lite`].
     pub vanguards: Vanguards,
+    /// Enter Tor through these bridges instead of the network's listed relays. Default: none.
+    /// Changed at run time with [`ArtiTransport::set_bridges`](crate::ArtiTransport::set_bridges).
+    pub bridges: Bridges,
+    /// How long the bootstrap may make no progress before the status calls it stalled and
+    /// points to bridges. Default 30 s: on an open network arti finishes in a few seconds.
+    pub bootstrap_stall_after: Duration,
     /// Introduction points (3 to 20). Default 3.
     pub num_intro_points: u8,
     /// Bound on one dial, from call to open stream. Default 60 s: on the live network a cold
@@ -95,6 +101,8 @@ impl ArtiConfig {
             pow: true,
             pow_queue_depth: 128,
             vanguards: Vanguards::Lite,
+            bridges: Bridges::default(),
+            bootstrap_stall_after: Duration::from_secs(30),
             num_intro_points: 3,
             dial_timeout: Duration::from_secs(60),
             dial_hedge_after: Duration::from_secs(10),
@@ -124,6 +132,11 @@ impl ArtiConfig {
                 "dial_hedge_after must be positive".into(),
             ));
         }
+        if self.bootstrap_stall_after.is_zero() {
+            return Err(TransportError::Config(
+                "bootstrap_stall_after must be positive".into(),
+            ));
+        }
         if self.dial_timeout.is_zero() {
             return Err(TransportError::Config(
                 "dial_timeout must be positive".into(),
@@ -145,7 +158,7 @@ impl ArtiConfig {
         };
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| TransportError::Config(format!("the arti configuration: {e}")))?;
-        for owned in ["storage", "vanguards"] {
+        for owned in ["storage", "vanguards", "bridges"] {
             if table.contains_key(owned) {
                 return Err(TransportError::Config(format!(
                     "the arti configuration may not contain [{owned}]: Carom sets it"
@@ -168,6 +181,10 @@ impl ArtiConfig {
         let mut vanguards = toml::Table::new();
         vanguards.insert("mode".into(), toml::Value::String(mode.into()));
         table.insert("vanguards".into(), toml::Value::Table(vanguards));
+        table.insert(
+            "bridges".into(),
+            toml::Value::Table(self.bridges.resolve()?.arti_table()),
+        );
 
         let mut unknown = Vec::new();
         let mut builder: TorClientConfigBuilder =

@@ -1,5 +1,6 @@
 //! The embedded-arti backend: Carom's onion service and dials inside the daemon's process.
 
+mod bridge_state;
 mod config;
 mod nodelay;
 mod service;
@@ -87,6 +88,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     bootstrapped: AtomicBool,
     counters: Arc<Counters>,
+    /// Bumped when the bridges change, so that the stall watch starts afresh.
+    stall_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -113,6 +116,12 @@ pub struct ArtiTransport {
     network_enabled: AtomicBool,
     dial_timeout: Duration,
     dial_hedge_after: Duration,
+    /// The settings arti was started with, with the bridges now in force: what
+    /// [`ArtiTransport::set_bridges`] rebuilds arti's configuration from.
+    config: Mutex<ArtiConfig>,
+    /// Every bridge arti may hold in its guard sample during this run, as (identity,
+    /// channel): those it remembered at start and every line configured since.
+    known_bridges: Mutex<Vec<(String, String)>>,
     /// Per peer, the stream isolation of the path that last worked. arti keys its cached
     /// descriptor, introduction-point history and rendezvous circuit by (service, isolation):
     /// dials with the same token reuse them (a warm dial is one round trip), and a new token
@@ -271,6 +280,7 @@ async fn launch(
     service_config: tor_hsservice::OnionServiceConfig,
     keypair: HsIdKeypair,
     address: OnionAddress,
+    stall_after: Duration,
     rend: service::RendContext,
 ) -> Result<Launched, TransportError> {
     let shared = Arc::clone(&rend.shared);
@@ -312,6 +322,11 @@ async fn launch(
             Arc::clone(&shared),
         )),
         tokio::spawn(service::rend_loop(Box::pin(rend_requests), rend)),
+        tokio::spawn(service::stall_task(
+            Arc::clone(&client),
+            Arc::clone(&shared),
+            stall_after,
+        )),
     ];
     Ok((client, service, tasks))
 }
@@ -336,6 +351,15 @@ impl ArtiTransport {
         config::private_dir(&config.cache_dir)?;
         forget_service_state(&config.state_dir)?;
         let tor_config = config.tor_client_config()?;
+        bridge_state::forget_changed_bridges(&config.state_dir, &config.bridges.lines)?;
+        let mut known_bridges = bridge_state::remembered_bridges(&config.state_dir);
+        known_bridges.extend(
+            config
+                .bridges
+                .lines
+                .iter()
+                .filter_map(|l| crate::bridges::line_parts(l)),
+        );
         let service_config = service::service_config(&config)?;
         let address = identity.address();
 
@@ -345,12 +369,15 @@ impl ArtiTransport {
             None => return Err(TransportError::Shutdown),
         };
 
+        let mut status = TransportStatus::starting();
+        status.bridges = config.bridges.lines.len();
         let shared = Arc::new(Shared {
             address,
-            status: watch::Sender::new(TransportStatus::starting()),
+            status: watch::Sender::new(status),
             shutdown: watch::Sender::new(false),
             bootstrapped: AtomicBool::new(false),
             counters: Counters::new(),
+            stall_epoch: AtomicU64::new(0),
         });
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
         let keypair = hs_keypair(identity);
@@ -359,6 +386,7 @@ impl ArtiTransport {
             service_config,
             keypair,
             address,
+            config.bootstrap_stall_after,
             service::RendContext {
                 admission: config.admission,
                 pow: config.pow,
@@ -387,9 +415,52 @@ impl ArtiTransport {
             network_enabled: AtomicBool::new(true),
             dial_timeout: config.dial_timeout,
             dial_hedge_after: config.dial_hedge_after,
+            config: Mutex::new(config),
+            known_bridges: Mutex::new(known_bridges),
             paths: Mutex::new(HashMap::new()),
             tasks: Mutex::new(tasks),
         })
+    }
+
+    /// Enter Tor through these bridges from now on (none: through the network's own relays).
+    ///
+    /// The settings are checked first (a malformed line or a missing transport program is an
+    /// error and changes nothing), then arti is reconfigured in place: new circuits use the
+    /// new bridges, and a bootstrap stuck on the old ones carries on through them.
+    ///
+    /// A line that changes the channel of a bridge already in use (another `cert=`, address or
+    /// transport for the same identity) takes effect only at the next start: arti 0.47 keeps
+    /// such a bridge under its first line while it runs (see `bridge_state`). The returned
+    /// [`BridgesApplied`](crate::BridgesApplied) says so.
+    pub fn set_bridges(
+        &self,
+        bridges: crate::Bridges,
+    ) -> Result<crate::BridgesApplied, TransportError> {
+        let client = self.client()?;
+        let mut config = lock(&self.config);
+        let mut next = config.clone();
+        next.bridges = bridges;
+        let tor_config = next.tor_client_config()?;
+        let mut known = lock(&self.known_bridges);
+        let at_next_start = crate::bridges::changed_lines(&known, &next.bridges.lines);
+        client
+            .reconfigure(&tor_config, arti_client::config::Reconfigure::AllOrNothing)
+            .map_err(|e| TransportError::from_arti("applying the new bridges", &e))?;
+        let count = next.bridges.lines.len();
+        known.extend(
+            next.bridges
+                .lines
+                .iter()
+                .filter_map(|l| crate::bridges::line_parts(l)),
+        );
+        *config = next;
+        self.shared.stall_epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.status.send_modify(|s| {
+            s.bridges = count;
+            s.bootstrap.stalled = false;
+        });
+        tracing::info!(bridges = count, "Tor's bridges changed");
+        Ok(crate::BridgesApplied { at_next_start })
     }
 
     /// What admission control and the service have done so far.
@@ -443,6 +514,13 @@ impl ArtiTransport {
 
 impl Transport for ArtiTransport {
     type Stream = ArtiStream;
+
+    fn set_bridges(
+        &self,
+        bridges: crate::Bridges,
+    ) -> Result<crate::BridgesApplied, TransportError> {
+        ArtiTransport::set_bridges(self, bridges)
+    }
 
     async fn dial(&self, peer: &OnionAddress) -> Result<ArtiStream, TransportError> {
         if self.shared.is_shut_down() {

@@ -71,6 +71,85 @@ pub(super) async fn bootstrap_task(client: Arc<Client>, shared: Arc<Shared>) {
     }
 }
 
+/// How often the stall watch looks at arti's bootstrap progress.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Watch the bootstrap for a stall: no progress for `stall_after` before the first bootstrap
+/// completes. Then the status says so, with what arti is stuck on, and points to bridges —
+/// or, with bridges configured, says they do not answer. New bridge settings start the
+/// watch afresh (`Shared::stall_epoch`).
+pub(super) async fn stall_task(client: Arc<Client>, shared: Arc<Shared>, stall_after: Duration) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut best = 0.0_f32;
+    let mut since = Instant::now();
+    let mut epoch = shared.stall_epoch.load(Ordering::SeqCst);
+    loop {
+        tokio::select! {
+            () = crate::stopped(&mut shutdown) => return,
+            () = tokio::time::sleep(STALL_CHECK_EVERY) => {}
+        }
+        if shared.bootstrapped.load(Ordering::SeqCst) {
+            return;
+        }
+        let now_epoch = shared.stall_epoch.load(Ordering::SeqCst);
+        let status = client.bootstrap_status();
+        let frac = status.as_frac();
+        if now_epoch != epoch || frac > best + 0.001 {
+            epoch = now_epoch;
+            best = frac;
+            since = Instant::now();
+            shared.status.send_if_modified(|s| {
+                let was = s.bootstrap.stalled;
+                s.bootstrap.stalled = false;
+                was
+            });
+            continue;
+        }
+        if since.elapsed() < stall_after {
+            continue;
+        }
+        let blockage = status.blocked().map(|b| b.to_string());
+        shared.status.send_if_modified(|s| {
+            if s.bootstrap.stalled {
+                return false;
+            }
+            s.bootstrap.stalled = true;
+            let hint = stall_hint(stall_after, &s.bootstrap, s.bridges, blockage.as_deref());
+            tracing::warn!("{hint}");
+            s.last_error = Some(hint);
+            true
+        });
+    }
+}
+
+/// What a stalled bootstrap tells the user: what arti is stuck on, and what to do.
+pub(super) fn stall_hint(
+    stalled_for: Duration,
+    progress: &BootstrapProgress,
+    bridges: usize,
+    blockage: Option<&str>,
+) -> String {
+    let secs = stalled_for.as_secs();
+    let at = format!("{} %: {}", progress.percent, progress.phase);
+    let arti = blockage
+        .map(|b| format!("; Tor says: {b}"))
+        .unwrap_or_default();
+    if bridges == 0 {
+        format!(
+            "Tor's bootstrap has made no progress for {secs} s ({at}{arti}). If Tor is blocked \
+             where you are, enter it through bridges: `carom tor bridges set \"obfs4 …\"` with \
+             lines from bridges.torproject.org (see docs/tor.md, \"Bridges\")"
+        )
+    } else {
+        let plural = if bridges == 1 { "bridge" } else { "bridges" };
+        format!(
+            "Tor's bootstrap has made no progress for {secs} s through the {bridges} configured \
+             {plural} ({at}{arti}): they may be down or blocked, or a line may be wrong (an obfs4 \
+             line's cert= must be exact). Try other bridges: `carom tor bridges set …`"
+        )
+    }
+}
+
 /// Percent, phase and readiness from arti's bootstrap status.
 fn apply_bootstrap(status: &mut TransportStatus, arti: &BootstrapStatus, bootstrapped: bool) {
     #[allow(
@@ -90,6 +169,8 @@ fn apply_bootstrap(status: &mut TransportStatus, arti: &BootstrapStatus, bootstr
         percent: if ready { 100 } else { percent },
         phase,
         ready,
+        // Only the stall watch (`stall_task`) calls a bootstrap stalled; readiness ends it.
+        stalled: status.bootstrap.stalled && !ready,
     };
     clear_error_if_healthy(status);
 }
@@ -173,6 +254,9 @@ pub(super) async fn status_task(
                         ServiceState::Broken(reason) => {
                             ServiceState::Broken(scrub(&reason, &shared.address))
                         }
+                        // arti says "shutdown" for a service it has not started yet (no
+                        // directory): to us that is still launching, until we stop it.
+                        ServiceState::Stopped if !shared.is_shut_down() => ServiceState::Launching,
                         other => other,
                     };
                     if let Some(problem) = event.current_problem() {
@@ -321,6 +405,28 @@ async fn serve_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stall_says_where_it_is_stuck_and_points_to_bridges_or_away_from_the_broken_ones() {
+        let progress = BootstrapProgress {
+            percent: 8,
+            phase: "handshaking with Tor relays".into(),
+            ready: false,
+            stalled: true,
+        };
+        let direct = stall_hint(Duration::from_secs(30), &progress, 0, Some("Filtering"));
+        assert!(
+            direct.contains("30 s (8 %: handshaking with Tor relays; Tor says: Filtering)"),
+            "{direct}"
+        );
+        assert!(direct.contains("carom tor bridges set"), "{direct}");
+        let bridged = stall_hint(Duration::from_secs(30), &progress, 2, None);
+        assert!(
+            bridged.contains("through the 2 configured bridges"),
+            "{bridged}"
+        );
+        assert!(bridged.contains("cert="), "{bridged}");
+    }
 
     #[test]
     fn the_service_config_carries_our_limits() {

@@ -427,6 +427,8 @@ fn apply_bootstrap(status: &watch::Sender<TransportStatus>, line: &str) {
             percent: percent.min(100),
             phase,
             ready: percent >= 100,
+            // The system's tor is the user's to configure; it reports its own warnings.
+            stalled: false,
         };
         if let Some(w) = warning {
             s.last_error = Some(format!("tor: {w}"));
