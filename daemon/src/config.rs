@@ -65,6 +65,15 @@ pub(crate) struct TorSection {
     pub(crate) arti_config: Option<PathBuf>,
     /// Onion-service proof-of-work defence (default on).
     pub(crate) pow: Option<bool>,
+    /// Bridge lines to enter Tor through (embedded Tor only), e.g.
+    /// `"obfs4 192.0.2.3:443 <fingerprint> cert=… iat-mode=0"`. Lines set through the API
+    /// (`carom tor bridges set`) are kept in the profile and win over these.
+    #[serde(default)]
+    pub(crate) bridges: Vec<String>,
+    /// The pluggable-transport program of a transport, where it is not found on PATH:
+    /// `[tor.transport_programs]` then `obfs4 = "/usr/bin/obfs4proxy"`.
+    #[serde(default)]
+    pub(crate) transport_programs: std::collections::BTreeMap<String, PathBuf>,
     /// Turn off arti's permission checks on its directories. Dangerous; for containers and
     /// tests where ownership cannot be right.
     #[serde(default)]
@@ -102,6 +111,20 @@ mod tests {
             toml::from_str::<FileConfig>("[tor]\nbackend = \"external\"\n").expect_err("no such");
         assert!(e.to_string().contains("embedded"), "{e}");
         assert_eq!(FileConfig::default().tor.backend, Backend::Embedded);
+    }
+
+    #[test]
+    fn bridges_and_their_programs_are_read() {
+        let c: FileConfig = toml::from_str(
+            "[tor]\nbridges = [\"obfs4 192.0.2.3:443 0123456789ABCDEF0123456789ABCDEF01234567 cert=x iat-mode=0\"]\n\
+             [tor.transport_programs]\nobfs4 = \"/opt/lyrebird\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.tor.bridges.len(), 1);
+        assert_eq!(
+            c.tor.transport_programs.get("obfs4").map(PathBuf::as_path),
+            Some(Path::new("/opt/lyrebird"))
+        );
     }
 
     #[test]

@@ -50,6 +50,15 @@ use crate::profile::{Profiles, TorSettings};
 ///
 /// caromd then adds its onion service to that tor with its own key, kept in tor's memory only
 /// (see docs/tor.md, "Choosing how to reach Tor").
+///
+/// Where Tor is blocked, the embedded Tor enters it through bridges (lines from
+/// https://bridges.torproject.org; obfs4 lines need Debian's obfs4proxy):
+///
+///   [tor]
+///   bridges = ["obfs4 192.0.2.3:443 <FINGERPRINT> cert=<CERT> iat-mode=0"]
+///
+/// or while caromd runs: carom tor bridges set "obfs4 …". If Tor's bootstrap makes no progress
+/// for 30 s, `carom status` says so and what to try (docs/tor.md, "Bridges").
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -152,8 +161,17 @@ where
         );
         return ExitCode::from(2);
     }
+    let bridges = carom_tor::Bridges {
+        lines: file.tor.bridges.clone(),
+        transport_programs: file.tor.transport_programs.clone(),
+    };
+    if let Err(e) = bridges.check() {
+        report(&format!("configuration: [tor] bridges: {e}"));
+        return ExitCode::from(2);
+    }
     let tor = TorSettings {
         system,
+        bridges,
         arti_config: args.arti_config.clone().or(file.tor.arti_config.clone()),
         pow: file.tor.pow.unwrap_or(true),
         dangerously_trust_everyone: args.dangerously_trust_everyone
@@ -211,6 +229,14 @@ fn system_tor(tor: &config::TorSection) -> Result<Option<carom_tor::SystemTorCon
     if tor.arti_config.is_some() {
         return Err(
             "[tor] arti_config applies to the embedded Tor, not backend = \"system\"".into(),
+        );
+    }
+    if !tor.bridges.is_empty() || !tor.transport_programs.is_empty() {
+        return Err(
+            "[tor] bridges and transport_programs apply to the embedded Tor; the system's tor \
+             takes its bridges from its own torrc (`UseBridges 1`, `Bridge` and \
+             `ClientTransportPlugin` lines)"
+                .into(),
         );
     }
     let mut system = carom_tor::SystemTorConfig::default();
@@ -376,5 +402,7 @@ mod tests {
         );
         let arti = "[tor]\nbackend = \"system\"\narti_config = \"/a.toml\"\n";
         assert!(system_tor(&tor(arti)).unwrap_err().contains("arti_config"));
+        let bridges = "[tor]\nbackend = \"system\"\nbridges = [\"192.0.2.4:9001 0123456789ABCDEF0123456789ABCDEF01234567\"]\n";
+        assert!(system_tor(&tor(bridges)).unwrap_err().contains("own torrc"));
     }
 }

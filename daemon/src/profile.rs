@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 
 use carom_api::{self as api, ErrorKind, ErrorObject, ProfileState};
 use carom_engine::{Engine, EngineConfig, Profile};
+use carom_store::StoreRead as _;
 use carom_store::{KdfParams, KeyFile, Protection, Store};
-use carom_tor::{ArtiConfig, ArtiTransport, SystemTorConfig, SystemTorTransport, TorNetwork};
+use carom_tor::{
+    ArtiConfig, ArtiTransport, Bridges, SystemTorConfig, SystemTorTransport, TorNetwork,
+};
 use tokio::sync::{RwLock, RwLockReadGuard};
 use zeroize::Zeroizing;
 
@@ -19,6 +22,9 @@ use crate::paths::{Paths, private_dir};
 pub(crate) struct TorSettings {
     /// The system's tor instead of the embedded arti (`[tor] backend = "system"`).
     pub(crate) system: Option<SystemTorConfig>,
+    /// caromd.toml's bridges and transport programs (checked at start); the profile's own
+    /// lines, if it has any, replace these lines.
+    pub(crate) bridges: Bridges,
     pub(crate) arti_config: Option<PathBuf>,
     pub(crate) pow: bool,
     pub(crate) dangerously_trust_everyone: bool,
@@ -42,12 +48,27 @@ pub(crate) struct Profiles {
     tor: TorSettings,
     engine_config: EngineConfig,
     state: RwLock<State>,
+    /// The bridges the running Tor was given, and where they came from.
+    bridges: std::sync::Mutex<api::TorBridges>,
     /// Set when a running engine's store takes itself out of service: the daemon then stops.
     store_failed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Read access to the running engine.
 pub(crate) type EngineRef<'a> = tokio::sync::RwLockReadGuard<'a, Engine>;
+
+/// What `tor.bridges` says before Tor has started, and for the system's tor.
+fn no_bridges() -> api::TorBridges {
+    api::TorBridges {
+        lines: Vec::new(),
+        source: api::BridgeSource::None,
+        at_next_start: Vec::new(),
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorObject {
     ErrorObject::new(kind, message)
@@ -76,6 +97,7 @@ impl Profiles {
             tor,
             engine_config,
             state: RwLock::new(state),
+            bridges: std::sync::Mutex::new(no_bridges()),
             store_failed: tokio::sync::watch::channel(false).0,
         }
     }
@@ -180,6 +202,48 @@ impl Profiles {
                 err(ErrorKind::ShuttingDown, "the daemon is shutting down")
             }
         })
+    }
+
+    /// `tor.bridges`.
+    pub(crate) async fn tor_bridges(&self) -> Result<api::TorBridges, ErrorObject> {
+        let _engine = self.engine().await?;
+        Ok(lock(&self.bridges).clone())
+    }
+
+    /// `tor.set_bridges`: the lines (or, for `null`, caromd.toml's again) with caromd.toml's
+    /// transport programs, applied to the running Tor and then kept in the profile.
+    pub(crate) async fn set_tor_bridges(
+        &self,
+        params: api::TorSetBridges,
+    ) -> Result<api::TorBridges, ErrorObject> {
+        let engine = self.engine().await?;
+        let (lines, source) = match &params.lines {
+            Some(lines) => (lines.clone(), api::BridgeSource::Profile),
+            None if self.tor.bridges.is_empty() => (Vec::new(), api::BridgeSource::None),
+            None => (self.tor.bridges.lines.clone(), api::BridgeSource::Config),
+        };
+        let bridges = Bridges {
+            lines: lines.clone(),
+            transport_programs: self.tor.bridges.transport_programs.clone(),
+        };
+        let applied = engine
+            .set_tor_bridges(bridges, params.lines)
+            .await
+            .map_err(ErrorObject::from)?;
+        let result = api::TorBridges {
+            lines,
+            source,
+            at_next_start: applied
+                .at_next_start
+                .iter()
+                .map(|n| u32::try_from(*n).unwrap_or(u32::MAX))
+                .collect(),
+        };
+        *lock(&self.bridges) = api::TorBridges {
+            at_next_start: Vec::new(),
+            ..result.clone()
+        };
+        Ok(result)
     }
 
     /// `profile.create`.
@@ -369,7 +433,16 @@ impl Profiles {
             return Engine::start(store, profile, transport, self.engine_config.clone())
                 .map_err(ErrorObject::from);
         }
+        let (lines, source) = match store.tor_bridges().map_err(|e| store_error(&e))? {
+            Some(lines) => (lines, api::BridgeSource::Profile),
+            None if self.tor.bridges.is_empty() => (Vec::new(), api::BridgeSource::None),
+            None => (self.tor.bridges.lines.clone(), api::BridgeSource::Config),
+        };
         let mut arti = ArtiConfig::new(&self.tor_data_dir());
+        arti.bridges = Bridges {
+            lines: lines.clone(),
+            transport_programs: self.tor.bridges.transport_programs.clone(),
+        };
         arti.network = match &self.tor.arti_config {
             Some(file) => TorNetwork::CustomFile(file.clone()),
             None => TorNetwork::Public,
@@ -378,7 +451,18 @@ impl Profiles {
         arti.dangerously_trust_everyone = self.tor.dangerously_trust_everyone;
         let transport = ArtiTransport::start(arti, &profile.identity)
             .await
-            .map_err(|e| err(ErrorKind::Internal, format!("Tor could not start: {e}")))?;
+            .map_err(|e| match e {
+                carom_tor::TransportError::Bridges(e) => err(
+                    ErrorKind::InvalidState,
+                    format!("Tor could not start with the profile's bridges: {e}"),
+                ),
+                e => err(ErrorKind::Internal, format!("Tor could not start: {e}")),
+            })?;
+        *lock(&self.bridges) = api::TorBridges {
+            lines,
+            source,
+            at_next_start: Vec::new(),
+        };
         Engine::start(store, profile, transport, self.engine_config.clone())
             .map_err(ErrorObject::from)
     }

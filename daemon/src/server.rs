@@ -530,6 +530,8 @@ async fn dispatch(
         Request::ProfileErase(_) => reply::<m::ProfileErase>(profiles.erase().await?),
         Request::IdentityGet(_) => reply::<m::IdentityGet>(engine!().identity()),
         Request::TorStatus(_) => reply::<m::TorStatus>(engine!().tor_status()),
+        Request::TorBridges(_) => reply::<m::TorBridges>(profiles.tor_bridges().await?),
+        Request::TorSetBridges(p) => reply::<m::TorSetBridges>(profiles.set_tor_bridges(p).await?),
         Request::ContactAdd(p) => reply::<m::ContactAdd>(engine!().add_contact(p).await?),
         Request::ContactList(_) => reply::<m::ContactList>(engine!().contacts().await?),
         Request::ContactGet(p) => reply::<m::ContactGet>(engine!().contact(&p.address).await?),

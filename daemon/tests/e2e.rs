@@ -2574,3 +2574,150 @@ async fn a_daemon_on_the_systems_tor_pairs_and_chats_with_one_on_its_own_arti() 
     let again = send(&bob, &a, "still there?").await;
     delivered(&bob, again.id).await;
 }
+
+/// `line` with its obfs4 certificate altered by one character.
+fn with_wrong_cert(line: &str, cert: &str) -> String {
+    let mut wrong: Vec<u8> = cert.bytes().collect();
+    wrong[0] = if wrong[0] == b'A' { b'B' } else { b'A' };
+    line.replace(cert, std::str::from_utf8(&wrong).expect("base64 is ascii"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_behind_an_obfs4_bridge_says_when_it_is_stuck_takes_bridges_through_the_api_and_chats()
+ {
+    use api::method as m;
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("dir");
+    let bridge = tokio::task::spawn_blocking(|| {
+        carom_testnet::shared()
+            .start_obfs4_bridge()
+            .expect("an obfs4 bridge on the private network")
+    })
+    .await
+    .expect("started");
+    let right = bridge.bridge_line();
+    let wrong = with_wrong_cert(&right, bridge.cert());
+
+    // caromd.toml gives a bridge line with a mistyped certificate: nothing gets through, and
+    // the status says so (after the 30 s stall bound) and points at the bridge line.
+    let config = format!("[tor]\nbridges = [\"{wrong}\"]\n");
+    let mut alice = Daemon::new(root.path(), "alice", &config, None);
+    let bob = Daemon::new(root.path(), "bob", DEFAULT_CONFIG, None);
+    let client = alice.client().await;
+    client
+        .create_profile(&api::ProfileCreate {
+            passphrase: None,
+            no_passphrase: true,
+        })
+        .await
+        .expect("profile created");
+    let b = bob.up().await;
+    let bridges = client
+        .call::<m::TorBridges>(&api::Empty {})
+        .await
+        .expect("tor.bridges");
+    assert_eq!(bridges.source, api::BridgeSource::Config);
+    assert_eq!(bridges.lines, vec![wrong.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let stalled = loop {
+        let tor = client.tor_status().await.expect("tor status");
+        assert!(
+            !tor.ready,
+            "ready through a bridge with a wrong certificate: {tor:?}"
+        );
+        if tor.bootstrap_stalled {
+            break tor;
+        }
+        assert!(Instant::now() < deadline, "no stall reported: {tor:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("stalled: {stalled:?}");
+    assert_eq!(stalled.bridges, 1);
+    let problem = stalled.last_error.expect("a stall says why");
+    assert!(
+        problem.contains("configured bridge") && problem.contains("cert="),
+        "{problem}"
+    );
+
+    // Bad lines are refused with the reason, and change nothing.
+    let refused = client
+        .call::<m::TorSetBridges>(&api::TorSetBridges {
+            lines: Some(vec!["obfs4 127.0.0.1:1 not-a-fingerprint".into()]),
+        })
+        .await
+        .expect_err("a malformed line");
+    assert_eq!(refused.kind(), Some(api::ErrorKind::InvalidParams));
+    assert!(refused.to_string().contains("bridge line 1"), "{refused}");
+
+    // The corrected line, through the API: kept in the profile; arti takes a new line for a
+    // bridge it already knows only at start, and the result says so.
+    let set = client
+        .call::<m::TorSetBridges>(&api::TorSetBridges {
+            lines: Some(vec![right.clone()]),
+        })
+        .await
+        .expect("tor.set_bridges");
+    assert_eq!(set.source, api::BridgeSource::Profile);
+    assert_eq!(set.at_next_start, vec![1]);
+    drop(client);
+
+    // Restarted, the profile's line wins over caromd.toml's, and Alice is online through the
+    // bridge: she pairs with Bob, on the open network, and they chat.
+    alice.stop();
+    alice.start();
+    let a = alice.up().await;
+    let client = alice.client().await;
+    let bridges = client
+        .call::<m::TorBridges>(&api::Empty {})
+        .await
+        .expect("tor.bridges");
+    assert_eq!(bridges.source, api::BridgeSource::Profile);
+    assert_eq!(bridges.lines, vec![right.clone()]);
+    assert_eq!(client.tor_status().await.expect("status").bridges, 1);
+    pair(&alice, &a, &bob, &b).await;
+    let to_bob = send(&alice, &b, "through the bridge").await;
+    delivered(&alice, to_bob.id).await;
+    let to_alice = send(&bob, &a, "back to the bridged one").await;
+    delivered(&bob, to_alice.id).await;
+
+    // Back to caromd.toml's (wrong) line through the API: null forgets the profile's lines.
+    let set = client
+        .call::<m::TorSetBridges>(&api::TorSetBridges { lines: None })
+        .await
+        .expect("tor.set_bridges null");
+    assert_eq!(set.source, api::BridgeSource::Config);
+    assert_eq!(set.lines, vec![wrong]);
+    assert_eq!(set.at_next_start, vec![1]);
+}
+
+#[test]
+fn caromd_refuses_to_start_on_an_unusable_bridge_line_and_says_which() {
+    let root = tempfile::tempdir().expect("dir");
+    for (config, expected) in [
+        (
+            "[tor]\nbridges = [\"obfs4 192.0.2.3:443 nothex cert=x iat-mode=0\"]\n",
+            "bridge line 1 is not a valid bridge line",
+        ),
+        (
+            "[tor]\nbridges = [\"obfs4 192.0.2.3:443 0123456789ABCDEF0123456789ABCDEF01234567 cert=x iat-mode=0\"]\n\
+             [tor.transport_programs]\nobfs4 = \"/nonexistent/obfs4proxy\"\n",
+            "/nonexistent/obfs4proxy",
+        ),
+    ] {
+        let file = root.path().join("caromd.toml");
+        std::fs::write(&file, config).expect("config");
+        let out = Command::new(env!("CARGO_BIN_EXE_caromd"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(root.path().join("data"))
+            .arg("--runtime-dir")
+            .arg(root.path().join("run"))
+            .output()
+            .expect("caromd runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!root.path().join("data").exists(), "nothing is created");
+    }
+}

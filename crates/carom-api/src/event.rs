@@ -638,7 +638,7 @@ mod tests {
             (
                 TOR_STATUS,
                 json!({"bootstrap_percent": 100, "bootstrap_phase": "done", "ready": true,
-                       "service": "published"}),
+                       "service": "published", "bootstrap_stalled": false, "bridges": 1}),
             ),
             (
                 CONTACT_REQUEST_RECEIVED,

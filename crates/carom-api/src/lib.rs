@@ -51,6 +51,10 @@ pub const MAX_NICKNAME_BYTES: usize = 256;
 pub const MAX_CLIENT_TOKEN_BYTES: usize = 256;
 /// Longest passphrase.
 pub const MAX_PASSPHRASE_BYTES: usize = 1024;
+/// Longest bridge line (a webtunnel or meek line with its URL is a few hundred bytes).
+pub const MAX_BRIDGE_LINE_BYTES: usize = 2048;
+/// Most bridge lines in `tor.set_bridges` (arti uses a few; Tor Browser offers three).
+pub const MAX_BRIDGE_LINES: usize = 64;
 /// Longest onion address or message id given as a parameter (a valid one is far shorter).
 pub const MAX_ADDRESS_BYTES: usize = 128;
 /// Longest frontend name in `session.hello`.
@@ -254,6 +258,51 @@ pub struct TorStatus {
     /// The last problem, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The bootstrap has made no progress for a while; `last_error` says what Tor is stuck
+    /// on and what to do (bridges, `tor.set_bridges`).
+    #[serde(default)]
+    pub bootstrap_stalled: bool,
+    /// How many bridges Tor is entered through; 0: the network's own relays.
+    #[serde(default)]
+    pub bridges: u32,
+}
+
+/// Result of `tor.bridges` and `tor.set_bridges`: the bridges Tor is entered through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorBridges {
+    /// The bridge lines; empty: none, Tor is entered through the network's own relays.
+    pub lines: Vec<String>,
+    /// Where the lines come from.
+    pub source: BridgeSource,
+    /// Lines (1-based) that take effect only when the daemon next starts: they give a bridge
+    /// Tor already uses another channel (a corrected `cert=`, a new port), which the embedded
+    /// Tor takes only at start. Only in the result of `tor.set_bridges`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at_next_start: Vec<u32>,
+}
+
+/// Where the bridge lines in force come from (in [`TorBridges`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeSource {
+    /// Set through `tor.set_bridges` and kept in the profile (it wins over the file).
+    Profile,
+    /// `bridges` in the `[tor]` section of caromd.toml.
+    Config,
+    /// Neither: no bridges.
+    None,
+    /// A source newer than this client knows.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Parameters of `tor.set_bridges`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorSetBridges {
+    /// The bridge lines to use from now on, as bridges.torproject.org gives them (a leading
+    /// `Bridge` is allowed); `[]`: none. `null`: forget the profile's lines and use
+    /// caromd.toml's again.
+    pub lines: Option<Vec<String>>,
 }
 
 /// Where our onion service stands (in [`TorStatus`]).

@@ -8,10 +8,11 @@ use crate::{
     Empty, ErrorKind, ErrorObject, EventsSubscribe, GroupAccept, GroupCreate, GroupDelete,
     GroupHistory, GroupInvite, GroupMemberParams, GroupParams, GroupRename, GroupSend,
     GroupSetHistory, GroupSetPolicy, GroupSetRole, GroupSetTimer, MAX_ADDRESS_BYTES,
-    MAX_BODY_BYTES, MAX_CLIENT_NAME_BYTES, MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES,
-    MAX_EVENT_KINDS, MAX_GREETING_BYTES, MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES,
-    MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES, MessageDelete, MessageIdParams, MessageList,
-    MessageSend, ProfileChangePassphrase, ProfileCreate, ProfileErase, ProfileUnlock, SessionHello,
+    MAX_BODY_BYTES, MAX_BRIDGE_LINE_BYTES, MAX_BRIDGE_LINES, MAX_CLIENT_NAME_BYTES,
+    MAX_CLIENT_TOKEN_BYTES, MAX_EVENT_KIND_BYTES, MAX_EVENT_KINDS, MAX_GREETING_BYTES,
+    MAX_GROUP_NAME_BYTES, MAX_NICKNAME_BYTES, MAX_OFFERED_NICKNAME_BYTES, MAX_PASSPHRASE_BYTES,
+    MessageDelete, MessageIdParams, MessageList, MessageSend, ProfileChangePassphrase,
+    ProfileCreate, ProfileErase, ProfileUnlock, SessionHello, TorSetBridges,
 };
 
 /// Parameters whose fields have documented limits.
@@ -75,6 +76,24 @@ impl CheckLimits for ContactAdd {
             MAX_OFFERED_NICKNAME_BYTES,
         )?;
         at_most("greeting", &self.greeting, MAX_GREETING_BYTES)
+    }
+}
+
+impl CheckLimits for TorSetBridges {
+    fn check_limits(&self) -> Result<(), ErrorObject> {
+        let lines = self.lines.as_deref().unwrap_or_default();
+        if lines.len() > MAX_BRIDGE_LINES {
+            return Err(ErrorObject::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "`lines` holds {} bridge lines; the limit is {MAX_BRIDGE_LINES}",
+                    lines.len()
+                ),
+            ));
+        }
+        lines
+            .iter()
+            .try_for_each(|line| at_most("lines[]", line, MAX_BRIDGE_LINE_BYTES))
     }
 }
 

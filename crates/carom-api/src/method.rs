@@ -112,6 +112,10 @@ methods! {
     IdentityGet = "identity.get" (crate::Empty) -> crate::Identity;
     /// Tor's bootstrap and our onion service's state.
     TorStatus = "tor.status" (crate::Empty) -> crate::TorStatus;
+    /// The bridges Tor is entered through, and where they come from.
+    TorBridges = "tor.bridges" (crate::Empty) -> crate::TorBridges;
+    /// Enter Tor through these bridges from now on (kept in the profile).
+    TorSetBridges = "tor.set_bridges" (crate::TorSetBridges) -> crate::TorBridges;
     /// Send a contact request.
     ContactAdd = "contact.add" (crate::ContactAdd) -> crate::Contact;
     /// All contacts.

@@ -76,6 +76,9 @@ pub(crate) enum Command {
         #[arg(long)]
         qr: bool,
     },
+    /// How the daemon reaches Tor: bridges where Tor is blocked
+    #[command(subcommand)]
+    Tor(TorCommand),
     /// Manage contacts
     #[command(subcommand)]
     Contact(ContactCommand),
@@ -141,6 +144,38 @@ pub(crate) enum Command {
     Sessions,
     /// Stop the daemon
     Stop,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub(crate) enum TorCommand {
+    /// Bridges: unlisted relays to enter Tor through where it is blocked
+    ///
+    /// Get bridge lines from https://bridges.torproject.org (or by mail from
+    /// bridges@torproject.org, or from someone you trust), e.g.
+    ///   obfs4 192.0.2.3:443 <FINGERPRINT> cert=<CERT> iat-mode=0
+    /// obfs4 lines need Debian's obfs4proxy package; snowflake lines its snowflake-client.
+    /// Bridges set here are kept (encrypted) in your profile and win over caromd.toml's.
+    #[command(subcommand, verbatim_doc_comment)]
+    Bridges(BridgesCommand),
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub(crate) enum BridgesCommand {
+    /// Show the bridges in use and where they come from
+    Show,
+    /// Enter Tor through these bridges from now on (quote each line)
+    Set {
+        /// Bridge lines, each as one argument: carom tor bridges set "obfs4 …" "obfs4 …"
+        lines: Vec<String>,
+        /// Also read bridge lines from this file, one per line (blank lines and # comments
+        /// are skipped): what bridges.torproject.org lets you save
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Stop using bridges: reach Tor through the network's own relays
+    Off,
+    /// Forget the bridges set here and use caromd.toml's again
+    Default,
 }
 
 #[derive(Debug, PartialEq, Eq, Subcommand)]
@@ -397,6 +432,23 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bridge_commands_take_each_line_as_one_argument() {
+        let line = "obfs4 192.0.2.3:443 0123456789ABCDEF0123456789ABCDEF01234567 cert=x iat-mode=0";
+        let cli = parse(&["tor", "bridges", "set", line, "--file", "b.txt"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Tor(TorCommand::Bridges(BridgesCommand::Set {
+                lines: vec![line.into()],
+                file: Some("b.txt".into()),
+            }))
+        );
+        assert_eq!(
+            parse(&["tor", "bridges", "off"]).unwrap().command,
+            Command::Tor(TorCommand::Bridges(BridgesCommand::Off))
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::time::Duration;
 use carom_api::{self as api, EventData};
 use carom_client::{Client, ClientError};
 
-use crate::args::{Cli, Command, ContactCommand, GroupCommand, OnOff, ProfileCommand};
+use crate::args::{
+    BridgesCommand, Cli, Command, ContactCommand, GroupCommand, OnOff, ProfileCommand, TorCommand,
+};
 use crate::render;
 use crate::terminal::{output, prompt, qr_code, read_passphrase, say};
 
@@ -153,6 +155,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             });
         }
         Command::Group(command) => group(&client, json, command).await?,
+        Command::Tor(TorCommand::Bridges(command)) => bridges(&client, json, command).await?,
         Command::Send { to, text, token } => {
             let address = resolve(&client, &to).await?;
             let message = client
@@ -200,6 +203,46 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             output(json, &api::Empty {}, || "caromd is stopping".into());
         }
     }
+    Ok(())
+}
+
+/// `carom tor bridges …`.
+async fn bridges(client: &Client, json: bool, command: BridgesCommand) -> Result<(), String> {
+    use api::method as m;
+    let result = match command {
+        BridgesCommand::Show => client.call::<m::TorBridges>(&api::Empty {}).await,
+        BridgesCommand::Set { mut lines, file } => {
+            if let Some(file) = file {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                lines.extend(render::bridge_lines_in(&text));
+            }
+            if lines.is_empty() {
+                return Err(
+                    "no bridge lines given: pass them as arguments or with --file \
+                     (to stop using bridges: `carom tor bridges off`)"
+                        .into(),
+                );
+            }
+            let lines = Some(lines);
+            client
+                .call::<m::TorSetBridges>(&api::TorSetBridges { lines })
+                .await
+        }
+        BridgesCommand::Off => {
+            let lines = Some(Vec::new());
+            client
+                .call::<m::TorSetBridges>(&api::TorSetBridges { lines })
+                .await
+        }
+        BridgesCommand::Default => {
+            client
+                .call::<m::TorSetBridges>(&api::TorSetBridges { lines: None })
+                .await
+        }
+    }
+    .map_err(|e| explain(&e))?;
+    output(json, &result, || render::bridges(&result));
     Ok(())
 }
 

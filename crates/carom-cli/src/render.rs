@@ -250,10 +250,57 @@ pub(crate) fn status(info: &api::DaemonInfo, tor: &api::TorStatus, address: &str
         tor.service,
         address,
     );
+    if tor.bridges > 0 {
+        let plural = if tor.bridges == 1 { "" } else { "s" };
+        text.push_str(&format!(
+            "\nBridges  {} bridge{plural} (`carom tor bridges`)",
+            tor.bridges
+        ));
+    }
+    if tor.bootstrap_stalled {
+        text.push_str("\nStalled  Tor's bootstrap is making no progress");
+    }
     if let Some(e) = &tor.last_error {
         text.push_str(&format!("\nProblem  {e}"));
     }
     text
+}
+
+/// `carom tor bridges`.
+pub(crate) fn bridges(b: &api::TorBridges) -> String {
+    let from = match b.source {
+        api::BridgeSource::Profile => "set with `carom tor bridges set`",
+        api::BridgeSource::Config => "from caromd.toml",
+        api::BridgeSource::None | api::BridgeSource::Unknown => "",
+    };
+    let mut text = if b.lines.is_empty() {
+        "No bridges: Tor is reached through the network's own relays.".to_owned()
+    } else {
+        let plural = if b.lines.len() == 1 { "" } else { "s" };
+        let mut t = format!("{} bridge{plural} ({from}):", b.lines.len());
+        for (i, line) in b.lines.iter().enumerate() {
+            t.push_str(&format!("\n  {}. {line}", i + 1));
+        }
+        t
+    };
+    if !b.at_next_start.is_empty() {
+        let list: Vec<String> = b.at_next_start.iter().map(u32::to_string).collect();
+        text.push_str(&format!(
+            "\nLine {} changes a bridge Tor already uses (a new cert= or address): it takes \
+             effect when caromd next starts. The other lines are in use now.",
+            list.join(", ")
+        ));
+    }
+    text
+}
+
+/// The bridge lines in a file: one per line; blank lines and `#` comments skipped.
+pub(crate) fn bridge_lines_in(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The one-line progress `carom status --wait` redraws.
@@ -818,7 +865,37 @@ mod tests {
             ready,
             service,
             last_error: None,
+            bootstrap_stalled: false,
+            bridges: 0,
         }
+    }
+
+    #[test]
+    fn bridges_are_listed_with_where_they_come_from_and_what_waits_for_a_restart() {
+        let b = api::TorBridges {
+            lines: vec![
+                "obfs4 192.0.2.3:443 F cert=x".into(),
+                "192.0.2.4:9001 F".into(),
+            ],
+            source: api::BridgeSource::Profile,
+            at_next_start: vec![2],
+        };
+        assert_eq!(
+            bridges(&b),
+            "2 bridges (set with `carom tor bridges set`):\n  1. obfs4 192.0.2.3:443 F cert=x\n  \
+             2. 192.0.2.4:9001 F\nLine 2 changes a bridge Tor already uses (a new cert= or \
+             address): it takes effect when caromd next starts. The other lines are in use now."
+        );
+        let none = api::TorBridges {
+            lines: Vec::new(),
+            source: api::BridgeSource::None,
+            at_next_start: Vec::new(),
+        };
+        assert!(bridges(&none).starts_with("No bridges"));
+        assert_eq!(
+            bridge_lines_in("# from bridges.torproject.org\n\nobfs4 a b\n  obfs4 c d  \n"),
+            vec!["obfs4 a b".to_owned(), "obfs4 c d".to_owned()]
+        );
     }
 
     #[test]

@@ -363,12 +363,20 @@ impl Shared {
 
 type ShutdownFn = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Hands new bridge settings to the transport (see `Transport::set_bridges`).
+type SetBridgesFn = Box<
+    dyn Fn(carom_tor::Bridges) -> Result<carom_tor::BridgesApplied, carom_tor::TransportError>
+        + Send
+        + Sync,
+>;
+
 /// A running messenger. Methods mirror the local API.
 pub struct Engine {
     shared: Arc<Shared>,
     status: watch::Receiver<TransportStatus>,
     tasks: Vec<JoinHandle<()>>,
     stop_transport: ShutdownFn,
+    set_bridges: SetBridgesFn,
 }
 
 impl std::fmt::Debug for Engine {
@@ -470,6 +478,10 @@ impl Engine {
             status.clone(),
             Arc::clone(&shared),
         )));
+        let set_bridges: SetBridgesFn = {
+            let transport = Arc::clone(&transport);
+            Box::new(move |bridges| transport.set_bridges(bridges))
+        };
         let stop_transport: ShutdownFn = Box::new(move || {
             let transport = Arc::clone(&transport);
             Box::pin(async move { transport.shutdown().await })
@@ -479,6 +491,7 @@ impl Engine {
             status,
             tasks,
             stop_transport,
+            set_bridges,
         })
     }
 
@@ -493,6 +506,31 @@ impl Engine {
             address: self.shared.me.to_string(),
             uri: self.shared.me.to_uri(),
         }
+    }
+
+    /// `tor.set_bridges`: enter Tor through `bridges` from now on, and keep `keep` in the
+    /// profile (`None`: the profile leaves bridges to the daemon's configuration again).
+    ///
+    /// The transport checks the settings and applies them before anything is written, so
+    /// refused settings change nothing. If writing then fails, the store's error is returned
+    /// and the bridges stay in force only until the daemon stops.
+    pub async fn set_tor_bridges(
+        &self,
+        bridges: carom_tor::Bridges,
+        keep: Option<Vec<String>>,
+    ) -> Result<carom_tor::BridgesApplied> {
+        let applied = (self.set_bridges)(bridges).map_err(|e| match e {
+            carom_tor::TransportError::Bridges(carom_tor::BridgeError::NotSupported(why)) => {
+                EngineError::InvalidState(why)
+            }
+            carom_tor::TransportError::Bridges(e) => EngineError::InvalidRequest(e.to_string()),
+            other => EngineError::Internal(format!("Tor did not take the bridges: {other}")),
+        })?;
+        self.shared
+            .store
+            .write(move |tx| Ok(tx.set_tor_bridges(keep.as_deref())?))
+            .await?;
+        Ok(applied)
     }
 
     /// `tor.status`.
@@ -1690,6 +1728,8 @@ fn tor_view(status: &TransportStatus) -> api::TorStatus {
         ready: status.bootstrap.ready,
         service: service_status(&status.service),
         last_error: status.last_error.clone(),
+        bootstrap_stalled: status.bootstrap.stalled,
+        bridges: u32::try_from(status.bridges).unwrap_or(u32::MAX),
     }
 }
 
@@ -1709,16 +1749,23 @@ fn service_status(state: &carom_tor::ServiceState) -> api::ServiceStatus {
     }
 }
 
-/// Record Tor's progress in the event log: every tenth of bootstrap, readiness, service state.
+/// Record Tor's progress in the event log: every tenth of bootstrap, readiness, service state,
+/// a stall and its end, a change of bridges.
 async fn watch_status(mut status: watch::Receiver<TransportStatus>, shared: Arc<Shared>) {
-    let mut last: Option<(u8, bool, api::ServiceStatus)> = None;
+    let mut last: Option<(u8, bool, api::ServiceStatus, bool, u32)> = None;
     loop {
         let view = tor_view(&status.borrow_and_update());
-        if view.ready && last.as_ref().is_none_or(|(_, ready, _)| !ready) {
+        if view.ready && last.as_ref().is_none_or(|(_, ready, ..)| !ready) {
             // Dials that found Tor not ready go now.
             let _ = shared.core.send(CoreMsg::TorReady);
         }
-        let key = (view.bootstrap_percent / 10, view.ready, view.service);
+        let key = (
+            view.bootstrap_percent / 10,
+            view.ready,
+            view.service,
+            view.bootstrap_stalled,
+            view.bridges,
+        );
         if last.as_ref() != Some(&key) {
             last = Some(key);
             let event = api::EventData::TorStatus(view);

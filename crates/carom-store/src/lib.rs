@@ -113,6 +113,7 @@ mod model;
 mod outbox;
 mod schema;
 mod store;
+mod tor;
 
 #[cfg(test)]
 mod tests;

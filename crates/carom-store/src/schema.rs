@@ -80,10 +80,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V8,
         rebuilds_referenced_table: false,
     },
+    Migration {
+        version: 9,
+        summary: "the bridge lines set through the API",
+        sql: V9,
+        rebuilds_referenced_table: false,
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
+
+/// Tor settings made through the API (docs/storage.md, `tor_settings`): the bridge lines,
+/// newline-separated; NULL (or no row) leaves the choice to the daemon's configuration.
+const V9: &str = "
+CREATE TABLE tor_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    bridges TEXT
+) STRICT;
+";
 
 /// History off for a group (docs/storage.md "History off"): its messages live in the daemon's
 /// memory only; its membership history, which every member needs to verify the group, is

@@ -369,6 +369,12 @@ pub trait StoreRead: sealed::Connected {
         identity::get(self.db())
     }
 
+    /// The bridge lines set through the API (`Some(vec![])`: explicitly none), or `None` if
+    /// the profile leaves bridges to the daemon's configuration.
+    fn tor_bridges(&self) -> Result<Option<Vec<String>>> {
+        crate::tor::bridges(self.db())
+    }
+
     /// The contact with local id `id`.
     fn contact(&self, id: i64) -> Result<Option<Contact>> {
         contacts::get(self.db(), id)

@@ -1091,3 +1091,27 @@ fn close_reports_success() {
     store.close().unwrap();
     profile.open().check_integrity().unwrap();
 }
+
+#[test]
+fn bridge_lines_are_kept_forgotten_or_explicitly_none_and_survive_reopening() {
+    let (profile, mut store) = Profile::new(b"pw");
+    assert_eq!(store.tor_bridges().unwrap(), None);
+    let lines = vec![
+        "obfs4 192.0.2.3:443 0123456789ABCDEF0123456789ABCDEF01234567 cert=x iat-mode=0".to_owned(),
+        "192.0.2.4:9001 0123456789ABCDEF0123456789ABCDEF01234567".to_owned(),
+    ];
+    store.write(|tx| tx.set_tor_bridges(Some(&lines))).unwrap();
+    assert_eq!(store.tor_bridges().unwrap(), Some(lines.clone()));
+    store.close().unwrap();
+    let mut store = profile.open();
+    assert_eq!(store.tor_bridges().unwrap(), Some(lines));
+    store.write(|tx| tx.set_tor_bridges(Some(&[]))).unwrap();
+    assert_eq!(store.tor_bridges().unwrap(), Some(Vec::new()));
+    let e = store
+        .write(|tx| tx.set_tor_bridges(Some(&["a\nb".to_owned()])))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert_eq!(store.tor_bridges().unwrap(), Some(Vec::new()));
+    store.write(|tx| tx.set_tor_bridges(None)).unwrap();
+    assert_eq!(store.tor_bridges().unwrap(), None);
+}
