@@ -469,16 +469,13 @@ async fn measure(
             shown.join(", ")
         ),
     );
-    system_backend(
-        report,
-        net,
-        root,
-        sizes,
-        &bob,
-        &b,
-        (warm_p50, cold_p50, idle),
-    )
-    .await?;
+    let embedded = Embedded {
+        warm: warm_p50,
+        cold: cold_p50,
+        rss: idle,
+    };
+    system_backend(report, net, root, sizes, (&bob, &b), embedded).await?;
+    bridge_backend(report, net, root, sizes, (&bob, &b), embedded).await?;
     alice.stop().await;
     bob.stop().await;
 
@@ -489,20 +486,14 @@ async fn measure(
 /// Warm and cold messages from a daemon on the system-tor backend (a C tor client of this
 /// network with a control port, as a system's tor) to Bob on his own arti, beside the
 /// embedded figures of the same run; and that daemon's memory without arti inside it.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the embedded figures it is compared with"
-)]
 async fn system_backend(
     report: &mut Report,
     net: &TestNetwork,
     root: &Path,
     sizes: Sizes,
-    bob: &Daemon,
-    b: &str,
-    embedded: (Duration, Duration, f64),
+    peer: (&Daemon, &str),
+    embedded: Embedded,
 ) -> Result<(), Error> {
-    let (embedded_warm, embedded_cold, embedded_rss) = embedded;
     let tor = tokio::task::block_in_place(|| net.start_ctor_client_with_control())?;
     let config = format!(
         "[messaging]\npresence = false\n[tor]\nbackend = \"system\"\ncontrol_port = \"{}\"\nsocks_port = \"{}\"\n",
@@ -510,28 +501,100 @@ async fn system_backend(
             .ok_or("the C tor client has no control port")?,
         tor.socks_addr()
     );
+    let other = Backend {
+        name: "carol",
+        on: "on the system's tor",
+        startup_note: "new profile; tor already bootstrapped".into(),
+        rss_note: format!(
+            "(tor not counted); embedded, with arti inside: {:.1} MiB; the C tor process: {:.1} MiB",
+            embedded.rss,
+            rss_mib(tor.pid())
+        ),
+        cold_note: "daemon restarted, tor not",
+        config,
+    };
+    compare_backend(report, net, root, sizes, peer, embedded, other).await
+}
+
+/// The same through an obfs4 bridge: a daemon whose only way into the network is an unlisted
+/// bridge of it behind obfs4 (Debian's obfs4proxy at both ends), to Bob on the open network.
+async fn bridge_backend(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+    peer: (&Daemon, &str),
+    embedded: Embedded,
+) -> Result<(), Error> {
+    let bridge = tokio::task::block_in_place(|| net.start_obfs4_bridge())?;
+    let config = format!(
+        "[messaging]\npresence = false\n[tor]\nbridges = [\"{}\"]\n",
+        bridge.bridge_line()
+    );
+    let other = Backend {
+        name: "dave",
+        on: "through an obfs4 bridge",
+        startup_note: "new profile; arti bootstraps through the bridge".into(),
+        rss_note: format!(
+            "(obfs4proxy not counted); without a bridge: {:.1} MiB",
+            embedded.rss
+        ),
+        cold_note: "daemon restarted: arti, obfs4proxy and the bridge's circuit anew",
+        config,
+    };
+    compare_backend(report, net, root, sizes, peer, embedded, other).await
+}
+
+/// The embedded figures of this run another way of reaching Tor is compared with.
+#[derive(Clone, Copy)]
+struct Embedded {
+    warm: Duration,
+    cold: Duration,
+    rss: f64,
+}
+
+/// Another way of reaching Tor, as a daemon configuration, and the words of its figures.
+struct Backend {
+    name: &'static str,
+    on: &'static str,
+    startup_note: String,
+    rss_note: String,
+    cold_note: &'static str,
+    config: String,
+}
+
+/// Start-up, idle RSS, and warm and cold messages to `peer` of a daemon reaching Tor as
+/// `other` says, as ratios to the embedded figures of the same run.
+async fn compare_backend(
+    report: &mut Report,
+    net: &TestNetwork,
+    root: &Path,
+    sizes: Sizes,
+    peer: (&Daemon, &str),
+    embedded: Embedded,
+    other: Backend,
+) -> Result<(), Error> {
+    let (bob, b) = peer;
+    let on = other.on;
     let mut carol = Daemon::start(
-        &root.join("carol"),
-        "carol",
+        &root.join(other.name),
+        other.name,
         &net.arti_config_path(),
-        &config,
+        &other.config,
     )?;
     let (c, startup) = carol.up().await?;
     report.add(
-        "caromd on the system's tor: start → onion service published",
+        &format!("caromd {on}: start → onion service published"),
         startup.as_secs_f64(),
         "s",
-        "new profile; tor already bootstrapped",
+        other.startup_note,
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     report.add(
-        "caromd RSS, idle, on the system's tor (tor not counted)",
+        &format!("caromd RSS, idle, {on}"),
         rss_mib(carol.pid()),
         "MiB",
-        format!(
-            "embedded, with arti inside: {embedded_rss:.1} MiB; the C tor process: {:.1} MiB",
-            rss_mib(tor.pid())
-        ),
+        other.rss_note,
     );
     let requests = watcher(bob, &[api::event::CONTACT_REQUEST_RECEIVED]).await?;
     let accepted = watcher(&carol, &[api::event::CONTACT_STATE]).await?;
@@ -541,7 +604,7 @@ async fn system_backend(
         .add_contact(&api::ContactAdd {
             address: b.to_owned(),
             nickname: "Bob".into(),
-            offer_nickname: "Carol".into(),
+            offer_nickname: other.name.into(),
             greeting: "hi".into(),
             kind: api::PeerKind::Human,
         })
@@ -581,17 +644,15 @@ async fn system_backend(
     }
     let warm_p50 = quantile(&mut warm, 0.5);
     report.add(
-        "warm message from caromd on the system's tor, median",
+        &format!("warm message from caromd {on}, median"),
         ms(warm_p50),
         "ms",
         format!(
             "{:.2} × the embedded warm message of this run ({:.1} ms)",
-            ms(warm_p50) / ms(embedded_warm),
-            ms(embedded_warm)
+            ms(warm_p50) / ms(embedded.warm),
+            ms(embedded.warm)
         ),
     );
-    // Cold: Carol's daemon restarts; the system's tor does not (its circuits and Bob's
-    // descriptor may still be cached there: that is what using the system's tor means).
     let mut cold = Vec::new();
     for i in 0..sizes.samples.min(5) {
         carol.restart().await?;
@@ -606,13 +667,16 @@ async fn system_backend(
     let shown: Vec<String> = cold.iter().map(|d| format!("{:.0}", ms(*d))).collect();
     let cold_p50 = quantile(&mut cold, 0.5);
     report.add(
-        "cold message from caromd on the system's tor (daemon restarted, tor not), median",
+        &format!(
+            "cold message from caromd {on} ({}), median",
+            other.cold_note
+        ),
         ms(cold_p50),
         "ms",
         format!(
             "{:.2} × the embedded cold message of this run ({:.0} ms); samples {} ms",
-            ms(cold_p50) / ms(embedded_cold),
-            ms(embedded_cold),
+            ms(cold_p50) / ms(embedded.cold),
+            ms(embedded.cold),
             shown.join(", ")
         ),
     );
