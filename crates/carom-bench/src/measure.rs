@@ -46,6 +46,26 @@ pub(crate) fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Summed resident memory of `pid`'s child processes named `program`, in MiB.
+pub(crate) fn children_rss_mib(pid: u32, program: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
+            stat.rsplit_once(") ").is_some_and(|(head, rest)| {
+                head.ends_with(&format!("({program}"))
+                    && rest.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+            })
+        })
+        .map(rss_mib)
+        .sum()
+}
+
 /// One line of the results table.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Row {

@@ -511,6 +511,7 @@ async fn system_backend(
             rss_mib(tor.pid())
         ),
         cold_note: "daemon restarted, tor not",
+        helper: None,
         config,
     };
     compare_backend(report, net, root, sizes, peer, embedded, other).await
@@ -540,6 +541,7 @@ async fn bridge_backend(
             embedded.rss
         ),
         cold_note: "daemon restarted: arti, obfs4proxy and the bridge's circuit anew",
+        helper: Some("obfs4proxy"),
         config,
     };
     compare_backend(report, net, root, sizes, peer, embedded, other).await
@@ -560,6 +562,8 @@ struct Backend {
     startup_note: String,
     rss_note: String,
     cold_note: &'static str,
+    /// A child process of the daemon whose memory is reported beside it.
+    helper: Option<&'static str>,
     config: String,
 }
 
@@ -590,11 +594,18 @@ async fn compare_backend(
         other.startup_note,
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rss_note = other.rss_note;
+    if let Some(helper) = other.helper {
+        rss_note.push_str(&format!(
+            "; its {helper} child: {:.1} MiB",
+            crate::measure::children_rss_mib(carol.pid(), helper)
+        ));
+    }
     report.add(
         &format!("caromd RSS, idle, {on}"),
         rss_mib(carol.pid()),
         "MiB",
-        other.rss_note,
+        rss_note,
     );
     let requests = watcher(bob, &[api::event::CONTACT_REQUEST_RECEIVED]).await?;
     let accepted = watcher(&carol, &[api::event::CONTACT_STATE]).await?;
