@@ -36,13 +36,6 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a bootstrap may sit still before it counts as stalled, in these tests.
 const STALL_AFTER: Duration = Duration::from_secs(5);
 
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// The bridge: started once on the shared network, stopped with this process.
 fn bridge() -> &'static Obfs4Bridge<'static> {
     static BRIDGE: OnceLock<Obfs4Bridge<'static>> = OnceLock::new();
@@ -71,24 +64,7 @@ fn config(net: &TestNetwork, dir: &std::path::Path, lines: Vec<String>) -> ArtiC
 
 /// Wait until `t` has bootstrapped and published its service.
 async fn wait_ready(t: &ArtiTransport) -> Duration {
-    let started = Instant::now();
-    let mut status = t.status();
-    tokio::time::timeout(
-        READY_TIMEOUT,
-        status.wait_for(|s| {
-            s.bootstrap.ready
-                && matches!(
-                    s.service,
-                    ServiceState::Published
-                        | ServiceState::Reachable
-                        | ServiceState::Degraded { .. }
-                )
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("not ready in {READY_TIMEOUT:?}: {:?}", *t.status().borrow()))
-    .expect("status sender alive");
-    started.elapsed()
+    conformance::wait_published(t, READY_TIMEOUT).await
 }
 
 struct ThroughBridge {
@@ -99,7 +75,7 @@ struct ThroughBridge {
 
 impl ThroughBridge {
     async fn new() -> ThroughBridge {
-        init_logging();
+        conformance::init_logging();
         let permit = GATE.acquire().await.expect("gate");
         let net = tokio::task::spawn_blocking(|| {
             bridge();

@@ -30,13 +30,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// network's 8-minute time-period rotations can fail once.
 const REACH_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// Settings for a transport on the private network, with its directories under `dir`.
 fn config(net: &TestNetwork, dir: &Path) -> ArtiConfig {
     let mut config = ArtiConfig::new(dir);
@@ -46,26 +39,7 @@ fn config(net: &TestNetwork, dir: &Path) -> ArtiConfig {
 
 /// Wait until `t` has bootstrapped and published its service.
 async fn wait_ready(t: &ArtiTransport) -> Duration {
-    let started = Instant::now();
-    let mut status = t.status();
-    tokio::time::timeout(
-        READY_TIMEOUT,
-        // Past launching: arti has published a descriptor. (On this network arti's publisher
-        // reports "degraded" even when reachable: it sees a single time-period ring.)
-        status.wait_for(|s| {
-            s.bootstrap.ready
-                && matches!(
-                    s.service,
-                    ServiceState::Published
-                        | ServiceState::Reachable
-                        | ServiceState::Degraded { .. }
-                )
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("not ready in {READY_TIMEOUT:?}: {:?}", *t.status().borrow()))
-    .expect("status sender alive");
-    started.elapsed()
+    conformance::wait_published(t, READY_TIMEOUT).await
 }
 
 struct OverTor {
@@ -76,7 +50,7 @@ struct OverTor {
 
 impl OverTor {
     async fn new() -> OverTor {
-        init_logging();
+        conformance::init_logging();
         let permit = GATE.acquire().await.expect("gate");
         let net = tokio::task::spawn_blocking(carom_testnet::shared)
             .await

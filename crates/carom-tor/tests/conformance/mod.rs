@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use carom_proto::{IdentityKey, OnionAddress};
-use carom_tor::{Transport, TransportError, TransportErrorKind};
+use carom_tor::{ServiceState, Transport, TransportError, TransportErrorKind};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Creates transports of one backend.
@@ -30,6 +30,38 @@ pub(crate) trait Harness: Sync {
 
     /// Switch a transport's dialling off or on.
     fn set_network_enabled(&self, transport: &Self::T, enabled: bool);
+}
+
+/// Log through the test harness's writer, filtered by `RUST_LOG`.
+pub(crate) fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Wait until `t` has bootstrapped and published its service, within `bound`; returns how
+/// long that took. Past launching is enough: a descriptor is out (on the private network
+/// arti's publisher reports "degraded" even when reachable: it sees a single time-period ring).
+pub(crate) async fn wait_published<T: Transport>(t: &T, bound: Duration) -> Duration {
+    let started = Instant::now();
+    let mut status = t.status();
+    tokio::time::timeout(
+        bound,
+        status.wait_for(|s| {
+            s.bootstrap.ready
+                && matches!(
+                    s.service,
+                    ServiceState::Published
+                        | ServiceState::Reachable
+                        | ServiceState::Degraded { .. }
+                )
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("not ready in {bound:?}: {:?}", *t.status().borrow()))
+    .expect("status sender alive");
+    started.elapsed()
 }
 
 /// Dial `peer` from `from`, retrying retryable failures with backoff until `bound`.
