@@ -48,20 +48,8 @@ pub(crate) fn rss_mib(pid: u32) -> f64 {
 
 /// Summed resident memory of `pid`'s child processes named `program`, in MiB.
 pub(crate) fn children_rss_mib(pid: u32, program: &str) -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
-            stat.rsplit_once(") ").is_some_and(|(head, rest)| {
-                head.ends_with(&format!("({program}"))
-                    && rest.split_whitespace().nth(1) == Some(pid.to_string().as_str())
-            })
-        })
+    carom_testnet::children_named(pid, program)
+        .into_iter()
         .map(rss_mib)
         .sum()
 }

@@ -47,6 +47,7 @@ pub use network::{
     status, stop_detached,
 };
 pub use ports::port_is_free;
+pub use process::children_named;
 pub use torrc::Role;
 
 /// The length of an onion-service time period on these networks, in minutes.

@@ -114,6 +114,26 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The processes whose parent is `parent` and whose program (`comm`) is `program`: for
+/// instance the pluggable-transport program arti started inside a daemon or a test.
+pub fn children_named(parent: u32, program: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
+            stat.rsplit_once(") ").is_some_and(|(head, rest)| {
+                head.ends_with(&format!("({program}"))
+                    && rest.split_whitespace().nth(1) == Some(parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
 /// The command line of a running process, arguments joined by spaces.
 pub(crate) fn command_line(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;

@@ -67,6 +67,18 @@ async fn wait_ready(t: &ArtiTransport) -> Duration {
     conformance::wait_published(t, READY_TIMEOUT).await
 }
 
+/// Wait until `t` reports its bootstrap stalled; returns that status.
+async fn wait_stalled(t: &ArtiTransport) -> carom_tor::TransportStatus {
+    let mut status = t.status();
+    let stalled = tokio::time::timeout(STALL_AFTER * 6, status.wait_for(|s| s.bootstrap.stalled))
+        .await
+        .unwrap_or_else(|_| panic!("no stall reported: {:?}", *t.status().borrow()))
+        .expect("status")
+        .clone();
+    println!("stalled: {stalled:?}");
+    stalled
+}
+
 struct ThroughBridge {
     net: &'static TestNetwork,
     dirs: Mutex<Vec<TempDir>>,
@@ -136,28 +148,7 @@ conformance_suite!(ThroughBridge::new().await);
 
 /// The obfs4proxy processes that are children of this test process: arti's client transport.
 fn our_obfs4proxies() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if head.ends_with("(obfs4proxy") && ppid == Some(me) {
-            found.push(pid);
-        }
-    }
-    found
+    carom_testnet::children_named(std::process::id(), "obfs4proxy")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,13 +234,7 @@ async fn a_wrong_obfs4_certificate_stalls_with_a_clear_error_and_other_bridges_f
     let t = ArtiTransport::start(config(h.net, &h.dir(), vec![wrong]), &id)
         .await
         .expect("arti starts (a bridge is only tried once it runs)");
-    let mut status = t.status();
-    let stalled = tokio::time::timeout(STALL_AFTER * 6, status.wait_for(|s| s.bootstrap.stalled))
-        .await
-        .unwrap_or_else(|_| panic!("no stall reported: {:?}", *t.status().borrow()))
-        .expect("status")
-        .clone();
-    println!("stalled: {stalled:?}");
+    let stalled = wait_stalled(&t).await;
     assert!(!stalled.bootstrap.ready);
     assert_eq!(stalled.service, ServiceState::Launching);
     let error = stalled.last_error.expect("a stall says why");
@@ -326,13 +311,7 @@ async fn a_network_that_cannot_be_reached_stalls_and_the_status_points_to_bridge
     let t = ArtiTransport::start(config, &id)
         .await
         .expect("arti starts");
-    let mut status = t.status();
-    let stalled = tokio::time::timeout(STALL_AFTER * 6, status.wait_for(|s| s.bootstrap.stalled))
-        .await
-        .unwrap_or_else(|_| panic!("no stall reported: {:?}", *t.status().borrow()))
-        .expect("status")
-        .clone();
-    println!("stalled: {stalled:?}");
+    let stalled = wait_stalled(&t).await;
     assert_eq!(stalled.bridges, 0);
     let error = stalled.last_error.expect("a stall says why");
     assert!(
