@@ -17,48 +17,50 @@ use std::path::Path;
 use crate::TransportError;
 use crate::bridges::{channel_text, line_parts};
 
-/// Remove the guards of `lines`' bridges that arti remembers under another channel. Returns
-/// how many were removed.
-pub(super) fn forget_changed_bridges(
-    state_dir: &Path,
-    lines: &[String],
-) -> Result<usize, TransportError> {
+/// What [`reconcile`] did and found.
+pub(super) struct Reconciled {
+    /// Guards removed because arti remembered them under another channel.
+    pub(super) forgotten: usize,
+    /// Every bridge arti may hold in its guard sample from now on, as `(identity, channel)`
+    /// pairs (see [`line_parts`]): those it still remembers, and `lines`. What a line set at
+    /// run time must agree with to be used at once.
+    pub(super) known: Vec<(String, String)>,
+}
+
+/// Before arti starts: remove the guards of `lines`' bridges that arti remembers under
+/// another channel, and say which bridges arti may hold from now on. Reads arti's guard
+/// state once, and writes it only if a guard was removed.
+pub(super) fn reconcile(state_dir: &Path, lines: &[String]) -> Result<Reconciled, TransportError> {
+    let configured: Vec<(String, String)> = lines.iter().filter_map(|l| line_parts(l)).collect();
     let path = state_dir.join("state").join("guards.json");
     let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(TransportError::io("read", &path, e)),
     };
-    let Ok(mut state) = serde_json::from_str::<serde_json::Value>(&text) else {
-        // Not ours to repair: arti reports its own state's problems.
-        return Ok(0);
+    // Unreadable JSON is not ours to repair: arti reports its own state's problems.
+    let Some(mut state) = text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return Ok(Reconciled {
+            forgotten: 0,
+            known: configured,
+        });
     };
-    let configured: Vec<(String, String)> = lines.iter().filter_map(|l| line_parts(l)).collect();
-    let removed = forget_in(&mut state, &configured);
-    if removed > 0 {
+    let forgotten = forget_in(&mut state, &configured);
+    if forgotten > 0 {
         let temp = path.with_extension("json.carom-tmp");
         let json = serde_json::to_string_pretty(&state)
             .map_err(|e| TransportError::Config(format!("arti's guard state: {e}")))?;
         std::fs::write(&temp, json).map_err(|e| TransportError::io("write", &temp, e))?;
         std::fs::rename(&temp, &path).map_err(|e| TransportError::io("replace", &path, e))?;
-        tracing::info!(
-            removed,
-            "arti remembered bridges under an old line; they are sampled afresh"
-        );
     }
-    Ok(removed)
+    let mut known = remembered_in(&state);
+    known.extend(configured);
+    Ok(Reconciled { forgotten, known })
 }
 
-/// Every bridge arti remembers as a guard, as `(identity, channel)` pairs (see
-/// [`line_parts`]): what a line set at run time must agree with to be used at once.
-pub(super) fn remembered_bridges(state_dir: &Path) -> Vec<(String, String)> {
-    let path = state_dir.join("state").join("guards.json");
-    let Some(state) = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-    else {
-        return Vec::new();
-    };
+/// Every bridge guard in arti's state, as `(identity, channel)` pairs.
+fn remembered_in(state: &serde_json::Value) -> Vec<(String, String)> {
     let mut known = Vec::new();
     for guard in state
         .pointer("/bridges/guards")
@@ -225,18 +227,24 @@ mod tests {
     fn the_file_is_rewritten_only_when_something_is_forgotten() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(
-            forget_changed_bridges(dir.path(), &[line("x")]).expect("no file"),
+            reconcile(dir.path(), &[line("x")])
+                .expect("no file")
+                .forgotten,
             0
         );
         std::fs::create_dir_all(dir.path().join("state")).expect("mkdir");
         let path = dir.path().join("state/guards.json");
         std::fs::write(&path, state("wrong").to_string()).expect("write");
         assert_eq!(
-            forget_changed_bridges(dir.path(), &[line("wrong")]).expect("kept"),
+            reconcile(dir.path(), &[line("wrong")])
+                .expect("kept")
+                .forgotten,
             0
         );
         assert_eq!(
-            forget_changed_bridges(dir.path(), &[line("right")]).expect("forgot"),
+            reconcile(dir.path(), &[line("right")])
+                .expect("forgot")
+                .forgotten,
             1
         );
         let after: serde_json::Value =

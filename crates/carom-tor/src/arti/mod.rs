@@ -351,15 +351,14 @@ impl ArtiTransport {
         config::private_dir(&config.cache_dir)?;
         forget_service_state(&config.state_dir)?;
         let tor_config = config.tor_client_config()?;
-        bridge_state::forget_changed_bridges(&config.state_dir, &config.bridges.lines)?;
-        let mut known_bridges = bridge_state::remembered_bridges(&config.state_dir);
-        known_bridges.extend(
-            config
-                .bridges
-                .lines
-                .iter()
-                .filter_map(|l| crate::bridges::line_parts(l)),
-        );
+        let reconciled = bridge_state::reconcile(&config.state_dir, &config.bridges.lines)?;
+        if reconciled.forgotten > 0 {
+            tracing::info!(
+                forgotten = reconciled.forgotten,
+                "arti remembered bridges under an old line; they are sampled afresh"
+            );
+        }
+        let known_bridges = reconciled.known;
         let service_config = service::service_config(&config)?;
         let address = identity.address();
 
