@@ -204,6 +204,21 @@ impl Profiles {
         })
     }
 
+    /// The bridges Tor is to use, given the profile's own lines (`None`: it has none, and
+    /// caromd.toml's apply), with caromd.toml's transport programs; and where they come from.
+    fn bridges_in_force(&self, profile_lines: Option<Vec<String>>) -> (Bridges, api::BridgeSource) {
+        let (lines, source) = match profile_lines {
+            Some(lines) => (lines, api::BridgeSource::Profile),
+            None if self.tor.bridges.is_empty() => (Vec::new(), api::BridgeSource::None),
+            None => (self.tor.bridges.lines.clone(), api::BridgeSource::Config),
+        };
+        let bridges = Bridges {
+            lines,
+            transport_programs: self.tor.bridges.transport_programs.clone(),
+        };
+        (bridges, source)
+    }
+
     /// `tor.bridges`.
     pub(crate) async fn tor_bridges(&self) -> Result<api::TorBridges, ErrorObject> {
         let _engine = self.engine().await?;
@@ -217,15 +232,8 @@ impl Profiles {
         params: api::TorSetBridges,
     ) -> Result<api::TorBridges, ErrorObject> {
         let engine = self.engine().await?;
-        let (lines, source) = match &params.lines {
-            Some(lines) => (lines.clone(), api::BridgeSource::Profile),
-            None if self.tor.bridges.is_empty() => (Vec::new(), api::BridgeSource::None),
-            None => (self.tor.bridges.lines.clone(), api::BridgeSource::Config),
-        };
-        let bridges = Bridges {
-            lines: lines.clone(),
-            transport_programs: self.tor.bridges.transport_programs.clone(),
-        };
+        let (bridges, source) = self.bridges_in_force(params.lines.clone());
+        let lines = bridges.lines.clone();
         let applied = engine
             .set_tor_bridges(bridges, params.lines)
             .await
@@ -433,16 +441,11 @@ impl Profiles {
             return Engine::start(store, profile, transport, self.engine_config.clone())
                 .map_err(ErrorObject::from);
         }
-        let (lines, source) = match store.tor_bridges().map_err(|e| store_error(&e))? {
-            Some(lines) => (lines, api::BridgeSource::Profile),
-            None if self.tor.bridges.is_empty() => (Vec::new(), api::BridgeSource::None),
-            None => (self.tor.bridges.lines.clone(), api::BridgeSource::Config),
-        };
+        let (bridges, source) =
+            self.bridges_in_force(store.tor_bridges().map_err(|e| store_error(&e))?);
+        let lines = bridges.lines.clone();
         let mut arti = ArtiConfig::new(&self.tor_data_dir());
-        arti.bridges = Bridges {
-            lines: lines.clone(),
-            transport_programs: self.tor.bridges.transport_programs.clone(),
-        };
+        arti.bridges = bridges;
         arti.network = match &self.tor.arti_config {
             Some(file) => TorNetwork::CustomFile(file.clone()),
             None => TorNetwork::Public,
